@@ -1,0 +1,178 @@
+"""Constrained cluster assignment of a mini-batch: the two constraints of the SeCu paper.
+
+An assigner turns a cost matrix (minus the similarity of each row to each current center) into
+one cluster per row, under a constraint that keeps clusters from collapsing, and then updates
+the statistics the constraint needs from the whole (global) batch. Assigners hold only
+hyper-parameters; the statistics they update (per-cluster counts and dual variables) live in
+the :class:`~secu_plugin.bank.SeCuCenterBank`, so they are saved and restored with it.
+
+A custom assigner subclasses :class:`ConstrainedAssigner` and is passed to the bank as
+``SeCuCenterBank(..., assigner=MyAssigner())``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _xlogx(p: torch.Tensor) -> torch.Tensor:
+    """p * log(p), with 0 where p <= 0 (the limit at 0; p never falls below 0 beyond rounding)."""
+    return torch.where(p > 0, p * torch.log(p.clamp_min(torch.finfo(p.dtype).tiny)), 0.0)
+
+
+class ConstrainedAssigner:
+    """Interface of a constrained assigner.
+
+    Subclasses implement :meth:`assign` (per row, from the state before the step) and
+    :meth:`update` (from the whole global batch, in place, identically on every rank).
+    """
+
+    #: Whether the bank zeroes the counts at the end of each epoch.
+    resets_counts_each_epoch: bool = False
+
+    def assign(
+        self,
+        cost: torch.Tensor,
+        counts: torch.Tensor,
+        duals: torch.Tensor,
+        stored_labels: torch.Tensor,
+    ) -> torch.Tensor:
+        """Returns the cluster of each row.
+
+        Args:
+            cost: (B, K) assignment cost (minus the mean similarity to the current centers).
+            counts: (K,) int64 cluster counts of this head.
+            duals: (K,) dual variables of this head.
+            stored_labels: (B,) int64 label of each row in the memory, -1 where it has none.
+
+        Returns:
+            (B,) int64 cluster ids.
+        """
+        raise NotImplementedError
+
+    def update(
+        self,
+        counts: torch.Tensor,
+        duals: torch.Tensor,
+        batch_labels: torch.Tensor,
+        new_labels: torch.Tensor,
+        previous_labels: torch.Tensor,
+    ) -> None:
+        """Updates ``counts`` and ``duals`` in place after a step.
+
+        Args:
+            counts: (K,) int64 cluster counts of this head.
+            duals: (K,) dual variables of this head.
+            batch_labels: (B_global,) the labels of every row of the global batch.
+            new_labels: (U,) the label each distinct instance of the batch ends up with.
+            previous_labels: (U,) the label those instances had in the memory, -1 for none.
+        """
+        raise NotImplementedError
+
+
+class SizeConstrainedAssigner(ConstrainedAssigner):
+    """Cluster-size lower bound with online dual variables (the paper's default).
+
+    Every cluster should receive at least ``lower_bound_ratio / K`` of each batch. Row i goes
+    to ``argmin_k cost[i, k] - dual[k]``; after the step each dual moves by ``dual_lr`` times
+    (lower bound - observed fraction), and is kept non-negative when the ratio is below 1.
+    The counts are the cluster sizes of the current epoch.
+
+    Args:
+        dual_lr: Step size of the dual variables.
+        lower_bound_ratio: The lower bound is this fraction of a uniform split.
+
+    Examples:
+        >>> assigner = SizeConstrainedAssigner(dual_lr=0.1, lower_bound_ratio=0.9)
+        >>> cost = torch.tensor([[0.0, 1.0], [0.0, 1.0], [0.0, 1.0]])
+        >>> counts, duals = torch.zeros(2, dtype=torch.long), torch.tensor([0.0, 1.5])
+        >>> assigner.assign(cost, counts, duals, torch.full((3,), -1))
+        tensor([1, 1, 1])
+    """
+
+    resets_counts_each_epoch = True
+
+    def __init__(self, dual_lr: float = 0.1, lower_bound_ratio: float = 0.9) -> None:
+        if not dual_lr > 0:
+            raise ValueError(f"dual_lr must be positive, got {dual_lr}")
+        if not lower_bound_ratio > 0:
+            raise ValueError(f"lower_bound_ratio must be positive, got {lower_bound_ratio}")
+        self.dual_lr = float(dual_lr)
+        self.lower_bound_ratio = float(lower_bound_ratio)
+
+    def assign(self, cost, counts, duals, stored_labels):
+        return torch.argmin(cost - duals.to(cost.dtype), dim=1)
+
+    def update(self, counts, duals, batch_labels, new_labels, previous_labels):
+        num_clusters = counts.numel()
+        histogram = torch.bincount(batch_labels, minlength=num_clusters)
+        duals -= (self.dual_lr / batch_labels.numel()) * histogram.to(duals.dtype)
+        duals += self.dual_lr * (self.lower_bound_ratio / num_clusters)
+        if self.lower_bound_ratio < 1:
+            duals.clamp_(min=0)
+        counts += histogram
+
+    def __repr__(self) -> str:
+        return (
+            f"SizeConstrainedAssigner(dual_lr={self.dual_lr}, "
+            f"lower_bound_ratio={self.lower_bound_ratio})"
+        )
+
+
+class EntropyConstrainedAssigner(ConstrainedAssigner):
+    """Global entropy constraint, solved greedily row by row.
+
+    Row i goes to ``argmin_k cost[i, k] + alpha * dH_k``, where ``dH_k`` is the change of
+    ``sum_k p_k log p_k`` over the cluster sizes of the whole data set (the memory's histogram)
+    if the instance joins cluster k: it enters as a new member when it has no label yet, and
+    moves from its stored cluster otherwise (staying costs nothing). The counts are the
+    histogram of the memory at all times.
+
+    Args:
+        alpha: Weight of the entropy term.
+
+    Examples:
+        >>> assigner = EntropyConstrainedAssigner(alpha=10.0)
+        >>> cost = torch.tensor([[0.0, 0.1]])
+        >>> counts = torch.tensor([90, 10])
+        >>> assigner.assign(cost, counts, torch.zeros(2), torch.tensor([-1]))
+        tensor([1])
+    """
+
+    resets_counts_each_epoch = False
+
+    def __init__(self, alpha: float = 6000.0) -> None:
+        if not alpha >= 0:
+            raise ValueError(f"alpha must be non-negative, got {alpha}")
+        self.alpha = float(alpha)
+
+    def assign(self, cost, counts, duals, stored_labels):
+        # float64 whatever the features' dtype: alpha (up to 1e5) multiplies small differences.
+        sizes = counts.to(torch.float64)
+        total = sizes.sum()
+        has_label = stored_labels >= 0
+
+        # A new member: the data set grows by one.
+        grown = total + 1.0
+        prob = sizes / grown
+        join_new = _xlogx(prob + 1.0 / grown) - _xlogx(prob)
+
+        # A move from the stored cluster: it loses one member, the target gains one.
+        prob = sizes / total
+        stored = stored_labels.clamp_min(0)
+        stored_prob = prob[stored]
+        leave = (_xlogx(stored_prob - 1.0 / total) - _xlogx(stored_prob)).unsqueeze(1)
+        join_moved = leave - _xlogx(prob) + _xlogx(prob + 1.0 / total)
+        join_moved.scatter_(1, stored.unsqueeze(1), 0.0)
+
+        entropy_change = torch.where(has_label.unsqueeze(1), join_moved, join_new.unsqueeze(0))
+        penalty = (self.alpha * entropy_change).to(cost.dtype)
+        return torch.argmin(cost + penalty, dim=1)
+
+    def update(self, counts, duals, batch_labels, new_labels, previous_labels):
+        num_clusters = counts.numel()
+        counts += torch.bincount(new_labels, minlength=num_clusters)
+        counts -= torch.bincount(previous_labels[previous_labels >= 0], minlength=num_clusters)
+
+    def __repr__(self) -> str:
+        return f"EntropyConstrainedAssigner(alpha={self.alpha})"

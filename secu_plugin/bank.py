@@ -1,0 +1,207 @@
+"""The SeCu center bank: learnable centers, frozen targets, assignment memory and statistics."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from secu_plugin.assign import (
+    ConstrainedAssigner,
+    EntropyConstrainedAssigner,
+    SizeConstrainedAssigner,
+)
+
+DEFAULT_NUM_CLUSTERS = tuple(range(10, 101, 10))
+
+
+def _memory_dtype(num_clusters: Sequence[int]) -> torch.dtype:
+    # -1 marks "no label yet", so int16 holds up to 32767 clusters: 2 bytes per instance and head.
+    return torch.int16 if max(num_clusters) <= torch.iinfo(torch.int16).max else torch.int32
+
+
+class SeCuCenterBank(nn.Module):
+    """Centers of several clustering heads, with the state SeCu keeps across steps.
+
+    Per head i: ``K_i`` learnable centers (``centers[i]``, shape (K_i, dim), raw: the loss
+    normalizes them), their L2-normalized copy frozen at the start of each epoch (the targets
+    of the representation loss), the cluster counts and dual variables of the constrained
+    assigner, and one row of the assignment memory: the label of every training instance
+    (-1 until the instance is first assigned).
+
+    Args:
+        dim: Dimension of the projections and centers.
+        num_clusters: Number of clusters of each head.
+        num_instances: Size of the training set (the indices the loss receives).
+        assigner: ``"size"`` (:class:`SizeConstrainedAssigner`), ``"entropy"``
+            (:class:`EntropyConstrainedAssigner`) or an assigner object.
+        dual_lr: Dual step of the size constraint.
+        lower_bound_ratio: The size constraint's lower bound is ``lower_bound_ratio / K`` of
+            each batch.
+        alpha: Weight of the entropy constraint.
+
+    Examples:
+        >>> bank = SeCuCenterBank(dim=8, num_clusters=[3, 5], num_instances=100)
+        >>> [tuple(c.shape) for c in bank.centers]
+        [(3, 8), (5, 8)]
+        >>> bank.memory.shape, bank.memory.dtype
+        (torch.Size([2, 100]), torch.int16)
+        >>> bank.start_epoch()  # freeze the current centers as targets
+        >>> bank.predict(torch.randn(4, 8), head=1).shape
+        torch.Size([4])
+    """
+
+    def __init__(
+        self,
+        dim: int = 128,
+        num_clusters: Sequence[int] = DEFAULT_NUM_CLUSTERS,
+        num_instances: int = 50000,
+        assigner: str | ConstrainedAssigner = "size",
+        dual_lr: float = 0.1,
+        lower_bound_ratio: float = 0.9,
+        alpha: float = 6000.0,
+    ) -> None:
+        super().__init__()
+        num_clusters = [int(k) for k in num_clusters]
+        if dim < 1:
+            raise ValueError(f"dim must be positive, got {dim}")
+        if not num_clusters or min(num_clusters) < 2:
+            raise ValueError(f"num_clusters needs at least one head of 2+ clusters: {num_clusters}")
+        if num_instances < 1:
+            raise ValueError(f"num_instances must be positive, got {num_instances}")
+        if assigner == "size":
+            assigner = SizeConstrainedAssigner(dual_lr=dual_lr, lower_bound_ratio=lower_bound_ratio)
+        elif assigner == "entropy":
+            assigner = EntropyConstrainedAssigner(alpha=alpha)
+        elif not isinstance(assigner, ConstrainedAssigner):
+            raise ValueError(
+                f"assigner must be 'size', 'entropy' or a ConstrainedAssigner, got {assigner!r}"
+            )
+        self.assigner = assigner
+        self.dim = int(dim)
+        self.num_clusters = num_clusters
+        self.num_instances = int(num_instances)
+
+        self.centers = nn.ParameterList(
+            nn.Parameter(F.normalize(torch.randn(k, dim), dim=1)) for k in num_clusters
+        )
+        self.register_buffer(
+            "memory", torch.full((len(num_clusters), num_instances), -1, dtype=_memory_dtype(num_clusters))
+        )
+        # The frozen targets of all heads, stacked: the loss scores against all of them at once.
+        self.register_buffer("targets", torch.cat([F.normalize(c.detach(), dim=1) for c in self.centers]))
+        for i, k in enumerate(num_clusters):
+            self.register_buffer(f"counts_{i}", torch.zeros(k, dtype=torch.long))
+            self.register_buffer(f"duals_{i}", torch.zeros(k))
+        offsets = torch.tensor([0, *num_clusters]).cumsum(0)
+        self.offsets = offsets.tolist()
+
+    @property
+    def num_heads(self) -> int:
+        return len(self.num_clusters)
+
+    @property
+    def counts(self) -> list[torch.Tensor]:
+        """Cluster counts per head, (K_i,) int64: epoch sizes (size) or memory histogram (entropy)."""
+        return [getattr(self, f"counts_{i}") for i in range(self.num_heads)]
+
+    @property
+    def duals(self) -> list[torch.Tensor]:
+        """Dual variables per head, (K_i,) (zeros for the entropy constraint)."""
+        return [getattr(self, f"duals_{i}") for i in range(self.num_heads)]
+
+    def head_slice(self, head: int) -> slice:
+        """Columns of head ``head`` in the stacked (sum K, ...) layout."""
+        return slice(self.offsets[head], self.offsets[head + 1])
+
+    def frozen_targets(self, head: int) -> torch.Tensor:
+        """The L2-normalized centers of ``head`` frozen by the last :meth:`start_epoch`."""
+        return self.targets[self.head_slice(head)]
+
+    def normalized_centers(self) -> torch.Tensor:
+        """All heads' current centers, L2-normalized and stacked: (sum K, dim), with gradient."""
+        return torch.cat([F.normalize(c, dim=1) for c in self.centers])
+
+    @torch.no_grad()
+    def start_epoch(self) -> None:
+        """Freezes the current (normalized) centers as the targets of the representation loss."""
+        self.targets.copy_(self.normalized_centers())
+
+    @torch.no_grad()
+    def end_epoch(self) -> None:
+        """Ends an epoch: the size constraint's counts restart from zero."""
+        if self.assigner.resets_counts_each_epoch:
+            for counts in self.counts:
+                counts.zero_()
+
+    @torch.no_grad()
+    def predict(self, z: torch.Tensor, head: int = 0) -> torch.Tensor:
+        """Cluster ids (B,) int64 of projections ``z`` (B, dim): the most similar center."""
+        self._check_features(z, "z")
+        if not 0 <= head < self.num_heads:
+            raise ValueError(f"head must be in [0, {self.num_heads}), got {head}")
+        centers = F.normalize(self.centers[head], dim=1)
+        return torch.argmax(F.normalize(z.to(centers.dtype), dim=1) @ centers.T, dim=1)
+
+    @torch.no_grad()
+    def assign(self, cost: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """Assigns each row under the constraint, from the state before the step.
+
+        Args:
+            cost: (B, sum K) stacked assignment costs of all heads.
+            indices: (B,) dataset indices of the rows.
+
+        Returns:
+            (num_heads, B) int64 labels. The bank is not changed: see :meth:`update`.
+        """
+        labels = []
+        for head in range(self.num_heads):
+            stored = self.memory[head, indices].long()
+            labels.append(
+                self.assigner.assign(
+                    cost[:, self.head_slice(head)], self.counts[head], self.duals[head], stored
+                )
+            )
+        return torch.stack(labels)
+
+    @torch.no_grad()
+    def update(self, indices: torch.Tensor, labels: torch.Tensor) -> None:
+        """Records the labels of a global batch: memory, counts and duals of every head.
+
+        Args:
+            indices: (B_global,) dataset indices of the whole global batch (all ranks).
+            labels: (num_heads, B_global) their labels.
+
+        An index that occurs several times (a padded distributed sampler repeats indices) keeps
+        its last label, and the counts change once for it, so that the entropy constraint's
+        counts stay equal to the histogram of the memory.
+        """
+        unique, inverse = torch.unique(indices, return_inverse=True)
+        positions = torch.arange(indices.numel(), device=indices.device)
+        last = torch.zeros_like(unique).scatter_reduce_(0, inverse, positions, "amax", include_self=False)
+        for head in range(self.num_heads):
+            previous = self.memory[head, unique].long()
+            new = labels[head, last]
+            self.assigner.update(self.counts[head], self.duals[head], labels[head], new, previous)
+            self.memory[head, unique] = new.to(self.memory.dtype)
+
+    def stored_or_new_labels(self, indices: torch.Tensor, new_labels: torch.Tensor) -> torch.Tensor:
+        """The memory's labels of ``indices`` (num_heads, B), or ``new_labels`` where none is stored."""
+        stored = self.memory[:, indices].long()
+        return torch.where(stored >= 0, stored, new_labels)
+
+    def _check_features(self, z: torch.Tensor, name: str) -> None:
+        if not isinstance(z, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
+        if z.ndim != 2 or z.shape[1] != self.dim:
+            raise ValueError(f"{name} must have shape (batch, {self.dim}), got {tuple(z.shape)}")
+        if not z.is_floating_point():
+            raise ValueError(f"{name} must be a floating point tensor, got {z.dtype}")
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, num_clusters={self.num_clusters}, "
+            f"num_instances={self.num_instances}, assigner={self.assigner!r}"
+        )
