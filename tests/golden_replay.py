@@ -68,7 +68,7 @@ def replay(path: Path, rank: int = 0, world_size: int = 1) -> int:
             close(bank.centers[i].detach(), data[f"h{i}_centers_before"][step].T, f"centers {step}")
         rows = np.array_split(np.arange(starts[step], starts[step + 1]), world_size)[rank]
 
-        def leaf(key: str) -> torch.Tensor:
+        def leaf(key: str, rows=rows) -> torch.Tensor:
             return torch.from_numpy(data[key][rows]).requires_grad_()
 
         inputs = {"z0": leaf("z1"), "z1": leaf("z2")}

@@ -17,9 +17,9 @@ import torch.distributed as torch_dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from golden_replay import GOLDEN_FILES, replay  # noqa: E402
+from golden_replay import GOLDEN_FILES, replay
 
-from secu_plugin import SeCuCenterBank, SeCuLoss, dist  # noqa: E402
+from secu_plugin import SeCuCenterBank, SeCuLoss, dist
 
 
 def main() -> None:
