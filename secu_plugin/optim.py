@@ -1,0 +1,102 @@
+"""Optimizers and learning-rate schedules of the SeCu recipes."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def encoder_lr(
+    base_lr: float, epoch: int, step: int, steps_per_epoch: int, epochs: int, warmup_epochs: int = 11
+) -> float:
+    """The paper's encoder learning rate at ``step`` of ``epoch``.
+
+    Epoch 0 trains nothing (lr 0: it only fills the assignment memory), a linear warm-up runs
+    until ``warmup_epochs``, then a cosine decay to 0 at the end of training.
+
+    Examples:
+        >>> encoder_lr(0.2, epoch=0, step=5, steps_per_epoch=10, epochs=100)
+        0.0
+        >>> round(encoder_lr(0.2, epoch=11, step=0, steps_per_epoch=10, epochs=100), 6)
+        0.2
+    """
+    warmup_steps = warmup_epochs * steps_per_epoch
+    current = epoch * steps_per_epoch + step
+    total = epochs * steps_per_epoch
+    if epoch == 0:
+        return 0.0
+    if epoch < warmup_epochs:
+        return base_lr * max(1, current - steps_per_epoch) / (warmup_steps - steps_per_epoch)
+    return base_lr * (1 + math.cos(math.pi * (current - warmup_steps) / (total - warmup_steps))) / 2
+
+
+def center_lr(
+    base_lr: float, epoch: int, step: int, steps_per_epoch: int, epochs: int, ramp: bool = False
+) -> float:
+    """The centers' learning rate: constant, or ramped up by (1 - cos(pi t / T)) / 2 (ImageNet
+    with the entropy constraint).
+
+    Examples:
+        >>> center_lr(1.2, epoch=3, step=0, steps_per_epoch=10, epochs=10)
+        1.2
+        >>> center_lr(4.2, epoch=0, step=0, steps_per_epoch=10, epochs=10, ramp=True)
+        0.0
+    """
+    if not ramp:
+        return base_lr
+    progress = (epoch * steps_per_epoch + step) / (epochs * steps_per_epoch)
+    return base_lr * (1 - math.cos(math.pi * progress)) / 2
+
+
+def parameter_groups(
+    encoder: nn.Module, centers: nn.ParameterList, weight_decay: float, split_by_dim: bool
+) -> list[dict]:
+    """Parameter groups: the encoder's, then the centers' (last: their lr is set apart).
+
+    With ``split_by_dim`` (LARS, as in the paper's ImageNet code), parameters with one dimension
+    (biases, norm weights) form a group without weight decay, which lightly's LARS also leaves
+    without trust-ratio scaling; every parameter with more dimensions, the centers included,
+    gets both.
+    """
+    trainable = [p for p in encoder.parameters() if p.requires_grad]
+    center_group = {"params": list(centers), "weight_decay": weight_decay, "role": "centers"}
+    if not split_by_dim:
+        return [{"params": trainable, "weight_decay": weight_decay, "role": "encoder"}, center_group]
+    return [
+        {"params": [p for p in trainable if p.ndim > 1], "weight_decay": weight_decay,
+         "role": "encoder"},
+        {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0, "role": "encoder"},
+        center_group,
+    ]
+
+
+def build_optimizer(
+    name: str,
+    encoder: nn.Module,
+    centers: nn.ParameterList,
+    weight_decay: float,
+    momentum: float = 0.9,
+) -> torch.optim.Optimizer:
+    """SGD (CIFAR/STL recipes) or lightly's LARS (ImageNet recipe) over encoder and centers.
+
+    Learning rates are set every step from :func:`encoder_lr` and :func:`center_lr` by group
+    ``role``.
+
+    Examples:
+        >>> encoder = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+        >>> centers = nn.ParameterList([nn.Parameter(torch.randn(3, 4))])
+        >>> optimizer = build_optimizer("lars", encoder, centers, weight_decay=1e-6)
+        >>> [(g["role"], len(g["params"]), g["weight_decay"]) for g in optimizer.param_groups]
+        [('encoder', 1, 1e-06), ('encoder', 3, 0.0), ('centers', 1, 1e-06)]
+    """
+    if name == "sgd":
+        groups = parameter_groups(encoder, centers, weight_decay, split_by_dim=False)
+        return torch.optim.SGD(groups, lr=0.0, momentum=momentum, weight_decay=weight_decay)
+    if name == "lars":
+        from lightly.utils.lars import LARS
+
+        groups = parameter_groups(encoder, centers, weight_decay, split_by_dim=True)
+        return LARS(groups, lr=0.0, momentum=momentum, weight_decay=weight_decay)
+    raise ValueError(f"optimizer must be 'sgd' or 'lars', got {name!r}")

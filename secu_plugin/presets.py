@@ -1,0 +1,176 @@
+"""Named training recipes: the paper's settings and the CPU demo on MNIST-5k."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from secu_plugin.data import IMAGENET_MEAN, IMAGENET_STD, MNIST_MEAN, MNIST_STD
+
+CIFAR10_MEAN, CIFAR10_STD = [0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]
+CIFAR100_MEAN, CIFAR100_STD = [0.5071, 0.4867, 0.4408], [0.2675, 0.2565, 0.2761]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Every setting of a SeCu training run. ``--set name=value`` overrides any field.
+
+    Examples:
+        >>> preset = get_preset("cifar10")
+        >>> preset.epochs, preset.center_lr, preset.min_scale, preset.assigner
+        (401, 1.2, 0.3, 'size')
+        >>> get_preset("cifar10", epochs=5).epochs
+        5
+    """
+
+    name: str
+    data: str = "mnist5k"
+    # network
+    backbone: str = "resnet18"
+    stem: str | None = "cifar"
+    in_chans: int = 3
+    input_size: int = 32
+    mean: list[float] = field(default_factory=lambda: list(CIFAR10_MEAN))
+    std: list[float] = field(default_factory=lambda: list(CIFAR10_STD))
+    dim: int = 128
+    projection_layers: int = 2
+    predictor_hidden_dim: int | None = None
+    # views
+    views: str = "byol"  # "byol" (lightly's BYOL pair) or "digits"
+    min_scale: float = 0.3
+    # optimization
+    epochs: int = 401
+    batch_size: int = 128  # in total, over all processes
+    optimizer: str = "sgd"
+    lr: float = 0.2
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 11
+    center_lr: float = 1.2
+    center_lr_ramp: bool = False
+    mixed_precision: str = "bf16"  # used on CUDA; CPU runs in float32
+    # SeCu
+    num_clusters: list[int] = field(default_factory=lambda: list(range(10, 101, 10)))
+    assigner: str = "size"
+    dual_lr: float = 0.1
+    lower_bound_ratio: float = 0.9
+    alpha: float = 6000.0
+    temperature_x: float = 0.05
+    temperature_c: float = 0.05
+    label_weight: float = 0.2
+    num_workers: int = 4
+
+    def replace(self, **changes) -> Preset:
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"unknown preset settings: {sorted(unknown)}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_HEADS_10 = list(range(10, 101, 10))
+
+PRESETS: dict[str, Preset] = {
+    "mnist5k": Preset(
+        name="mnist5k",
+        data="mnist5k",
+        backbone="secu_convnet_small",
+        stem=None,
+        in_chans=1,
+        input_size=28,
+        mean=list(MNIST_MEAN),
+        std=list(MNIST_STD),
+        views="digits",
+        min_scale=0.7,
+        epochs=30,
+        batch_size=256,
+        lr=0.2,
+        warmup_epochs=3,
+        center_lr=0.5,
+        num_clusters=[10, 20, 30, 40, 50],
+        temperature_x=0.1,
+        temperature_c=0.1,
+        num_workers=0,
+    ),
+    "cifar10": Preset(name="cifar10", data="uoft-cs/cifar10"),
+    "cifar10-entropy": Preset(name="cifar10-entropy", data="uoft-cs/cifar10", assigner="entropy"),
+    "cifar100-20": Preset(
+        name="cifar100-20",
+        data="uoft-cs/cifar100",
+        mean=list(CIFAR100_MEAN),
+        std=list(CIFAR100_STD),
+        epochs=801,
+        center_lr=0.8,
+        min_scale=0.2,
+        num_clusters=list(range(20, 201, 20)),
+    ),
+    "stl10": Preset(
+        name="stl10",
+        data="tanganke/stl10",
+        stem="stl",
+        input_size=96,
+        mean=list(IMAGENET_MEAN),
+        std=list(IMAGENET_STD),
+        epochs=801,
+        center_lr=0.8,
+        min_scale=0.2,
+        temperature_c=1.0,
+    ),
+    "imagenet": Preset(
+        name="imagenet",
+        data="imagenet-1k",
+        backbone="resnet50",
+        stem=None,
+        input_size=224,
+        mean=list(IMAGENET_MEAN),
+        std=list(IMAGENET_STD),
+        projection_layers=3,
+        predictor_hidden_dim=2048,
+        min_scale=0.08,
+        epochs=1001,
+        batch_size=1024,
+        optimizer="lars",
+        lr=1.6,
+        weight_decay=1e-6,
+        center_lr=4.2,
+        num_clusters=list(range(1000, 10001, 1000)),
+        dual_lr=20.0,
+        lower_bound_ratio=0.4,
+        alpha=1e5,
+        num_workers=8,
+    ),
+}
+PRESETS["imagenet-entropy"] = PRESETS["imagenet"].replace(
+    name="imagenet-entropy", assigner="entropy", center_lr_ramp=True
+)
+assert PRESETS["cifar10"].num_clusters == _HEADS_10
+
+
+def get_preset(name: str, **overrides) -> Preset:
+    """The preset ``name`` with ``overrides`` applied."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    return PRESETS[name].replace(**overrides)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """Parses ``name=value`` strings (values as JSON where they parse, else strings).
+
+    Examples:
+        >>> parse_overrides(["epochs=3", "num_clusters=[10,20]", "stem=null", "views=byol"])
+        {'epochs': 3, 'num_clusters': [10, 20], 'stem': None, 'views': 'byol'}
+    """
+    import json
+
+    overrides = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--set expects name=value, got {item!r}")
+        try:
+            overrides[name] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[name] = value
+    return overrides

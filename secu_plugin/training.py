@@ -1,0 +1,390 @@
+"""The SeCu training loop behind ``recipes/train.py`` and ``recipes/train_imagenet.py``.
+
+Reads top to bottom like Accelerate's examples: data, model, bank and loss, optimizer,
+``accelerator.prepare``, optional resume, the epoch loop (assignment memory filled in epoch 0,
+checkpoint at the end of every epoch), evaluation, and a Hub-format model directory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from secu_plugin import dist
+from secu_plugin.bank import SeCuCenterBank
+from secu_plugin.loss import SeCuLoss
+from secu_plugin.optim import build_optimizer, center_lr, encoder_lr
+from secu_plugin.presets import Preset
+
+LATEST = "latest"  # file in checkpoints/ naming the last complete state directory
+
+
+@dataclass
+class RunOptions:
+    """What a run does besides the preset's hyper-parameters."""
+
+    output_dir: str = "outputs/secu"
+    resume: bool = False
+    seed: int = 0
+    push_to_hub: str | None = None
+    max_steps: int | None = None  # stop (after checkpointing) once this many steps ran in total
+    checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0: epoch ends only)
+    skip_corrupt: bool = False
+    command: str = ""
+    progress: bool = True
+
+
+class TrainProgress:
+    """Where training stands; saved with the Accelerate state so a resume continues there."""
+
+    def __init__(self) -> None:
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self.global_step = 0
+        self.losses: list[float] = []
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+                "global_step": self.global_step, "losses": list(self.losses)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = state["epoch"]
+        self.step_in_epoch = state["step_in_epoch"]
+        self.global_step = state["global_step"]
+        self.losses = list(state["losses"])
+
+
+def build_view_transforms(preset: Preset):
+    """The two view transforms of a preset: lightly's BYOL pair, or the digits' augmentation."""
+    from secu_plugin.data import byol_view_transforms, digit_view_transforms
+
+    if preset.views == "digits":
+        return digit_view_transforms(preset.input_size, min_scale=preset.min_scale,
+                                     mean=preset.mean, std=preset.std)
+    if preset.views == "byol":
+        return byol_view_transforms(preset.input_size, min_scale=preset.min_scale,
+                                    mean=preset.mean, std=preset.std)
+    raise ValueError(f"views must be 'byol' or 'digits', got {preset.views!r}")
+
+
+def build_model(preset: Preset, training: dict | None = None):
+    from secu_plugin.model import SeCuModel
+
+    return SeCuModel(
+        backbone=preset.backbone, stem=preset.stem, in_chans=preset.in_chans, dim=preset.dim,
+        projection_layers=preset.projection_layers,
+        predictor_hidden_dim=preset.predictor_hidden_dim, num_clusters=list(preset.num_clusters),
+        temperature=preset.temperature_c, input_size=preset.input_size, mean=list(preset.mean),
+        std=list(preset.std), training=training,
+    )
+
+
+def build_accelerator(preset: Preset):
+    from accelerate import Accelerator, DataLoaderConfiguration
+
+    # AMP only on CUDA; on CPU the run is float32 (bf16 on CPU is slower there).
+    use_cuda = torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "") != "1"
+    mixed_precision = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    if mixed_precision in (None, "no"):
+        mixed_precision = preset.mixed_precision if use_cuda else "no"
+    return Accelerator(
+        cpu=not use_cuda,
+        mixed_precision=mixed_precision,
+        # Seedable sampler: the shuffling of each epoch is a function of (seed, epoch), so a
+        # resumed run visits the same batches as an uninterrupted one.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+
+
+def save_checkpoint(accelerator, checkpoint_dir: Path, progress: TrainProgress) -> None:
+    """Saves the Accelerate state atomically: a crash while saving leaves the previous one.
+
+    The state goes to a new directory; only when it is complete does the ``latest`` file
+    (replaced atomically with ``os.replace``) point to it.
+    """
+    name = f"state-{progress.global_step:08d}"
+    target = checkpoint_dir / name
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(target))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        pointer = checkpoint_dir / f".{LATEST}.tmp"
+        pointer.write_text(name)
+        previous = latest_checkpoint(checkpoint_dir)
+        os.replace(pointer, checkpoint_dir / LATEST)
+        if previous is not None and previous != target:
+            shutil.rmtree(previous, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
+    pointer = checkpoint_dir / LATEST
+    if not pointer.is_file():
+        return None
+    target = checkpoint_dir / pointer.read_text().strip()
+    return target if target.is_dir() else None
+
+
+@torch.no_grad()
+def predict_dataset(accelerator, model, dataset, batch_size: int) -> tuple[np.ndarray, ...]:
+    """Projections' cluster ids of every head (H, N) and the labels (N,) of ``dataset``."""
+    from secu_plugin.data import TransformedDataset, eval_transform
+
+    unwrapped = accelerator.unwrap_model(model)
+    transform = eval_transform(unwrapped.input_size, unwrapped.mean, unwrapped.std,
+                               unwrapped.in_chans)
+    loader = DataLoader(TransformedDataset(dataset, transform), batch_size=batch_size)
+    loader = accelerator.prepare_data_loader(loader)
+    was_training = model.training
+    model.eval()
+    predictions, labels = [], []
+    for images, targets, _ in loader:
+        z = model(images)
+        ids = torch.stack([unwrapped.cluster_probabilities(z, head).argmax(1)
+                           for head in range(unwrapped.num_heads)], dim=1)
+        ids, targets = accelerator.gather_for_metrics((ids, targets))
+        predictions.append(ids.cpu())
+        labels.append(targets.cpu())
+    model.train(was_training)
+    return torch.cat(predictions).T.numpy(), torch.cat(labels).numpy()
+
+
+def evaluate_predictions(predictions: np.ndarray, labels: np.ndarray, num_clusters: list[int],
+                         dataset: str, split: str, memory: np.ndarray | None = None) -> dict:
+    """ACC / NMI / ARI of the head whose K equals the number of classes (SCAN's protocol):
+    its predictions on the evaluation split, and the training memory's assignment of that head.
+
+    Returns ``{}`` for unlabeled data, else the model card's ``{"evaluations": [...]}``.
+    """
+    from secu_plugin.metrics import clustering_metrics
+
+    labelled = labels >= 0
+    if not labelled.any():
+        return {}
+    num_classes = int(labels.max()) + 1
+    head = num_clusters.index(num_classes) if num_classes in num_clusters else 0
+    common = {"dataset": dataset, "num_clusters": num_clusters[head], "head": head}
+    evaluations = []
+    scored = {"predict": predictions[head]}
+    if memory is not None and memory.shape[1] == len(labels):
+        scored["memory"] = memory[head]
+    for assignment, assigned in scored.items():
+        metrics = clustering_metrics(labels, assigned)
+        evaluations.append({
+            **common, "split": split if assignment == "predict" else "train",
+            "assignment": assignment, "num_images": int(labelled.sum()),
+            "accuracy": metrics["acc"], "nmi": metrics["nmi"], "ari": metrics["ari"],
+        })
+    return {"evaluations": evaluations}
+
+
+def train(preset: Preset, options: RunOptions) -> dict:
+    """Trains SeCu with ``preset``, evaluates, saves a Hub-format model; returns the summary."""
+    from accelerate.utils import set_seed
+
+    from secu_plugin.data import ImageDataset, TwoViewDataset
+
+    started = time.time()
+    accelerator = build_accelerator(preset)
+    set_seed(options.seed)
+    output_dir = Path(options.output_dir)
+    checkpoint_dir = output_dir / "checkpoints"
+    if accelerator.is_main_process:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    log = accelerator.print
+
+    # Data: two views and the dataset index of each image (labels only for evaluation).
+    train_images = ImageDataset.from_source(preset.data, split="train",
+                                            skip_corrupt=options.skip_corrupt)
+    if getattr(train_images, "skipped", None):
+        log(f"skipped {len(train_images.skipped)} unreadable images")
+    view1, view2 = build_view_transforms(preset)
+    per_process_batch = max(1, preset.batch_size // accelerator.num_processes)
+    loader = DataLoader(
+        TwoViewDataset(train_images, view1, view2), batch_size=per_process_batch, shuffle=True,
+        num_workers=preset.num_workers, persistent_workers=preset.num_workers > 0,
+        drop_last=False,
+    )
+
+    # Model, center bank and loss.
+    training_info = {"preset": preset.to_dict(), "command": options.command, "seed": options.seed}
+    model = build_model(preset, training=training_info)
+    model.centers.requires_grad_(False)  # the bank trains the centers; the model gets a copy
+    if accelerator.num_processes > 1 and accelerator.device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    bank = SeCuCenterBank(
+        dim=preset.dim, num_clusters=preset.num_clusters, num_instances=len(train_images),
+        assigner=preset.assigner, dual_lr=preset.dual_lr,
+        lower_bound_ratio=preset.lower_bound_ratio, alpha=preset.alpha,
+    ).to(accelerator.device)
+    criterion = SeCuLoss(bank, temperature_x=preset.temperature_x,
+                         temperature_c=preset.temperature_c, label_weight=preset.label_weight)
+    optimizer = build_optimizer(preset.optimizer, model, bank.centers,
+                                weight_decay=preset.weight_decay, momentum=preset.momentum)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    progress = TrainProgress()
+    accelerator.register_for_checkpointing(bank, progress)
+
+    if options.resume:
+        state = latest_checkpoint(checkpoint_dir)
+        if state is None:
+            raise ValueError(f"--resume: no complete checkpoint in {checkpoint_dir}")
+        accelerator.load_state(str(state))
+        log(f"resumed from {state} (epoch {progress.epoch}, step {progress.step_in_epoch})")
+
+    steps_per_epoch = len(loader)
+    unwrapped = accelerator.unwrap_model(model)
+    stop = False
+    for epoch in range(progress.epoch, preset.epochs):
+        loader.set_epoch(epoch)
+        if progress.step_in_epoch == 0:
+            bank.start_epoch()  # mid-epoch resumes keep the restored frozen targets
+        batches = loader
+        if progress.step_in_epoch > 0:
+            batches = accelerator.skip_first_batches(loader, progress.step_in_epoch)
+        model.train()
+        epoch_loss, epoch_steps = 0.0, 0
+        bar = _progress_bar(accelerator, options, steps_per_epoch, progress.step_in_epoch, epoch)
+        for view_a, view_b, indices in batches:
+            step = progress.step_in_epoch
+            for group in optimizer.param_groups:
+                if group.get("role") == "centers":
+                    group["lr"] = center_lr(preset.center_lr, epoch, step, steps_per_epoch,
+                                            preset.epochs, ramp=preset.center_lr_ramp)
+                else:
+                    group["lr"] = encoder_lr(preset.lr, epoch, step, steps_per_epoch,
+                                             preset.epochs, preset.warmup_epochs)
+            with accelerator.autocast():
+                z0, z1 = model(view_a), model(view_b)
+                if unwrapped.predictor is not None:
+                    p0, p1 = unwrapped.predictor(z0), unwrapped.predictor(z1)
+                else:
+                    p0 = p1 = None
+                loss = criterion(z0, z1, indices, p0, p1)
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            optimizer.step()
+
+            loss_value = float(loss.detach())
+            progress.losses.append(loss_value)
+            epoch_loss += loss_value
+            epoch_steps += 1
+            progress.step_in_epoch += 1
+            progress.global_step += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_value:.4f}")
+            at_limit = options.max_steps is not None and progress.global_step >= options.max_steps
+            if at_limit or (options.checkpoint_every
+                            and progress.global_step % options.checkpoint_every == 0):
+                save_checkpoint(accelerator, checkpoint_dir, progress)
+            if at_limit:
+                stop = True
+                break
+        if bar is not None:
+            bar.close()
+        if stop:
+            log(f"stopped after {progress.global_step} steps (--max_steps)")
+            break
+        log(_epoch_line(epoch, epoch_loss / max(epoch_steps, 1), bank, train_images.labels))
+        bank.end_epoch()
+        progress.epoch, progress.step_in_epoch = epoch + 1, 0
+        save_checkpoint(accelerator, checkpoint_dir, progress)
+
+    summary = {"epochs": progress.epoch, "steps": progress.global_step}
+    if not stop:
+        summary.update(finish(accelerator, model, bank, preset, options, train_images))
+    summary["seconds"] = round(time.time() - started, 1)
+    summary["output_dir"] = str(output_dir)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return summary
+
+
+def finish(accelerator, model, bank, preset: Preset, options: RunOptions, train_images) -> dict:
+    """Evaluation, plots and the Hub-format model directory at the end of training."""
+    from secu_plugin.data import ImageDataset
+    from secu_plugin.viz import save_cluster_montage, save_cluster_size_plot
+
+    output_dir = Path(options.output_dir)
+    eval_images = ImageDataset.from_source(preset.data, split="test",
+                                           skip_corrupt=options.skip_corrupt)
+    predictions, labels = predict_dataset(accelerator, model, eval_images,
+                                          batch_size=max(64, preset.batch_size))
+    memory = bank.memory.long().cpu().numpy()
+    split = "train" if preset.data == "mnist5k" else "test"  # MNIST-5k has one split
+    results = evaluate_predictions(predictions, labels, list(preset.num_clusters), preset.data,
+                                   split, memory)
+    scores = results["evaluations"][0] if results else {}
+    summary = {"acc": scores.get("accuracy"), "nmi": scores.get("nmi"), "ari": scores.get("ari")}
+    if len(results.get("evaluations", [])) > 1:
+        summary["memory_acc"] = results["evaluations"][1]["accuracy"]
+
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.set_centers([c.detach() for c in bank.centers])
+        unwrapped.results = results or None
+        unwrapped._hub_mixin_config["results"] = results or None
+        model_dir = output_dir / "model"
+        unwrapped.save_pretrained(model_dir, repo_id=options.push_to_hub)
+        sizes = [np.bincount(row[row >= 0], minlength=k)
+                 for row, k in zip(memory, preset.num_clusters)]
+        save_cluster_size_plot(sizes, [f"K={k}" for k in preset.num_clusters],
+                               output_dir / "cluster_sizes.png")
+        head = scores.get("head", 0)
+        sample = np.random.default_rng(0).permutation(len(eval_images))[:2000]
+        save_cluster_montage([eval_images[i][0] for i in sample], predictions[head][sample],
+                             output_dir / "montage.png")
+        (output_dir / "results.json").write_text(json.dumps(results, indent=2))
+        if options.push_to_hub:
+            unwrapped.push_to_hub(options.push_to_hub)
+        summary["model_dir"] = str(model_dir)
+    return summary
+
+
+def _epoch_line(epoch: int, mean_loss: float, bank: SeCuCenterBank, labels=None) -> str:
+    """Loss, min/max cluster size per head, and (labelled data) the memory's ACC."""
+    sizes = []
+    for head, k in enumerate(bank.num_clusters):
+        memory = bank.memory[head].long()
+        histogram = torch.bincount(memory[memory >= 0], minlength=k)
+        sizes.append(f"K={k}:{int(histogram.min())}/{int(histogram.max())}")
+    line = f"epoch {epoch}: loss {mean_loss:.4f} | cluster size min/max " + " ".join(sizes)
+    if labels is not None and (np.asarray(labels) >= 0).any():
+        from secu_plugin.metrics import cluster_accuracy
+
+        num_classes = int(np.max(labels)) + 1
+        head = bank.num_clusters.index(num_classes) if num_classes in bank.num_clusters else 0
+        line += f" | memory ACC (K={bank.num_clusters[head]}) "
+        line += f"{cluster_accuracy(labels, bank.memory[head].long().cpu().numpy()):.4f}"
+    return line
+
+
+def _progress_bar(accelerator, options: RunOptions, total: int, initial: int, epoch: int):
+    if not (options.progress and accelerator.is_main_process):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=f"epoch {epoch}", file=sys.stderr,
+                leave=False, dynamic_ncols=True, mininterval=1.0)
+
+
+def print_summary(summary: dict) -> None:
+    """The one JSON line a run ends with on stdout (main process only)."""
+    if dist.rank() == 0:
+        print(json.dumps({key: (round(v, 4) if isinstance(v, float) else v)
+                          for key, v in summary.items()}), flush=True)
+
+
+def steps_for(num_instances: int, batch_size: int) -> int:
+    return math.ceil(num_instances / batch_size)

@@ -1,0 +1,213 @@
+"""The model card: renders from model_cards/template.md, valid Hub metadata, only given results."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from huggingface_hub import ModelCard
+
+from secu_plugin.model_card import find_template, parse_model_card, render_model_card
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIG = {
+    "backbone": "resnet18",
+    "backbone_kwargs": None,
+    "stem": "cifar",
+    "in_chans": 3,
+    "dim": 128,
+    "projection_layers": 2,
+    "projection_hidden_dim": None,
+    "predictor_hidden_dim": None,
+    "num_clusters": [10, 20, 30],
+    "temperature": 0.05,
+    "input_size": 32,
+    "mean": [0.4914, 0.4822, 0.4465],
+    "std": [0.2023, 0.1994, 0.201],
+    "results": None,
+    "training": None,
+}
+RESULT = {
+    "dataset": "CIFAR-10",
+    "dataset_id": "uoft-cs/cifar10",
+    "split": "train",
+    "num_clusters": 10,
+    "accuracy": 0.123456789,
+    "nmi": 0.0987654321,
+    "ari": -0.0123,
+    "num_images": 50000,
+}
+PERCENT_FIGURE = re.compile(r"\d+\.\d+\s*%")
+
+
+def metric_values(metadata: dict) -> list[list[float]]:
+    return [
+        [metric["value"] for metric in result["metrics"]]
+        for result in metadata["model-index"][0]["results"]
+    ]
+
+
+def evaluation_section(body: str) -> str:
+    return body.split("## Evaluation", 1)[1].split("\n## ", 1)[0]
+
+
+def test_template_is_the_one_in_model_cards():
+    assert find_template() == REPO_ROOT / "model_cards" / "template.md"
+
+
+def test_card_metadata_is_valid_hub_yaml():
+    card = render_model_card(CONFIG, RESULT, {"command": "secu-train"}, "org/secu-cifar10")
+    assert card.startswith("---\n")
+    metadata = yaml.safe_load(card.split("---\n")[1])
+    assert metadata["library_name"] == "secu-plugin"
+    assert metadata["license"] == "apache-2.0"
+    assert metadata["pipeline_tag"] == "image-feature-extraction"
+    assert metadata["tags"] == [
+        "secu",
+        "deep-clustering",
+        "image-clustering",
+        "self-supervised",
+        "timm",
+    ]
+    assert metadata["metrics"] == ["accuracy", "nmi", "ari"]
+    assert metadata["datasets"] == ["uoft-cs/cifar10"]
+    # huggingface_hub's own parser reads the model-index.
+    parsed = ModelCard(card)
+    assert parsed.data.library_name == "secu-plugin"
+    assert [(r.metric_type, r.metric_value) for r in parsed.data.eval_results] == [
+        ("accuracy", RESULT["accuracy"]),
+        ("nmi", RESULT["nmi"]),
+        ("ari", RESULT["ari"]),
+    ]
+    assert parsed.data.eval_results[0].dataset_split == "train"
+    assert parsed.data.eval_results[0].dataset_type == "uoft-cs/cifar10"
+
+
+def test_results_in_the_card_are_exactly_the_given_ones():
+    second = dict(
+        RESULT,
+        dataset="CIFAR-10 test",
+        split="test",
+        accuracy=0.5,
+        nmi=0.25,
+        ari=0.75,
+        assignment="predict",
+        notes="Scored with model.predict on the test split.",
+    )
+    card = render_model_card(CONFIG, {"evaluations": [RESULT, second]}, None, "org/m")
+    metadata, body = parse_model_card(card)
+    assert metric_values(metadata) == [
+        [RESULT["accuracy"], RESULT["nmi"], RESULT["ari"]],
+        [0.5, 0.25, 0.75],
+    ]
+    section = evaluation_section(body)
+    assert (
+        "| CIFAR-10 | train | 50000 | 10 | training memory | 12.35% | 9.88% | -1.23% |" in section
+    )
+    assert (
+        "| CIFAR-10 test | test | 50000 | 10 | nearest center (model.predict) | 50.00% |" in section
+    )
+    assert "Scored with model.predict on the test split." in section
+    assert sorted(PERCENT_FIGURE.findall(section)) == sorted(
+        ["12.35%", "9.88%", "1.23%", "50.00%", "25.00%", "75.00%"]
+    )
+    assert "has not been evaluated" not in body
+
+
+def test_without_results_the_card_claims_no_figure():
+    card = render_model_card(CONFIG, None, None, None)
+    metadata, body = parse_model_card(card)
+    assert "model-index" not in metadata
+    assert "datasets" not in metadata
+    section = evaluation_section(body)
+    assert "has not been evaluated" in section
+    assert PERCENT_FIGURE.findall(body) == []
+    assert "The training procedure of this model was not recorded." in body
+    assert 'SeCuModel.from_pretrained("path/to/saved-model")' in body
+
+
+def test_card_sections_and_training_recipe():
+    training = {
+        "command": ["secu-train", "--data", "my images", "--epochs", "3"],
+        "dataset": "my photo folder",
+        "dataset_id": "me/photos",
+        "epochs": 3,
+        "hardware": "1 CPU core",
+    }
+    card = render_model_card(CONFIG, None, training, "org/secu-photos")
+    metadata, body = parse_model_card(card)
+    assert metadata["datasets"] == ["me/photos"]
+    for heading in [
+        "## Model description",
+        "## Intended uses & limitations",
+        "## How to use",
+        "## Training data and procedure",
+        "## Evaluation",
+        "## Limitations",
+        "## Citation",
+    ]:
+        assert heading in body
+    assert "secu-train --data 'my images' --epochs 3" in body
+    assert "Trained on my photo folder, without its labels." in body
+    assert "- **epochs**: `3`" in body and "- **hardware**: 1 CPU core" in body
+    assert 'SeCuModel.from_pretrained("org/secu-photos")' in body
+    assert "model.head_index(10)" in body
+    assert "Stable Cluster Discrimination for Deep Clustering" in body
+    assert "author    = {Qian, Qi}" in body and "ICCV" in body
+    assert "| Clustering heads (K) | 10, 20, 30 |" in body
+
+
+def test_strings_with_yaml_syntax_stay_valid():
+    result = dict(RESULT, dataset='a: "tricky" #name', dataset_id="org/with: colon")
+    metadata, _ = parse_model_card(render_model_card(CONFIG, result, None, "o/n"))
+    dataset = metadata["model-index"][0]["results"][0]["dataset"]
+    assert dataset["name"] == 'a: "tricky" #name'
+    assert dataset["type"] == "org/with: colon"
+
+
+@pytest.mark.parametrize(
+    ("results", "message"),
+    [
+        (dict(RESULT, accuracy=97.3), "accuracy must be a number in"),
+        (dict(RESULT, nmi=float("nan")), "nmi must be a number"),
+        (dict(RESULT, ari=True), "ari must be a number"),
+        ({k: v for k, v in RESULT.items() if k != "split"}, r"lacks \['split'\]"),
+        (dict(RESULT, num_clusters=1), "num_clusters must be an int >= 2"),
+        ({"evaluations": []}, "non-empty list"),
+        ([RESULT], "results must be a dict"),
+    ],
+)
+def test_malformed_results_raise_value_error(results, message):
+    with pytest.raises(ValueError, match=message):
+        render_model_card(CONFIG, results, None, None)
+
+
+def test_malformed_config_or_training_raise_value_error():
+    with pytest.raises(ValueError, match="config lacks"):
+        render_model_card({"backbone": "resnet18"}, None, None, None)
+    with pytest.raises(ValueError, match="command"):
+        render_model_card(CONFIG, None, {"command": 3}, None)
+    with pytest.raises(ValueError, match="repo_id"):
+        render_model_card(CONFIG, None, None, "")
+
+
+def test_parse_model_card_rejects_cards_without_metadata():
+    with pytest.raises(ValueError, match="must start with a YAML metadata block"):
+        parse_model_card("# just markdown\n")
+    with pytest.raises(ValueError, match="not closed"):
+        parse_model_card("---\nlicense: mit\n")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        parse_model_card("---\nkey: [unclosed\n---\nbody")
+
+
+def test_published_mnist5k_card_claims_no_figure():
+    text = (REPO_ROOT / "model_cards" / "secu-mnist5k.md").read_text(encoding="utf-8")
+    metadata, body = parse_model_card(text)
+    assert metadata["library_name"] == "secu-plugin"
+    assert "model-index" not in metadata
+    assert "has not been evaluated" in evaluation_section(body)
+    assert PERCENT_FIGURE.findall(body) == []
+    assert "to be filled by the recipe" in body
+    assert "MNIST-5k" in body
