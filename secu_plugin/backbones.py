@@ -68,7 +68,7 @@ class SmallConvNet(nn.Module):
     """A VGG-like network for small grayscale images: fast enough to train on a laptop CPU.
 
     Three stages of two 3x3 convolutions (BatchNorm, ReLU), 2x2 max-pool between stages, global
-    average pooling. Follows timm's conventions (``num_features``, ``forward_features``,
+    average pooling. ``norm="none"`` drops the BatchNorm layers (convolutions get a bias). Follows timm's conventions (``num_features``, ``forward_features``,
     ``forward_head``, ``reset_classifier``) so that it is created through ``timm.create_model``.
 
     Examples:
@@ -82,18 +82,22 @@ class SmallConvNet(nn.Module):
         in_chans: int = 1,
         widths: tuple[int, ...] = (32, 64, 128),
         num_classes: int = 0,
+        norm: str = "batch",
         **_ignored,
     ) -> None:
         super().__init__()
+        if norm not in ("batch", "none"):
+            raise ValueError(f"norm must be 'batch' or 'none', got {norm!r}")
         layers: list[nn.Module] = []
         channels = in_chans
         for stage, width in enumerate(widths):
             if stage > 0:
                 layers.append(nn.MaxPool2d(2))
             for _ in range(2):
+                batchnorm = norm == "batch"
                 layers += [
-                    nn.Conv2d(channels, width, 3, padding=1, bias=False),
-                    nn.BatchNorm2d(width),
+                    nn.Conv2d(channels, width, 3, padding=1, bias=not batchnorm),
+                    nn.BatchNorm2d(width) if batchnorm else nn.Identity(),
                     nn.ReLU(inplace=True),
                 ]
                 channels = width

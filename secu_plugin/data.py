@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob
 import importlib.resources
 import os
+import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -490,7 +491,7 @@ class ImageDataset(Dataset):
         if not isinstance(hf_dataset, datasets.Dataset):
             # ValueError like all bad-input errors here (e.g. streaming=True gives an
             # IterableDataset, which has no random access).
-            raise ValueError(  # noqa: TRY004
+            raise ValueError(
                 f"expected a datasets.Dataset for split {split!r}, got {type(hf_dataset).__name__}"
             )
 
@@ -499,7 +500,7 @@ class ImageDataset(Dataset):
         if image_column not in features:
             raise ValueError(f"image column {image_column!r} not in columns {list(features)}")
         if not isinstance(features[image_column], datasets.Image):
-            raise ValueError(  # noqa: TRY004 (a bad column choice is bad input, not a bug)
+            raise ValueError(
                 f"column {image_column!r} has type {features[image_column]!r}, expected "
                 "datasets.Image (use dataset.cast_column(name, datasets.Image()))"
             )
@@ -636,32 +637,63 @@ class TwoViewDataset(Dataset):
     Item ``i`` is ``(view1, view2, i)``; the index addresses SeCu's assignment memory.
     Labels are not returned: they are for evaluation only.
 
+    With ``seed``, the views of image ``i`` in epoch ``e`` are a function of ``(seed, e, i)``
+    alone (the random generators of torch, numpy and ``random`` are seeded from it for the
+    item and restored afterwards): the same whatever the number of DataLoader workers, the
+    prefetching, or a resume in the middle of an epoch. Call :meth:`set_epoch` every epoch;
+    the epoch lives in shared memory, so persistent workers see it too.
+
     Args:
         dataset: An :class:`ImageDataset` or any dataset whose items are ``(image, label)``.
         transform1: Augmentation for the first view.
         transform2: Augmentation for the second view; ``transform1`` if None.
+        seed: Makes the views reproducible per (epoch, index); None: global random state.
 
     Examples:
         >>> view1, view2 = digit_view_transforms()
-        >>> pairs = TwoViewDataset(ImageDataset.mnist5k(), view1, view2)
+        >>> pairs = TwoViewDataset(ImageDataset.mnist5k(), view1, view2, seed=0)
         >>> a, b, index = pairs[7]
         >>> a.shape, b.shape, index
         (torch.Size([1, 28, 28]), torch.Size([1, 28, 28]), 7)
+        >>> bool((pairs[7][0] == a).all()), pairs.set_epoch(1), bool((pairs[7][0] == a).all())
+        (True, None, False)
     """
 
     def __init__(
-        self, dataset: Dataset, transform1: Callable, transform2: Callable | None = None
+        self,
+        dataset: Dataset,
+        transform1: Callable,
+        transform2: Callable | None = None,
+        seed: int | None = None,
     ) -> None:
         self.dataset = dataset
         self.transform1 = transform1
         self.transform2 = transform1 if transform2 is None else transform2
+        self.seed = seed
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Sets the epoch that, with the seed, draws the views."""
+        self._epoch.fill_(epoch)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> tuple[Any, Any, int]:
         image, _ = self.dataset[index]
-        return self.transform1(image), self.transform2(image), index
+        if self.seed is None:
+            return self.transform1(image), self.transform2(image), index
+        item_seed = hash((self.seed, int(self._epoch), int(index))) % (2**31)
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(item_seed)
+            np.random.seed(item_seed)
+            random.seed(item_seed)
+            try:
+                return self.transform1(image), self.transform2(image), index
+            finally:
+                random.setstate(python_state)
+                np.random.set_state(numpy_state)
 
 
 class TransformedDataset(Dataset):

@@ -72,13 +72,17 @@ class PretrainedModelNotFoundError(FileNotFoundError):
 
 
 def build_projection_head(
-    in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 2
+    in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 2, batchnorm: bool = True
 ) -> nn.Sequential:
     """The SeCu projection MLP, with the layer indices of the paper's code.
 
     - 2 layers (CIFAR/STL): Linear(in, hidden)-BN-ReLU-Linear(hidden, out).
     - 3 layers (ImageNet): Linear(in, hidden)-BN-ReLU-Linear(hidden, hidden)-BN-ReLU-
       Linear(hidden, out)-BN(out).
+
+    ``batchnorm=False`` leaves the BatchNorm layers out (identity in their place, so the layer
+    indices stay those of the paper's code): a network whose output does not depend on how a
+    batch is split over processes.
 
     Examples:
         >>> head = build_projection_head(512, 512, 128)
@@ -92,18 +96,13 @@ def build_projection_head(
     for name, value in (("in_dim", in_dim), ("hidden_dim", hidden_dim), ("out_dim", out_dim)):
         if value < 1:
             raise ValueError(f"projection head {name} must be positive, got {value}")
-    layers: list[nn.Module] = [
-        nn.Linear(in_dim, hidden_dim),
-        nn.BatchNorm1d(hidden_dim),
-        nn.ReLU(inplace=True),
-    ]
+    def norm(width: int) -> nn.Module:
+        return nn.BatchNorm1d(width) if batchnorm else nn.Identity()
+
+    layers: list[nn.Module] = [nn.Linear(in_dim, hidden_dim), norm(hidden_dim), nn.ReLU(inplace=True)]
     if num_layers == 3:
-        layers += [
-            nn.Linear(hidden_dim, hidden_dim),
-            nn.BatchNorm1d(hidden_dim),
-            nn.ReLU(inplace=True),
-        ]
-        layers += [nn.Linear(hidden_dim, out_dim), nn.BatchNorm1d(out_dim)]
+        layers += [nn.Linear(hidden_dim, hidden_dim), norm(hidden_dim), nn.ReLU(inplace=True)]
+        layers += [nn.Linear(hidden_dim, out_dim), norm(out_dim)]
     else:
         layers.append(nn.Linear(hidden_dim, out_dim))
     return nn.Sequential(*layers)
@@ -180,6 +179,7 @@ class SeCuModel(
         in_chans: Input channels: 1 (grey) or 3 (RGB) for PIL inputs.
         dim: Dimension of the projection and of the centers.
         projection_layers: 2 (CIFAR/STL head) or 3 (ImageNet head, ends with BatchNorm).
+        projection_batchnorm: BatchNorm in the projection head (the paper's); False drops it.
         projection_hidden_dim: Hidden width of the projection head; ``None``: the backbone's
             feature dimension, as in the paper.
         predictor_hidden_dim: Hidden width of the predictor (ImageNet: 2048); ``None``: no
@@ -224,6 +224,7 @@ class SeCuModel(
         in_chans: int = 3,
         dim: int = 128,
         projection_layers: int = 2,
+        projection_batchnorm: bool = True,
         projection_hidden_dim: int | None = None,
         predictor_hidden_dim: int | None = None,
         num_clusters: list[int] | None = None,
@@ -271,7 +272,9 @@ class SeCuModel(
         )
         feature_dim = int(self.backbone.num_features)
         hidden = feature_dim if projection_hidden_dim is None else projection_hidden_dim
-        self.projection_head = build_projection_head(feature_dim, hidden, dim, projection_layers)
+        self.projection_head = build_projection_head(
+            feature_dim, hidden, dim, projection_layers, batchnorm=bool(projection_batchnorm)
+        )
         self.predictor = (
             None if predictor_hidden_dim is None else build_predictor(dim, predictor_hidden_dim)
         )
@@ -300,6 +303,7 @@ class SeCuModel(
             "in_chans": in_chans,
             "dim": dim,
             "projection_layers": projection_layers,
+            "projection_batchnorm": bool(projection_batchnorm),
             "projection_hidden_dim": projection_hidden_dim,
             "predictor_hidden_dim": predictor_hidden_dim,
             "num_clusters": list(num_clusters),

@@ -27,6 +27,7 @@ class Preset:
     data: str = "mnist5k"
     # network
     backbone: str = "resnet18"
+    backbone_kwargs: dict | None = None  # extra timm create_model arguments
     stem: str | None = "cifar"
     in_chans: int = 3
     input_size: int = 32
@@ -34,6 +35,7 @@ class Preset:
     std: list[float] = field(default_factory=lambda: list(CIFAR10_STD))
     dim: int = 128
     projection_layers: int = 2
+    projection_batchnorm: bool = True
     predictor_hidden_dim: int | None = None
     # views
     views: str = "byol"  # "byol" (lightly's BYOL pair) or "digits"

@@ -8,7 +8,6 @@ checkpoint at the end of every epoch), evaluation, and a Hub-format model direct
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import sys
@@ -51,17 +50,20 @@ class TrainProgress:
         self.epoch = 0
         self.step_in_epoch = 0
         self.global_step = 0
-        self.losses: list[float] = []
+        self.losses: list[float] = []  # rank 0's loss of every step
+        self.batches: list[int] = []  # the sum of each batch's indices: which data each step saw
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
-                "global_step": self.global_step, "losses": list(self.losses)}
+                "global_step": self.global_step, "losses": list(self.losses),
+                "batches": list(self.batches)}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch = state["epoch"]
         self.step_in_epoch = state["step_in_epoch"]
         self.global_step = state["global_step"]
         self.losses = list(state["losses"])
+        self.batches = list(state["batches"])
 
 
 def build_view_transforms(preset: Preset):
@@ -81,8 +83,9 @@ def build_model(preset: Preset, training: dict | None = None):
     from secu_plugin.model import SeCuModel
 
     return SeCuModel(
-        backbone=preset.backbone, stem=preset.stem, in_chans=preset.in_chans, dim=preset.dim,
+        backbone=preset.backbone, backbone_kwargs=preset.backbone_kwargs, stem=preset.stem, in_chans=preset.in_chans, dim=preset.dim,
         projection_layers=preset.projection_layers,
+        projection_batchnorm=preset.projection_batchnorm,
         predictor_hidden_dim=preset.predictor_hidden_dim, num_clusters=list(preset.num_clusters),
         temperature=preset.temperature_c, input_size=preset.input_size, mean=list(preset.mean),
         std=list(preset.std), training=training,
@@ -135,59 +138,6 @@ def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
     return target if target.is_dir() else None
 
 
-@torch.no_grad()
-def predict_dataset(accelerator, model, dataset, batch_size: int) -> tuple[np.ndarray, ...]:
-    """Projections' cluster ids of every head (H, N) and the labels (N,) of ``dataset``."""
-    from secu_plugin.data import TransformedDataset, eval_transform
-
-    unwrapped = accelerator.unwrap_model(model)
-    transform = eval_transform(unwrapped.input_size, unwrapped.mean, unwrapped.std,
-                               unwrapped.in_chans)
-    loader = DataLoader(TransformedDataset(dataset, transform), batch_size=batch_size)
-    loader = accelerator.prepare_data_loader(loader)
-    was_training = model.training
-    model.eval()
-    predictions, labels = [], []
-    for images, targets, _ in loader:
-        z = model(images)
-        ids = torch.stack([unwrapped.cluster_probabilities(z, head).argmax(1)
-                           for head in range(unwrapped.num_heads)], dim=1)
-        ids, targets = accelerator.gather_for_metrics((ids, targets))
-        predictions.append(ids.cpu())
-        labels.append(targets.cpu())
-    model.train(was_training)
-    return torch.cat(predictions).T.numpy(), torch.cat(labels).numpy()
-
-
-def evaluate_predictions(predictions: np.ndarray, labels: np.ndarray, num_clusters: list[int],
-                         dataset: str, split: str, memory: np.ndarray | None = None) -> dict:
-    """ACC / NMI / ARI of the head whose K equals the number of classes (SCAN's protocol):
-    its predictions on the evaluation split, and the training memory's assignment of that head.
-
-    Returns ``{}`` for unlabeled data, else the model card's ``{"evaluations": [...]}``.
-    """
-    from secu_plugin.metrics import clustering_metrics
-
-    labelled = labels >= 0
-    if not labelled.any():
-        return {}
-    num_classes = int(labels.max()) + 1
-    head = num_clusters.index(num_classes) if num_classes in num_clusters else 0
-    common = {"dataset": dataset, "num_clusters": num_clusters[head], "head": head}
-    evaluations = []
-    scored = {"predict": predictions[head]}
-    if memory is not None and memory.shape[1] == len(labels):
-        scored["memory"] = memory[head]
-    for assignment, assigned in scored.items():
-        metrics = clustering_metrics(labels, assigned)
-        evaluations.append({
-            **common, "split": split if assignment == "predict" else "train",
-            "assignment": assignment, "num_images": int(labelled.sum()),
-            "accuracy": metrics["acc"], "nmi": metrics["nmi"], "ari": metrics["ari"],
-        })
-    return {"evaluations": evaluations}
-
-
 def train(preset: Preset, options: RunOptions) -> dict:
     """Trains SeCu with ``preset``, evaluates, saves a Hub-format model; returns the summary."""
     from accelerate.utils import set_seed
@@ -210,10 +160,15 @@ def train(preset: Preset, options: RunOptions) -> dict:
         log(f"skipped {len(train_images.skipped)} unreadable images")
     view1, view2 = build_view_transforms(preset)
     per_process_batch = max(1, preset.batch_size // accelerator.num_processes)
+    # Seeded views: image i in epoch e gets the same augmentations in every run (exact resume).
+    pairs = TwoViewDataset(train_images, view1, view2, seed=options.seed)
     loader = DataLoader(
-        TwoViewDataset(train_images, view1, view2), batch_size=per_process_batch, shuffle=True,
+        pairs, batch_size=per_process_batch, shuffle=True,
         num_workers=preset.num_workers, persistent_workers=preset.num_workers > 0,
         drop_last=False,
+        # Its own generator: starting an epoch's iterator then draws nothing from the global
+        # RNG, which drives the augmentations, so a resumed epoch draws the same views.
+        generator=torch.Generator().manual_seed(options.seed),
     )
 
     # Model, center bank and loss.
@@ -247,13 +202,14 @@ def train(preset: Preset, options: RunOptions) -> dict:
     stop = False
     for epoch in range(progress.epoch, preset.epochs):
         loader.set_epoch(epoch)
+        pairs.set_epoch(epoch)
         if progress.step_in_epoch == 0:
             bank.start_epoch()  # mid-epoch resumes keep the restored frozen targets
         batches = loader
         if progress.step_in_epoch > 0:
             batches = accelerator.skip_first_batches(loader, progress.step_in_epoch)
         model.train()
-        epoch_loss, epoch_steps = 0.0, 0
+        epoch_loss, epoch_steps, epoch_started = 0.0, 0, time.time()
         bar = _progress_bar(accelerator, options, steps_per_epoch, progress.step_in_epoch, epoch)
         for view_a, view_b, indices in batches:
             step = progress.step_in_epoch
@@ -277,6 +233,7 @@ def train(preset: Preset, options: RunOptions) -> dict:
 
             loss_value = float(loss.detach())
             progress.losses.append(loss_value)
+            progress.batches.append(int(indices.sum()))
             epoch_loss += loss_value
             epoch_steps += 1
             progress.step_in_epoch += 1
@@ -296,12 +253,15 @@ def train(preset: Preset, options: RunOptions) -> dict:
         if stop:
             log(f"stopped after {progress.global_step} steps (--max_steps)")
             break
-        log(_epoch_line(epoch, epoch_loss / max(epoch_steps, 1), bank, train_images.labels))
+        log(_epoch_line(epoch, epoch_loss / max(epoch_steps, 1), bank, train_images.labels)
+            + f" | {time.time() - epoch_started:.1f}s")
         bank.end_epoch()
         progress.epoch, progress.step_in_epoch = epoch + 1, 0
         save_checkpoint(accelerator, checkpoint_dir, progress)
 
-    summary = {"epochs": progress.epoch, "steps": progress.global_step}
+    summary = {"epochs": progress.epoch, "steps": progress.global_step,
+               "num_processes": accelerator.num_processes,
+               "ranks_in_sync": ranks_hold_identical_state(bank)}
     if not stop:
         summary.update(finish(accelerator, model, bank, preset, options, train_images))
     summary["seconds"] = round(time.time() - started, 1)
@@ -311,12 +271,24 @@ def train(preset: Preset, options: RunOptions) -> dict:
     return summary
 
 
+def ranks_hold_identical_state(bank: SeCuCenterBank) -> bool:
+    """Whether every process holds exactly the same bank (memory, counts, duals, centers)."""
+    state = torch.cat([t.detach().double().flatten().cpu() for t in bank.state_dict().values()])
+    digest = torch.tensor([float(state.sum()), float((state * torch.arange(len(state))).sum())],
+                          dtype=torch.float64, device=bank.memory.device)
+    gathered = dist.gather_rows(digest.unsqueeze(0))
+    return bool((gathered == gathered[0]).all())
+
+
 def finish(accelerator, model, bank, preset: Preset, options: RunOptions, train_images) -> dict:
     """Evaluation, plots and the Hub-format model directory at the end of training."""
     from secu_plugin.data import ImageDataset
+    from secu_plugin.evaluation import evaluate_predictions, predict_dataset
     from secu_plugin.viz import save_cluster_montage, save_cluster_size_plot
 
     output_dir = Path(options.output_dir)
+    unwrapped = accelerator.unwrap_model(model)
+    unwrapped.set_centers([c.detach() for c in bank.centers])  # the model predicts with them
     eval_images = ImageDataset.from_source(preset.data, split="test",
                                            skip_corrupt=options.skip_corrupt)
     predictions, labels = predict_dataset(accelerator, model, eval_images,
@@ -331,8 +303,6 @@ def finish(accelerator, model, bank, preset: Preset, options: RunOptions, train_
         summary["memory_acc"] = results["evaluations"][1]["accuracy"]
 
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        unwrapped.set_centers([c.detach() for c in bank.centers])
         unwrapped.results = results or None
         unwrapped._hub_mixin_config["results"] = results or None
         model_dir = output_dir / "model"
@@ -386,5 +356,48 @@ def print_summary(summary: dict) -> None:
                           for key, v in summary.items()}), flush=True)
 
 
-def steps_for(num_instances: int, batch_size: int) -> int:
-    return math.ceil(num_instances / batch_size)
+def parse_recipe_args(argv: list[str] | None = None, default_preset: str = "mnist5k"):
+    """The command line shared by ``recipes/train.py`` and ``recipes/train_imagenet.py``."""
+    import argparse
+    import shlex
+
+    from secu_plugin.presets import PRESETS, get_preset, parse_overrides
+
+    parser = argparse.ArgumentParser(description="Train SeCu with Accelerate.")
+    parser.add_argument("--preset", default=default_preset, choices=sorted(PRESETS))
+    parser.add_argument("--data", help="mnist5k, an image folder, parquet files or a Hub data set")
+    parser.add_argument("--output_dir", default=None, help="default: outputs/<preset>")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--backbone", help="any timm model name")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--push_to_hub", metavar="ORG/NAME", help="also push the model to the Hub")
+    parser.add_argument("--max_steps", type=int, help="stop after this many steps (checkpointed)")
+    parser.add_argument("--checkpoint_every", type=int, default=0,
+                        help="also checkpoint every N steps")
+    parser.add_argument("--skip_corrupt", action="store_true", help="skip unreadable images")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="override preset settings, e.g. --set lr=0.1 num_clusters=[10,20]")
+    args = parser.parse_args(argv)
+    overrides = parse_overrides(args.set)
+    for name in ("data", "epochs", "backbone"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    preset = get_preset(args.preset, **overrides)
+    command = ["accelerate", "launch", *sys.argv] if argv is None else ["recipe", *argv]
+    options = RunOptions(
+        output_dir=args.output_dir or f"outputs/{preset.name}", resume=args.resume,
+        seed=args.seed, push_to_hub=args.push_to_hub, max_steps=args.max_steps,
+        checkpoint_every=args.checkpoint_every, skip_corrupt=args.skip_corrupt,
+        command=shlex.join(command), progress=not args.no_progress,
+    )
+    return preset, options
+
+
+def recipe_main(argv: list[str] | None = None, default_preset: str = "mnist5k") -> dict:
+    """Parses the command line, trains, prints the final JSON line; returns the summary."""
+    preset, options = parse_recipe_args(argv, default_preset)
+    summary = train(preset, options)
+    print_summary(summary)
+    return summary

@@ -247,6 +247,7 @@ def every_argument_changed() -> dict:
         "in_chans": 1,
         "dim": 12,
         "projection_layers": 3,
+        "projection_batchnorm": False,
         "projection_hidden_dim": 24,
         "predictor_hidden_dim": 20,
         "num_clusters": [3, 4, 6],
