@@ -328,6 +328,28 @@ class ImageDataset(Dataset):
             description=f"arrays {images.shape}",
         )
 
+    def save_pngs(self, folder: str | os.PathLike, limit: int | None = None) -> list[str]:
+        """Writes the images as PNG files, ``folder/<label>/<index>.png`` (``folder/<index>.png``
+        without labels): a real image folder, e.g. for ``secu-cluster``. Returns the paths.
+
+        Examples:
+            >>> import tempfile
+            >>> with tempfile.TemporaryDirectory() as folder:
+            ...     paths = ImageDataset.mnist5k().save_pngs(folder, limit=3)
+            ...     ImageDataset.from_folder(folder).labels.tolist()
+            [0, 0, 0]
+        """
+        count = len(self) if limit is None else min(int(limit), len(self))
+        paths = []
+        for index in range(count):
+            image, label = self[index]
+            target = os.path.join(os.fspath(folder), str(label) if label >= 0 else "")
+            os.makedirs(target, exist_ok=True)
+            path = os.path.join(target, f"{index}.png")
+            image.save(path)
+            paths.append(path)
+        return paths
+
     @classmethod
     def mnist5k(cls) -> ImageDataset:
         """The 5000 bundled MNIST digits as 28x28 PIL images in mode "L", labels 0..9.

@@ -1,0 +1,51 @@
+"""The README's commands and example are true."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def test_readme_starts_with_the_two_setup_commands_and_ci_runs_the_second():
+    first_block = re.search(r"```bash\n(.*?)```", README, re.S).group(1).splitlines()
+    assert first_block[0].startswith("# 1. Set up, then train")
+    assert first_block[1].endswith("accelerate launch recipes/train.py")
+    assert first_block[2].startswith("# 2. Set up, then run the tests")
+    assert first_block[3].endswith("python -m pytest -q")
+    assert "Set up, then run the tests" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_lightly_timm_example_runs(tmp_path):
+    example = re.search(r"```python\n(.*?)```", README, re.S).group(1)
+    script = tmp_path / "example.py"
+    script.write_text(example)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=300, check=False, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ids = re.findall(r"\d+", result.stdout.strip().splitlines()[-1])
+    assert ids and all(0 <= int(i) < 10 for i in ids)  # cluster ids of head 0 (K=10)
+
+
+def test_readme_workflow_commands_run(tmp_path):
+    """The README's Hub workflow, line by line, in a scratch directory with one epoch."""
+    block = re.search(r"```bash\n# workflow\n(.*?)```", README, re.S).group(1)
+    lines = [line for line in block.splitlines() if line.strip()]
+    assert len(lines) == 5
+    bin_dir = Path(sys.executable).parent
+    for line in lines:
+        line = line.replace(".venv/bin/", f"{bin_dir}/")
+        if "recipes/train.py" in line:
+            line += " --epochs 1 --no_progress"
+        line = line.replace("recipes/", f"{ROOT}/recipes/")
+        result = subprocess.run(line, shell=True, capture_output=True, text=True, timeout=300,
+                                check=False, cwd=tmp_path)
+        assert result.returncode == 0, line + "\n" + result.stdout[-2000:] + result.stderr[-3000:]
+    rows = (tmp_path / "outputs" / "clusters.csv").read_text().splitlines()
+    assert rows[0] == "path,cluster,confidence" and len(rows) == 201
+    assert (tmp_path / "outputs" / "montage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from secu_plugin.presets import get_preset
+
+    assert result.stdout.strip() == f"{get_preset('mnist5k').num_clusters} True"
