@@ -10,7 +10,7 @@ README = (ROOT / "README.md").read_text()
 
 
 def test_readme_starts_with_the_two_setup_commands_and_ci_runs_the_second():
-    first_block = re.search(r"```bash\n(.*?)```", README, re.S).group(1).splitlines()
+    first_block = re.search(r"```bash\n(.*?)```", README, re.DOTALL).group(1).splitlines()
     assert first_block[0].startswith("# 1. Set up, then train")
     assert first_block[1].endswith("accelerate launch recipes/train.py")
     assert first_block[2].startswith("# 2. Set up, then run the tests")
@@ -19,7 +19,7 @@ def test_readme_starts_with_the_two_setup_commands_and_ci_runs_the_second():
 
 
 def test_lightly_timm_example_runs(tmp_path):
-    example = re.search(r"```python\n(.*?)```", README, re.S).group(1)
+    example = re.search(r"```python\n(.*?)```", README, re.DOTALL).group(1)
     script = tmp_path / "example.py"
     script.write_text(example)
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
@@ -31,7 +31,7 @@ def test_lightly_timm_example_runs(tmp_path):
 
 def test_readme_workflow_commands_run(tmp_path):
     """The README's Hub workflow, line by line, in a scratch directory with one epoch."""
-    block = re.search(r"```bash\n# workflow\n(.*?)```", README, re.S).group(1)
+    block = re.search(r"```bash\n# workflow\n(.*?)```", README, re.DOTALL).group(1)
     lines = [line for line in block.splitlines() if line.strip()]
     assert len(lines) == 5
     bin_dir = Path(sys.executable).parent

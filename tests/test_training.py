@@ -154,7 +154,7 @@ def test_checkpoints_are_replaced_atomically(digit_folder, tmp_path):
     # A save that died half-way leaves a directory that nothing points to: resume ignores it.
     (checkpoints / "state-99999999").mkdir()
     (checkpoints / ".latest.tmp").write_text("state-99999999")
-    summary, log = run_recipe(["--data", str(digit_folder), "--epochs", "2", *TINY,
+    _, log = run_recipe(["--data", str(digit_folder), "--epochs", "2", *TINY,
                                "--output_dir", str(out), "--resume"])
     assert f"resumed from {checkpoints / states[0]}" in log.stdout
 
