@@ -261,3 +261,52 @@ def test_custom_assigner_is_pluggable():
     assert isinstance(SeCuCenterBank(dim=4, num_clusters=[3], num_instances=5,
                                      assigner=EntropyConstrainedAssigner(1.0)).assigner,
                       EntropyConstrainedAssigner)
+
+
+def test_predictor_variant_on_a_hand_checked_case():
+    """ImageNet form, 2 rows, heads K=2 and K=3, written out term by term."""
+    torch.manual_seed(3)
+    bank = SeCuCenterBank(dim=3, num_clusters=[2, 3], num_instances=4).double()
+    bank.start_epoch()
+    criterion = SeCuLoss(bank, temperature_x=0.5, temperature_c=0.25, label_weight=0.3)
+    raw = {name: torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+           for name in ("z0", "z1", "p0", "p1")}
+    indices = torch.tensor([3, 1])
+    terms = criterion.terms(raw["z0"], raw["z1"], indices, p0=raw["p0"], p1=raw["p1"])
+    terms.loss.backward()
+
+    unit = {k: torch.nn.functional.normalize(v.detach(), dim=1).requires_grad_() for k, v in
+            raw.items()}
+    centers = [c.detach().clone().requires_grad_() for c in bank.centers]
+    expected_x = expected_c = 0.0
+    for head, k in enumerate([2, 3]):
+        current = torch.nn.functional.normalize(centers[head], dim=1)
+        frozen = bank.frozen_targets(head)
+        sims = {n: unit[n].detach() @ current.T for n in unit}
+        cost = -(sims["z0"] + sims["z1"] + sims["p0"] + sims["p1"]) / 4
+        labels = terms.labels[head]
+        for row in range(2):
+            # Size constraint with zero duals: the nearest center on the mean similarity.
+            assert labels[row] == cost[row].argmin()
+            for name in unit:
+                logits = torch.stack([
+                    sims[name][row, j] if j == labels[row] else sims[name][row, j].detach()
+                    for j in range(k)]) / 0.25
+                expected_c = expected_c - torch.log_softmax(logits, 0)[labels[row]] / (2 * 4 * 2)
+            for view, other in (("0", "1"), ("1", "0")):
+                with torch.no_grad():
+                    target = 0.7 * torch.softmax(unit["z" + other][row] @ frozen.T / 0.5, 0)
+                    target[labels[row]] += 0.3  # no stored label yet: the fresh one
+                for name in ("z" + view, "p" + view):  # the projection's target trains both
+                    log_prob = torch.log_softmax(unit[name][row] @ frozen.T / 0.5, 0)
+                    expected_x = expected_x - (target * log_prob).sum() / (2 * 4 * 2)
+    torch.testing.assert_close(terms.representation_loss, expected_x, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(terms.center_loss, expected_c, rtol=1e-12, atol=1e-12)
+    (expected_x + expected_c).backward()
+    for head in range(2):
+        torch.testing.assert_close(bank.centers[head].grad, centers[head].grad)
+    for name, value in raw.items():
+        # Chain the normalized gradient back through the normalization by hand.
+        expected = torch.autograd.grad(
+            torch.nn.functional.normalize(value, dim=1), value, unit[name].grad)[0]
+        torch.testing.assert_close(value.grad, expected)
