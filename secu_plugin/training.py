@@ -66,6 +66,24 @@ class TrainProgress:
         self.batches = list(state["batches"])
 
 
+class TwoViewNetwork(torch.nn.Module):
+    """Both views through the model in one ``forward``, so DDP sees one forward per step.
+
+    Returns ``(z0, z1, p0, p1)``; ``p0``/``p1`` are None without predictor. Each view is a
+    separate batch for BatchNorm, as in the paper's code.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, view_a: torch.Tensor, view_b: torch.Tensor):
+        z0, z1 = self.model(view_a), self.model(view_b)
+        if self.model.predictor is None:
+            return z0, z1, None, None
+        return z0, z1, self.model.predictor(z0), self.model.predictor(z1)
+
+
 def build_view_transforms(preset: Preset):
     """The two view transforms of a preset: lightly's BYOL pair, or the digits' augmentation."""
     from secu_plugin.data import byol_view_transforms, digit_view_transforms
@@ -186,7 +204,7 @@ def train(preset: Preset, options: RunOptions) -> dict:
                          temperature_c=preset.temperature_c, label_weight=preset.label_weight)
     optimizer = build_optimizer(preset.optimizer, model, bank.centers,
                                 weight_decay=preset.weight_decay, momentum=preset.momentum)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    network, optimizer, loader = accelerator.prepare(TwoViewNetwork(model), optimizer, loader)
     progress = TrainProgress()
     accelerator.register_for_checkpointing(bank, progress)
 
@@ -198,7 +216,6 @@ def train(preset: Preset, options: RunOptions) -> dict:
         log(f"resumed from {state} (epoch {progress.epoch}, step {progress.step_in_epoch})")
 
     steps_per_epoch = len(loader)
-    unwrapped = accelerator.unwrap_model(model)
     stop = False
     for epoch in range(progress.epoch, preset.epochs):
         loader.set_epoch(epoch)
@@ -208,7 +225,7 @@ def train(preset: Preset, options: RunOptions) -> dict:
         batches = loader
         if progress.step_in_epoch > 0:
             batches = accelerator.skip_first_batches(loader, progress.step_in_epoch)
-        model.train()
+        network.train()
         epoch_loss, epoch_steps, epoch_started = 0.0, 0, time.time()
         bar = _progress_bar(accelerator, options, steps_per_epoch, progress.step_in_epoch, epoch)
         for view_a, view_b, indices in batches:
@@ -221,11 +238,7 @@ def train(preset: Preset, options: RunOptions) -> dict:
                     group["lr"] = encoder_lr(preset.lr, epoch, step, steps_per_epoch,
                                              preset.epochs, preset.warmup_epochs)
             with accelerator.autocast():
-                z0, z1 = model(view_a), model(view_b)
-                if unwrapped.predictor is not None:
-                    p0, p1 = unwrapped.predictor(z0), unwrapped.predictor(z1)
-                else:
-                    p0 = p1 = None
+                z0, z1, p0, p1 = network(view_a, view_b)
                 loss = criterion(z0, z1, indices, p0, p1)
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
