@@ -21,7 +21,7 @@ RTOL, ATOL = 1e-8, 1e-12
 
 def close(actual, expected, what: str) -> None:
     if isinstance(actual, torch.Tensor):
-        actual = actual.detach().numpy()
+        actual = actual.detach().cpu().numpy()
     np.testing.assert_allclose(np.asarray(actual), expected, rtol=RTOL, atol=ATOL, err_msg=what)
 
 
@@ -33,7 +33,7 @@ def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
     return value / dist.world_size()
 
 
-def replay(path: Path, rank: int = 0, world_size: int = 1) -> int:
+def replay(path: Path, rank: int = 0, world_size: int = 1, device: str = "cpu") -> int:
     """Replays ``path``; with world_size > 1 this process holds chunk ``rank`` of every batch.
 
     Returns the number of steps checked; raises AssertionError on the first mismatch.
@@ -49,13 +49,13 @@ def replay(path: Path, rank: int = 0, world_size: int = 1) -> int:
         dual_lr=config["dual_lr"],
         lower_bound_ratio=config["lratio"],
         alpha=config["alpha"],
-    ).double()
+    ).double().to(device)
     criterion = SeCuLoss(
         bank, temperature_x=config["tx"], temperature_c=config["tw"], label_weight=config["tau"]
     )
     with torch.no_grad():
         for i in heads:
-            bank.centers[i].copy_(torch.from_numpy(data[f"h{i}_init_centers"].T))
+            bank.centers[i].copy_(torch.from_numpy(data[f"h{i}_init_centers"].T).to(device))
     has_predictor = "p1" in data
     epochs = data["epoch"]
     starts = np.concatenate([[0], np.cumsum(data["batch_sizes"])])
@@ -69,12 +69,12 @@ def replay(path: Path, rank: int = 0, world_size: int = 1) -> int:
         rows = np.array_split(np.arange(starts[step], starts[step + 1]), world_size)[rank]
 
         def leaf(key: str, rows=rows) -> torch.Tensor:
-            return torch.from_numpy(data[key][rows]).requires_grad_()
+            return torch.from_numpy(data[key][rows]).to(device).requires_grad_()
 
         inputs = {"z0": leaf("z1"), "z1": leaf("z2")}
         if has_predictor:
             inputs.update(p0=leaf("p1"), p1=leaf("p2"))
-        indices = torch.from_numpy(data["idx"][rows])
+        indices = torch.from_numpy(data["idx"][rows]).to(device)
         for center in bank.centers:
             center.grad = None
         terms = criterion.terms(indices=indices, **inputs)
@@ -92,14 +92,14 @@ def replay(path: Path, rank: int = 0, world_size: int = 1) -> int:
         for i in heads:
             close(bank.centers[i].grad.T, data[f"h{i}_grad_centers"][step], f"grad c{i} {where}")
             np.testing.assert_array_equal(
-                terms.labels[i].numpy(), data[f"h{i}_batch_labels"][rows], f"labels h{i} {where}"
+                terms.labels[i].cpu().numpy(), data[f"h{i}_batch_labels"][rows], f"labels h{i} {where}"
             )
-            memory = bank.memory[i].long().numpy()
+            memory = bank.memory[i].long().cpu().numpy()
             expected = data[f"h{i}_labels_after"][step]
             np.testing.assert_array_equal(memory[visited], expected[visited], f"memory {where}")
             assert (memory[~visited] == -1).all(), f"unvisited instances labelled, {where}"
             np.testing.assert_array_equal(
-                bank.counts[i].numpy(), data[f"h{i}_counts_after"][step], f"counts h{i} {where}"
+                bank.counts[i].cpu().numpy(), data[f"h{i}_counts_after"][step], f"counts h{i} {where}"
             )
             close(bank.duals[i], data[f"h{i}_duals_after"][step], f"duals h{i} {where}")
         with torch.no_grad():

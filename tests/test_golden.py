@@ -1,6 +1,7 @@
 """The plugin reproduces whole training trajectories of the reference SeCu code (float64)."""
 
 import pytest
+import torch
 from golden_replay import GOLDEN_FILES, replay
 
 
@@ -11,3 +12,9 @@ def test_all_golden_files_are_present():
 @pytest.mark.parametrize("path", GOLDEN_FILES, ids=lambda p: p.stem)
 def test_golden_replay(path):
     assert replay(path) > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("path", GOLDEN_FILES, ids=lambda p: p.stem)
+def test_golden_replay_on_cuda(path):
+    assert replay(path, device="cuda") > 0
