@@ -708,7 +708,9 @@ class TwoViewDataset(Dataset):
         item_seed = hash((self.seed, int(self._epoch), int(index))) % (2**31)
         python_state, numpy_state = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(item_seed)
+            # The CPU generator only: torch.manual_seed would also seed every accelerator,
+            # 30 times slower per image.
+            torch.default_generator.manual_seed(item_seed)
             np.random.seed(item_seed)
             random.seed(item_seed)
             try:
