@@ -129,49 +129,64 @@ class SeCuLoss(nn.Module):
         num_views, num_heads = len(features), bank.num_heads
         batch = features[0].shape[0]
         stacked = torch.cat(features)  # (num_views * B, dim)
-
         centers = dist.mean_gradient_across_ranks(bank.normalized_centers())
+
+        # Both losses are computed without autograd, with every head at once in one product per
+        # loss against all heads' centers; their exact gradients enter through zero-valued
+        # surrogates (below): no (B x sum K) tensor is kept for, or created by, the backward.
         with torch.no_grad():
-            similarity = (stacked @ centers.detach().T).view(num_views, batch, -1)
+            flat = stacked.detach()
+            similarity = (flat @ centers.detach().T).view(num_views, batch, -1)
             cost = -(1.0 / num_views) * similarity.sum(0)
             labels = bank.assign(cost, indices)  # (H, B), decided from the state before the step
             target_labels = bank.stored_or_new_labels(indices, labels)
+            # Scaling the (V*B, dim) side is cheaper than the (V*B, sum K) product.
+            logits = ((flat / self.temperature_x) @ bank.targets.T).view(num_views, batch, -1)
 
-        # Representation loss: one product against every head's frozen targets.
-        logits = (stacked @ bank.targets.T / self.temperature_x).view(num_views, batch, -1)
-        representation = logits.new_zeros(())
-        center_value = logits.new_zeros(())
-        center_coef = logits.new_empty(num_views, batch, num_heads)
-        rows = torch.arange(batch, device=logits.device)
-        for head in range(num_heads):
-            columns = bank.head_slice(head)
-            log_prob = F.log_softmax(logits[:, :, columns], dim=2)  # (V, B, K)
-            with torch.no_grad():
-                prob = log_prob[:2].exp()  # projections only; view 0's target is view 1's
-                soft_target = (1.0 - self.label_weight) * prob.flip(0)
+            representation_value = logits.new_zeros(())
+            center_value = logits.new_zeros(())
+            center_coef = logits.new_empty(num_views, batch, num_heads)
+            rows = torch.arange(batch, device=logits.device)
+            # split gives views of each head's columns; each head's logits are overwritten in
+            # place by d(loss)/d(logits) once used.
+            heads = zip(logits.split(bank.num_clusters, dim=2),
+                        similarity.split(bank.num_clusters, dim=2))
+            for head, (head_logits, head_similarity) in enumerate(heads):
+                log_prob = F.log_softmax(head_logits, dim=2)  # (V, B, K)
+                prob = log_prob.exp()
+                # View 0's target comes from view 1's projection and vice versa; predictions
+                # share their view's target.
+                soft_target = (1.0 - self.label_weight) * prob[:2].flip(0)
                 soft_target[:, rows, target_labels[head]] += self.label_weight
-                if num_views == 4:  # predictions share their view's target
+                if num_views == 4:
                     soft_target = torch.cat([soft_target, soft_target])
-                # Center loss value and d(loss)/d(logit of the assigned center).
-                scaled = similarity[:, :, columns] / self.temperature_c
+                representation_value -= (log_prob * soft_target).sum(2).mean(1).sum()
+                head_logits.copy_(prob).sub_(soft_target).div_(batch)
+
+                # Center loss: cross-entropy where only the assigned center's logit varies.
+                scaled = head_similarity / self.temperature_c
                 log_norm = torch.logsumexp(scaled, dim=2)
                 positive = scaled[:, rows, labels[head]]
                 center_value += (log_norm - positive).mean(1).sum()
                 center_coef[:, :, head] = (torch.exp(positive - log_norm) - 1.0) / (
                     batch * self.temperature_c
                 )
-            representation = representation - (log_prob * soft_target).sum(2).mean(1).sum()
+            # d(representation)/d(features): one product with the frozen targets.
+            feature_pull = (logits.view(num_views * batch, -1) @ bank.targets) / self.temperature_x
+            # d(center loss)/d(assigned centers): each row's pull on its B x H assigned centers.
+            center_pull = torch.einsum("vbh,vbd->bhd", center_coef, flat.view(num_views, batch, -1))
 
-        # The center loss's gradient reaches only the assigned center of each row: gather those
-        # B x H centers and give them the exact gradient through a zero-valued surrogate, an
-        # O(B * dim) scatter instead of a dense (B x K) product per head.
-        with torch.no_grad():
-            pull = torch.einsum("vbh,vbd->bhd", center_coef, stacked.view(num_views, batch, -1))
-        assigned = centers[labels.T + torch.tensor(bank.offsets[:-1], device=labels.device)]
-        surrogate = (assigned * pull).sum()
+        # Gather the assigned centers only: their gradient is an O(B * H * dim) scatter instead
+        # of a dense (B x K) product per head.
+        offsets = centers.new_tensor(bank.offsets[:-1], dtype=torch.long)
+        assigned = centers[labels.T + offsets]
+        center_surrogate = (assigned * center_pull).sum()
+        feature_surrogate = (stacked * feature_pull).sum()
         scale = 1.0 / (num_views * num_heads)
-        center_loss = (center_value + surrogate - surrogate.detach()) * scale
-        representation_loss = representation * scale
+        center_loss = (center_value + center_surrogate - center_surrogate.detach()) * scale
+        representation_loss = (
+            representation_value + feature_surrogate - feature_surrogate.detach()
+        ) * scale
 
         # Every rank records the whole global batch, so all ranks keep identical state.
         bank.update(dist.gather_rows(indices), dist.gather_rows(labels.T).T)
