@@ -127,6 +127,21 @@ def build_accelerator(preset: Preset):
     )
 
 
+def use_cpu_cores(accelerator) -> None:
+    """On CPU, gives each local process its share of the cores.
+
+    A bare ``accelerate launch`` on a machine without GPU sets OMP_NUM_THREADS=1, which runs
+    the demo at about 60% of the speed of two threads on two cores. ``SECU_NUM_THREADS``
+    overrides the choice.
+    """
+    if accelerator.device.type != "cpu":
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+    threads = int(os.environ.get("SECU_NUM_THREADS", 0)) or max(1, (cores or 1) // local_processes)
+    torch.set_num_threads(threads)
+
+
 def save_checkpoint(accelerator, checkpoint_dir: Path, progress: TrainProgress) -> None:
     """Saves the Accelerate state atomically: a crash while saving leaves the previous one.
 
@@ -164,6 +179,7 @@ def train(preset: Preset, options: RunOptions) -> dict:
 
     started = time.time()
     accelerator = build_accelerator(preset)
+    use_cpu_cores(accelerator)
     set_seed(options.seed)
     output_dir = Path(options.output_dir)
     checkpoint_dir = output_dir / "checkpoints"
