@@ -6,13 +6,17 @@ the statistics the constraint needs from the whole (global) batch. Assigners hol
 hyper-parameters; the statistics they update (per-cluster counts and dual variables) live in
 the :class:`~secu_plugin.bank.SeCuCenterBank`, so they are saved and restored with it.
 
-A custom assigner subclasses :class:`ConstrainedAssigner` and is passed to the bank as
-``SeCuCenterBank(..., assigner=MyAssigner())``.
+All heads are handled at once: costs, counts and duals are stacked along the clusters of every
+head (see :class:`~secu_plugin.layout.HeadLayout`). A custom assigner subclasses
+:class:`ConstrainedAssigner` and is passed to the bank as ``SeCuCenterBank(...,
+assigner=MyAssigner())``.
 """
 
 from __future__ import annotations
 
 import torch
+
+from secu_plugin.layout import HeadLayout
 
 
 def _xlogx(p: torch.Tensor) -> torch.Tensor:
@@ -36,17 +40,19 @@ class ConstrainedAssigner:
         counts: torch.Tensor,
         duals: torch.Tensor,
         stored_labels: torch.Tensor,
+        layout: HeadLayout,
     ) -> torch.Tensor:
-        """Returns the cluster of each row.
+        """Returns the cluster of each row in each head.
 
         Args:
-            cost: (B, K) assignment cost (minus the mean similarity to the current centers).
-            counts: (K,) int64 cluster counts of this head.
-            duals: (K,) dual variables of this head.
-            stored_labels: (B,) int64 label of each row in the memory, -1 where it has none.
+            cost: (B, sum K) assignment cost (minus the mean similarity to the current centers).
+            counts: (sum K,) int64 cluster counts of all heads.
+            duals: (sum K,) dual variables of all heads.
+            stored_labels: (H, B) int64 label of each row in the memory, -1 where it has none.
+            layout: Where each head's clusters are in the stacked dimension.
 
         Returns:
-            (B,) int64 cluster ids.
+            (H, B) int64 cluster ids within each head.
         """
         raise NotImplementedError
 
@@ -57,15 +63,19 @@ class ConstrainedAssigner:
         batch_labels: torch.Tensor,
         new_labels: torch.Tensor,
         previous_labels: torch.Tensor,
+        layout: HeadLayout,
     ) -> None:
-        """Updates ``counts`` and ``duals`` in place after a step.
+        """Updates ``counts`` and ``duals`` (stacked over heads) in place after a step.
 
         Args:
-            counts: (K,) int64 cluster counts of this head.
-            duals: (K,) dual variables of this head.
-            batch_labels: (B_global,) the labels of every row of the global batch.
-            new_labels: (U,) the label each distinct instance of the batch ends up with.
-            previous_labels: (U,) the label those instances had in the memory, -1 for none.
+            counts: (sum K,) int64 cluster counts.
+            duals: (sum K,) dual variables.
+            batch_labels: (H, B_global) the labels of every row of the global batch.
+            new_labels: (H, B_global) the label each distinct instance of the batch ends up
+                with, at one position per instance, -1 at its other positions.
+            previous_labels: (H, B_global) the label the instance had in the memory before the
+                step, at the same positions (-1 there if it had none), -1 elsewhere.
+            layout: Where each head's clusters are in the stacked dimension.
         """
         raise NotImplementedError
 
@@ -86,8 +96,8 @@ class SizeConstrainedAssigner(ConstrainedAssigner):
         >>> assigner = SizeConstrainedAssigner(dual_lr=0.1, lower_bound_ratio=0.9)
         >>> cost = torch.tensor([[0.0, 1.0], [0.0, 1.0], [0.0, 1.0]])
         >>> counts, duals = torch.zeros(2, dtype=torch.long), torch.tensor([0.0, 1.5])
-        >>> assigner.assign(cost, counts, duals, torch.full((3,), -1))
-        tensor([1, 1, 1])
+        >>> assigner.assign(cost, counts, duals, torch.full((1, 3), -1), HeadLayout([2]))
+        tensor([[1, 1, 1]])
     """
 
     resets_counts_each_epoch = True
@@ -100,14 +110,15 @@ class SizeConstrainedAssigner(ConstrainedAssigner):
         self.dual_lr = float(dual_lr)
         self.lower_bound_ratio = float(lower_bound_ratio)
 
-    def assign(self, cost, counts, duals, stored_labels):
-        return torch.argmin(cost - duals.to(cost.dtype), dim=1)
+    def assign(self, cost, counts, duals, stored_labels, layout):
+        return layout.argmin(cost - duals.to(cost.dtype))
 
-    def update(self, counts, duals, batch_labels, new_labels, previous_labels):
-        num_clusters = counts.numel()
-        histogram = torch.bincount(batch_labels, minlength=num_clusters)
-        duals -= (self.dual_lr / batch_labels.numel()) * histogram.to(duals.dtype)
-        duals += self.dual_lr * (self.lower_bound_ratio / num_clusters)
+    def update(self, counts, duals, batch_labels, new_labels, previous_labels, layout):
+        histogram = layout.histogram(batch_labels)
+        duals -= (self.dual_lr / batch_labels.shape[1]) * histogram.to(duals.dtype)
+        # dual_lr * (ratio / K) per column, in float64 as the paper's code computes it.
+        lower_bound = self.lower_bound_ratio / layout.head_size.to(torch.float64)
+        duals += (self.dual_lr * lower_bound)[layout.column_head].to(duals.dtype)
         if self.lower_bound_ratio < 1:
             duals.clamp_(min=0)
         counts += histogram
@@ -135,8 +146,8 @@ class EntropyConstrainedAssigner(ConstrainedAssigner):
         >>> assigner = EntropyConstrainedAssigner(alpha=10.0)
         >>> cost = torch.tensor([[0.0, 0.1]])
         >>> counts = torch.tensor([90, 10])
-        >>> assigner.assign(cost, counts, torch.zeros(2), torch.tensor([-1]))
-        tensor([1])
+        >>> assigner.assign(cost, counts, torch.zeros(2), torch.tensor([[-1]]), HeadLayout([2]))
+        tensor([[1]])
     """
 
     resets_counts_each_epoch = False
@@ -146,33 +157,33 @@ class EntropyConstrainedAssigner(ConstrainedAssigner):
             raise ValueError(f"alpha must be non-negative, got {alpha}")
         self.alpha = float(alpha)
 
-    def assign(self, cost, counts, duals, stored_labels):
+    def assign(self, cost, counts, duals, stored_labels, layout):
         # float64 whatever the features' dtype: alpha (up to 1e5) multiplies small differences.
         sizes = counts.to(torch.float64)
-        total = sizes.sum()
-        has_label = stored_labels >= 0
+        total = layout.head_sums(sizes)[layout.column_head]  # (sum K,) each column's head size
 
         # A new member: the data set grows by one.
         grown = total + 1.0
         prob = sizes / grown
-        join_new = _xlogx(prob + 1.0 / grown) - _xlogx(prob)
+        join_new = _xlogx(prob + 1.0 / grown) - _xlogx(prob)  # (sum K,)
 
         # A move from the stored cluster: it loses one member, the target gains one.
         prob = sizes / total
-        stored = stored_labels.clamp_min(0)
+        stored = layout.to_columns(stored_labels.clamp_min(0)).T  # (B, H) stored columns
         stored_prob = prob[stored]
-        leave = (_xlogx(stored_prob - 1.0 / total) - _xlogx(stored_prob)).unsqueeze(1)
-        join_moved = leave - _xlogx(prob) + _xlogx(prob + 1.0 / total)
-        join_moved.scatter_(1, stored.unsqueeze(1), 0.0)
+        leave = _xlogx(stored_prob - 1.0 / total[stored]) - _xlogx(stored_prob)  # (B, H)
+        join_moved = leave[:, layout.column_head] - _xlogx(prob) + _xlogx(prob + 1.0 / total)
+        join_moved.scatter_(1, stored, 0.0)
 
-        entropy_change = torch.where(has_label.unsqueeze(1), join_moved, join_new.unsqueeze(0))
+        has_label = (stored_labels >= 0).T[:, layout.column_head]  # (B, sum K)
+        entropy_change = torch.where(has_label, join_moved, join_new)
         penalty = (self.alpha * entropy_change).to(cost.dtype)
-        return torch.argmin(cost + penalty, dim=1)
+        return layout.argmin(cost + penalty)
 
-    def update(self, counts, duals, batch_labels, new_labels, previous_labels):
-        num_clusters = counts.numel()
-        counts += torch.bincount(new_labels, minlength=num_clusters)
-        counts -= torch.bincount(previous_labels[previous_labels >= 0], minlength=num_clusters)
+    def update(self, counts, duals, batch_labels, new_labels, previous_labels, layout):
+        counts += layout.histogram(new_labels, include=new_labels >= 0)
+        counts -= layout.histogram(previous_labels, include=previous_labels >= 0)
 
     def __repr__(self) -> str:
         return f"EntropyConstrainedAssigner(alpha={self.alpha})"
+

@@ -13,6 +13,7 @@ from secu_plugin.assign import (
     EntropyConstrainedAssigner,
     SizeConstrainedAssigner,
 )
+from secu_plugin.layout import HeadLayout
 
 DEFAULT_NUM_CLUSTERS = tuple(range(10, 101, 10))
 
@@ -41,6 +42,10 @@ class SeCuCenterBank(nn.Module):
         lower_bound_ratio: The size constraint's lower bound is ``lower_bound_ratio / K`` of
             each batch.
         alpha: Weight of the entropy constraint.
+        head_reductions: How per-head reductions run: ``"padded"`` (all heads at once, padded to
+            the largest: a few kernels, best on GPUs), ``"loop"`` (head by head on column
+            views: best on CPUs), or ``"auto"`` (loop on CPU, padded elsewhere). The results
+            are the same.
 
     Examples:
         >>> bank = SeCuCenterBank(dim=8, num_clusters=[3, 5], num_instances=100)
@@ -62,8 +67,13 @@ class SeCuCenterBank(nn.Module):
         dual_lr: float = 0.1,
         lower_bound_ratio: float = 0.9,
         alpha: float = 6000.0,
+        head_reductions: str = "auto",
     ) -> None:
         super().__init__()
+        if head_reductions not in ("auto", "loop", "padded"):
+            raise ValueError(
+                f"head_reductions must be 'auto', 'loop' or 'padded', got {head_reductions!r}"
+            )
         num_clusters = [int(k) for k in num_clusters]
         if dim < 1:
             raise ValueError(f"dim must be positive, got {dim}")
@@ -83,6 +93,8 @@ class SeCuCenterBank(nn.Module):
         self.dim = int(dim)
         self.num_clusters = num_clusters
         self.num_instances = int(num_instances)
+        self.head_reductions = head_reductions
+        self._layouts: dict = {}
 
         self.centers = nn.ParameterList(
             nn.Parameter(F.normalize(torch.randn(k, dim), dim=1)) for k in num_clusters
@@ -92,9 +104,11 @@ class SeCuCenterBank(nn.Module):
         )
         # The frozen targets of all heads, stacked: the loss scores against all of them at once.
         self.register_buffer("targets", torch.cat([F.normalize(c.detach(), dim=1) for c in self.centers]))
-        for i, k in enumerate(num_clusters):
-            self.register_buffer(f"counts_{i}", torch.zeros(k, dtype=torch.long))
-            self.register_buffer(f"duals_{i}", torch.zeros(k))
+        # Counts and duals of all heads, stacked like the centers; ``counts``/``duals`` give
+        # per-head views.
+        total = sum(num_clusters)
+        self.register_buffer("stacked_counts", torch.zeros(total, dtype=torch.long))
+        self.register_buffer("stacked_duals", torch.zeros(total))
         offsets = torch.tensor([0, *num_clusters]).cumsum(0)
         self.offsets = offsets.tolist()
 
@@ -105,12 +119,24 @@ class SeCuCenterBank(nn.Module):
     @property
     def counts(self) -> list[torch.Tensor]:
         """Cluster counts per head, (K_i,) int64: epoch sizes (size) or memory histogram (entropy)."""
-        return [getattr(self, f"counts_{i}") for i in range(self.num_heads)]
+        return list(self.stacked_counts.split(self.num_clusters))
 
     @property
     def duals(self) -> list[torch.Tensor]:
         """Dual variables per head, (K_i,) (zeros for the entropy constraint)."""
-        return [getattr(self, f"duals_{i}") for i in range(self.num_heads)]
+        return list(self.stacked_duals.split(self.num_clusters))
+
+    def layout(self, device: torch.device | None = None) -> HeadLayout:
+        """The stacked layout of the heads' clusters, with index tensors on ``device``."""
+        device = torch.device(device if device is not None else self.memory.device)
+        if device not in self._layouts:
+            # Measured: on a CPU the loop wins even for small heads (the gathers that pad cost
+            # more than the loop's calls); on a GPU, kernel launches dominate: pad.
+            padded = self.head_reductions == "padded" or (
+                self.head_reductions == "auto" and device.type != "cpu"
+            )
+            self._layouts[device] = HeadLayout(self.num_clusters, padded=padded, device=device)
+        return self._layouts[device]
 
     def head_slice(self, head: int) -> slice:
         """Columns of head ``head`` in the stacked (sum K, ...) layout."""
@@ -122,7 +148,7 @@ class SeCuCenterBank(nn.Module):
 
     def normalized_centers(self) -> torch.Tensor:
         """All heads' current centers, L2-normalized and stacked: (sum K, dim), with gradient."""
-        return torch.cat([F.normalize(c, dim=1) for c in self.centers])
+        return F.normalize(torch.cat(list(self.centers)), dim=1)
 
     @torch.no_grad()
     def start_epoch(self) -> None:
@@ -133,8 +159,7 @@ class SeCuCenterBank(nn.Module):
     def end_epoch(self) -> None:
         """Ends an epoch: the size constraint's counts restart from zero."""
         if self.assigner.resets_counts_each_epoch:
-            for counts in self.counts:
-                counts.zero_()
+            self.stacked_counts.zero_()
 
     @torch.no_grad()
     def predict(self, z: torch.Tensor, head: int = 0) -> torch.Tensor:
@@ -156,15 +181,10 @@ class SeCuCenterBank(nn.Module):
         Returns:
             (num_heads, B) int64 labels. The bank is not changed: see :meth:`update`.
         """
-        labels = []
-        for head in range(self.num_heads):
-            stored = self.memory[head, indices].long()
-            labels.append(
-                self.assigner.assign(
-                    cost[:, self.head_slice(head)], self.counts[head], self.duals[head], stored
-                )
-            )
-        return torch.stack(labels)
+        stored = self.memory.index_select(1, indices).long()
+        return self.assigner.assign(
+            cost, self.stacked_counts, self.stacked_duals, stored, self.layout(cost.device)
+        )
 
     @torch.no_grad()
     def update(self, indices: torch.Tensor, labels: torch.Tensor) -> None:
@@ -176,20 +196,30 @@ class SeCuCenterBank(nn.Module):
 
         An index that occurs several times (a padded distributed sampler repeats indices) keeps
         its last label, and the counts change once for it, so that the entropy constraint's
-        counts stay equal to the histogram of the memory.
+        counts stay equal to the histogram of the memory. No device synchronization.
         """
-        unique, inverse = torch.unique(indices, return_inverse=True)
-        positions = torch.arange(indices.numel(), device=indices.device)
-        last = torch.zeros_like(unique).scatter_reduce_(0, inverse, positions, "amax", include_self=False)
-        for head in range(self.num_heads):
-            previous = self.memory[head, unique].long()
-            new = labels[head, last]
-            self.assigner.update(self.counts[head], self.duals[head], labels[head], new, previous)
-            self.memory[head, unique] = new.to(self.memory.dtype)
+        # A stable sort groups the repeats of an index, in batch order; every position then
+        # takes the label of the last repeat, so that all writes to one index agree.
+        order = torch.sort(indices, stable=True).indices
+        ordered = indices[order]
+        last_of_run = torch.searchsorted(ordered, ordered, right=True) - 1
+        new = labels.index_select(1, order.index_select(0, last_of_run))  # (H, B)
+        is_last = last_of_run == torch.arange(len(ordered), device=ordered.device)
+        previous = self.memory.index_select(1, ordered).long()
+        self.assigner.update(
+            self.stacked_counts,
+            self.stacked_duals,
+            labels,
+            torch.where(is_last, new, -1),
+            torch.where(is_last, previous, -1),
+            self.layout(labels.device),
+        )
+        # Repeated indices write the same label, so the order of the writes does not matter.
+        self.memory.index_copy_(1, ordered, new.to(self.memory.dtype))
 
     def stored_or_new_labels(self, indices: torch.Tensor, new_labels: torch.Tensor) -> torch.Tensor:
         """The memory's labels of ``indices`` (num_heads, B), or ``new_labels`` where none is stored."""
-        stored = self.memory[:, indices].long()
+        stored = self.memory.index_select(1, indices).long()
         return torch.where(stored >= 0, stored, new_labels)
 
     def _check_features(self, z: torch.Tensor, name: str) -> None:

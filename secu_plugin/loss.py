@@ -88,6 +88,7 @@ class SeCuLoss(nn.Module):
         self.temperature_x = float(temperature_x)
         self.temperature_c = float(temperature_c)
         self.label_weight = float(label_weight)
+        self._buffers_by_name: dict[str, torch.Tensor] = {}  # scratch space, not state
 
     def forward(
         self,
@@ -131,55 +132,55 @@ class SeCuLoss(nn.Module):
         stacked = torch.cat(features)  # (num_views * B, dim)
         centers = dist.mean_gradient_across_ranks(bank.normalized_centers())
 
-        # Both losses are computed without autograd, with every head at once in one product per
-        # loss against all heads' centers; their exact gradients enter through zero-valued
-        # surrogates (below): no (B x sum K) tensor is kept for, or created by, the backward.
+        # Both losses are computed without autograd, every head at once: one product per loss
+        # against all heads' centers, per-head reductions through the bank's layout. Their
+        # exact gradients enter through zero-valued surrogates (below), so no (B x sum K)
+        # tensor is kept for, or created by, the backward.
+        layout = bank.layout(stacked.device)
         with torch.no_grad():
             flat = stacked.detach()
-            similarity = (flat @ centers.detach().T).view(num_views, batch, -1)
+            rows, columns = num_views * batch, layout.total
+            similarity = self._workspace("similarity", rows, columns, flat)
+            torch.mm(flat, centers.detach().T, out=similarity)
+            similarity = similarity.view(num_views, batch, -1)
             cost = -(1.0 / num_views) * similarity.sum(0)
             labels = bank.assign(cost, indices)  # (H, B), decided from the state before the step
-            target_labels = bank.stored_or_new_labels(indices, labels)
-            # Scaling the (V*B, dim) side is cheaper than the (V*B, sum K) product.
-            logits = ((flat / self.temperature_x) @ bank.targets.T).view(num_views, batch, -1)
+            label_columns = layout.to_columns(labels)  # (H, B)
+            target_columns = layout.to_columns(bank.stored_or_new_labels(indices, labels))
 
-            representation_value = logits.new_zeros(())
-            center_value = logits.new_zeros(())
-            center_coef = logits.new_empty(num_views, batch, num_heads)
-            rows = torch.arange(batch, device=logits.device)
-            # split gives views of each head's columns; each head's logits are overwritten in
-            # place by d(loss)/d(logits) once used.
-            heads = zip(logits.split(bank.num_clusters, dim=2),
-                        similarity.split(bank.num_clusters, dim=2))
-            for head, (head_logits, head_similarity) in enumerate(heads):
-                log_prob = F.log_softmax(head_logits, dim=2)  # (V, B, K)
-                prob = log_prob.exp()
-                # View 0's target comes from view 1's projection and vice versa; predictions
-                # share their view's target.
-                soft_target = (1.0 - self.label_weight) * prob[:2].flip(0)
-                soft_target[:, rows, target_labels[head]] += self.label_weight
-                if num_views == 4:
-                    soft_target = torch.cat([soft_target, soft_target])
-                representation_value -= (log_prob * soft_target).sum(2).mean(1).sum()
-                head_logits.copy_(prob).sub_(soft_target).div_(batch)
+            # Representation loss. Scaling the (V*B, dim) side is cheaper than the product.
+            # The (V, B, sum K) buffers are reused across steps and overwritten in place: on a
+            # CPU, fresh allocations of this size cost more in page faults than the arithmetic.
+            log_prob = self._workspace("logits", rows, columns, flat)
+            torch.mm(flat / self.temperature_x, bank.targets.T, out=log_prob)
+            log_prob = layout.log_softmax_(log_prob.view(num_views, batch, -1))
+            # View 0's target comes from view 1's projection and vice versa; predictions share
+            # their view's target.
+            soft_target = self._workspace("soft_target", 2 * batch, columns, flat).view(2, batch, -1)
+            torch.exp(log_prob[:2].flip(0), out=soft_target).mul_(1.0 - self.label_weight)
+            soft_target.scatter_add_(
+                2, target_columns.T.expand(2, batch, num_heads),
+                soft_target.new_full((2, batch, num_heads), self.label_weight))
+            pairs = log_prob.view(num_views // 2, 2 * batch * columns)
+            representation_value = -(pairs @ soft_target.flatten()).sum() / batch
+            # d(representation)/d(logits) = (softmax - target) / B, then one product with the
+            # frozen targets for d/d(features).
+            logit_grad = log_prob.exp_().view(num_views // 2, 2, batch, -1).sub_(soft_target)
+            logit_grad = logit_grad.div_(batch).view(rows, -1)
+            feature_pull = (logit_grad @ bank.targets) / self.temperature_x
 
-                # Center loss: cross-entropy where only the assigned center's logit varies.
-                scaled = head_similarity / self.temperature_c
-                log_norm = torch.logsumexp(scaled, dim=2)
-                positive = scaled[:, rows, labels[head]]
-                center_value += (log_norm - positive).mean(1).sum()
-                center_coef[:, :, head] = (torch.exp(positive - log_norm) - 1.0) / (
-                    batch * self.temperature_c
-                )
-            # d(representation)/d(features): one product with the frozen targets.
-            feature_pull = (logits.view(num_views * batch, -1) @ bank.targets) / self.temperature_x
-            # d(center loss)/d(assigned centers): each row's pull on its B x H assigned centers.
+            # Center loss: cross-entropy where only the assigned center's logit varies.
+            scaled = similarity.div_(self.temperature_c)
+            log_norm = layout.logsumexp(scaled)  # (V, B, H)
+            positive = scaled.gather(2, label_columns.T.expand(num_views, batch, num_heads))
+            center_value = (log_norm - positive).mean(1).sum()
+            center_coef = (torch.exp(positive - log_norm) - 1.0) / (batch * self.temperature_c)
+            # d(center loss)/d(assigned centers): each row's pull on its H assigned centers.
             center_pull = torch.einsum("vbh,vbd->bhd", center_coef, flat.view(num_views, batch, -1))
 
         # Gather the assigned centers only: their gradient is an O(B * H * dim) scatter instead
         # of a dense (B x K) product per head.
-        offsets = centers.new_tensor(bank.offsets[:-1], dtype=torch.long)
-        assigned = centers[labels.T + offsets]
+        assigned = centers.index_select(0, label_columns.T.flatten()).view(batch, num_heads, -1)
         center_surrogate = (assigned * center_pull).sum()
         feature_surrogate = (stacked * feature_pull).sum()
         scale = 1.0 / (num_views * num_heads)
@@ -193,6 +194,15 @@ class SeCuLoss(nn.Module):
         return SeCuLossTerms(
             representation_loss + center_loss, representation_loss, center_loss, labels
         )
+
+    def _workspace(self, name: str, rows: int, columns: int, like: torch.Tensor) -> torch.Tensor:
+        """A (rows, columns) buffer kept across steps (contents undefined)."""
+        buffer = self._buffers_by_name.get(name)
+        if (buffer is None or buffer.shape != (rows, columns) or buffer.dtype != like.dtype
+                or buffer.device != like.device):
+            buffer = torch.empty(rows, columns, dtype=like.dtype, device=like.device)
+            self._buffers_by_name[name] = buffer
+        return buffer
 
     def _check_inputs(self, z0, z1, indices, p0, p1) -> list[torch.Tensor]:
         bank = self.bank

@@ -33,7 +33,10 @@ def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
     return value / dist.world_size()
 
 
-def replay(path: Path, rank: int = 0, world_size: int = 1, device: str = "cpu") -> int:
+def replay(
+    path: Path, rank: int = 0, world_size: int = 1, device: str = "cpu",
+    head_reductions: str = "auto",
+) -> int:
     """Replays ``path``; with world_size > 1 this process holds chunk ``rank`` of every batch.
 
     Returns the number of steps checked; raises AssertionError on the first mismatch.
@@ -49,6 +52,7 @@ def replay(path: Path, rank: int = 0, world_size: int = 1, device: str = "cpu") 
         dual_lr=config["dual_lr"],
         lower_bound_ratio=config["lratio"],
         alpha=config["alpha"],
+        head_reductions=head_reductions,
     ).double().to(device)
     criterion = SeCuLoss(
         bank, temperature_x=config["tx"], temperature_c=config["tw"], label_weight=config["tau"]

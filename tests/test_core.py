@@ -252,8 +252,8 @@ def test_cuda_matches_cpu():
 
 def test_custom_assigner_is_pluggable():
     class Nearest(SizeConstrainedAssigner):
-        def assign(self, cost, counts, duals, stored_labels):
-            return cost.argmin(1)
+        def assign(self, cost, counts, duals, stored_labels, layout):
+            return layout.argmin(cost)
 
     bank = SeCuCenterBank(dim=4, num_clusters=[3], num_instances=5, assigner=Nearest())
     SeCuLoss(bank)(torch.randn(5, 4), torch.randn(5, 4), torch.arange(5))

@@ -9,9 +9,10 @@ def test_all_golden_files_are_present():
     assert len(GOLDEN_FILES) == 6
 
 
+@pytest.mark.parametrize("head_reductions", ["loop", "padded"])
 @pytest.mark.parametrize("path", GOLDEN_FILES, ids=lambda p: p.stem)
-def test_golden_replay(path):
-    assert replay(path) > 0
+def test_golden_replay(path, head_reductions):
+    assert replay(path, head_reductions=head_reductions) > 0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

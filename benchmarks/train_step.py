@@ -1,0 +1,247 @@
+"""Times a full SeCu training step of a ResNet-50 against the same step without SeCu.
+
+Synthetic images on the device (no data loading), timm ``resnet50`` (``num_classes=0``,
+channels_last), the paper's ImageNet projection head and predictor, bf16 autocast, two views of
+``--batch`` images each, and an SGD step over everything that has gradient:
+
+- mode ``A``: backbone + projection + predictor with a trivial loss (the mean of the outputs):
+  the cost of the network alone;
+- mode ``B``: the same with :class:`secu_plugin.SeCuLoss` (``z0, z1, p0, p1``) on the ImageNet
+  heads (K = 1000..10000) and a bank of N = 1,281,167 instances, its centers in the optimizer.
+
+The difference of the two is what SeCu adds to a step. Prints ms/step, images/s (two views
+count as ``2 * batch`` images), peak memory and the SeCu overhead.
+
+Usage::
+
+    python benchmarks/train_step.py                       # CUDA, batch 256, 224 x 224
+    python benchmarks/train_step.py --compile --json out.json
+    python benchmarks/train_step.py --smoke               # tiny sizes on the CPU (seconds)
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere, without installing
+    sys.path.insert(0, str(REPO_ROOT))
+
+from secu_plugin import SeCuCenterBank, SeCuLoss
+
+IMAGENET_HEADS = list(range(1000, 10001, 1000))
+IMAGENET_SIZE = 1_281_167
+
+
+def projection_head(in_dim: int = 2048, hidden_dim: int = 2048, out_dim: int = 128) -> nn.Module:
+    """The ImageNet projection: 3 linear layers with BatchNorm, ending with BN(out_dim)."""
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim),
+        nn.BatchNorm1d(hidden_dim),
+        nn.ReLU(inplace=True),
+        nn.Linear(hidden_dim, hidden_dim),
+        nn.BatchNorm1d(hidden_dim),
+        nn.ReLU(inplace=True),
+        nn.Linear(hidden_dim, out_dim),
+        nn.BatchNorm1d(out_dim),
+    )
+
+
+def predictor(dim: int = 128, hidden_dim: int = 2048) -> nn.Module:
+    """The ImageNet predictor: Linear(dim, hidden)-BN-ReLU-Linear(hidden, dim)."""
+    return nn.Sequential(
+        nn.Linear(dim, hidden_dim),
+        nn.BatchNorm1d(hidden_dim),
+        nn.ReLU(inplace=True),
+        nn.Linear(hidden_dim, dim),
+    )
+
+
+class Network(nn.Module):
+    """Backbone, projection and predictor: one view in, ``(z, p)`` out."""
+
+    def __init__(self, backbone: str, dim: int) -> None:
+        super().__init__()
+        self.backbone = timm.create_model(backbone, num_classes=0, pretrained=False)
+        self.projection = projection_head(self.backbone.num_features, 2048, dim)
+        self.predictor = predictor(dim, 2048)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.projection(self.backbone(x))
+        return z, self.predictor(z)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def build_step(mode: str, args: argparse.Namespace, device: torch.device) -> Callable[[], None]:
+    """A closure running one training step of ``mode`` (``"A"`` or ``"B"``) on fixed images."""
+    torch.manual_seed(0)
+    network = Network(args.backbone, args.dim).to(device, memory_format=torch.channels_last)
+    if args.compile:
+        network.backbone = torch.compile(network.backbone)
+    parameters = list(network.parameters())
+    criterion = None
+    if mode == "B":
+        bank = SeCuCenterBank(args.dim, args.heads, args.num_instances).to(device)
+        bank.start_epoch()
+        criterion = SeCuLoss(bank)
+        parameters += list(bank.parameters())
+    optimizer = torch.optim.SGD(parameters, lr=0.05, momentum=0.9, weight_decay=1e-4)
+
+    shape = (args.batch, 3, args.image_size, args.image_size)
+    generator = torch.Generator().manual_seed(1)
+    views = [
+        torch.randn(shape, generator=generator).to(device, memory_format=torch.channels_last)
+        for _ in range(2)
+    ]
+    order = torch.randperm(args.num_instances, generator=generator).to(device)
+    position = [0]
+
+    def step() -> None:
+        start = position[0]
+        if start + args.batch > args.num_instances:
+            start = 0
+        indices = order[start : start + args.batch]
+        position[0] = start + args.batch
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            z0, p0 = network(views[0])
+            z1, p1 = network(views[1])
+            if criterion is None:
+                loss = sum(t.float().mean() for t in (z0, z1, p0, p1))
+            else:
+                loss = criterion(z0, z1, indices, p0, p1)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def run_mode(mode: str, args: argparse.Namespace, device: torch.device) -> dict:
+    """Builds the step of ``mode``, warms it up, times ``args.steps`` steps; returns a row."""
+    step = build_step(mode, args, device)
+    for _ in range(args.warmup):
+        step()
+    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    synchronize(device)
+    seconds = (time.perf_counter() - start) / args.steps
+    row = {
+        "mode": mode,
+        "ms_per_step": 1e3 * seconds,
+        "images_per_s": 2 * args.batch / seconds,
+        "peak_mib": torch.cuda.max_memory_allocated(device) / 2**20
+        if device.type == "cuda"
+        else None,
+    }
+    del step
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+def print_table(results: dict) -> None:
+    env, args = results["environment"], results["args"]
+    print(
+        f"\n## Training step: {args['backbone']}, batch {args['batch']} x 2 views, "
+        f"{args['image_size']}px, bf16 autocast, channels_last"
+        + (", torch.compile" if args["compile"] else "")
+    )
+    print(f"device: {env.get('gpu', env['device'])}, torch {env['torch']}, timm {env['timm']}\n")
+    print("| mode | ms/step | images/s | peak MiB |")
+    print("|---|---|---|---|")
+    heads = args["heads"]
+    labels = {
+        "A": "A: backbone + projection + predictor",
+        "B": f"B: A + SeCuLoss ({len(heads)} heads, K = {min(heads)}..{max(heads)})",
+    }
+    for row in results["modes"]:
+        peak = f"{row['peak_mib']:.0f}" if row["peak_mib"] is not None else "-"
+        print(
+            f"| {labels[row['mode']]} | {row['ms_per_step']:.1f} | {row['images_per_s']:.0f} "
+            f"| {peak} |"
+        )
+    if "secu_overhead_pct_of_step" in results:
+        print(
+            f"\nSeCu adds {results['secu_ms']:.1f} ms per step: "
+            f"{results['secu_overhead_pct_of_step']:.2f}% of the SeCu step time "
+            f"({results['secu_overhead_pct_of_baseline']:.2f}% over mode A)"
+        )
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--backbone", default="resnet50")
+    parser.add_argument("--batch", type=int, default=256, help="images per view")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--num-instances", type=int, default=IMAGENET_SIZE)
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per mode")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed steps per mode")
+    parser.add_argument("--modes", default="AB", help="which modes to run: A, B or AB")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the backbone")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: a few seconds")
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    args = parser.parse_args(argv)
+    args.heads = IMAGENET_HEADS
+    if args.smoke:
+        args.batch, args.image_size, args.steps, args.warmup = 4, 32, 2, 1
+        args.num_instances, args.heads = 64, [10, 20]
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("CUDA is not available: use --device cpu (or --smoke)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    environment = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        environment["gpu"] = torch.cuda.get_device_name(device)
+    results: dict = {"environment": environment, "args": vars(args).copy()}
+    results["args"]["json"] = str(args.json) if args.json else None
+    results["modes"] = [run_mode(mode, args, device) for mode in args.modes]
+    times = {row["mode"]: row["ms_per_step"] for row in results["modes"]}
+    if "A" in times and "B" in times:
+        results["secu_ms"] = times["B"] - times["A"]
+        results["secu_overhead_pct_of_step"] = 100 * (times["B"] - times["A"]) / times["B"]
+        results["secu_overhead_pct_of_baseline"] = 100 * (times["B"] - times["A"]) / times["A"]
+    print_table(results)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()
