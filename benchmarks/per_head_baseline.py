@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from secu_plugin import SeCuCenterBank, SizeConstrainedAssigner
+from secu_plugin.layout import HeadLayout
 
 
 class PerHeadSeCuLoss(nn.Module):
@@ -104,7 +105,8 @@ class PerHeadSeCuLoss(nn.Module):
                     if isinstance(bank.assigner, SizeConstrainedAssigner):
                         labels = torch.argmin(cost - duals, dim=1)
                     else:
-                        labels = bank.assigner.assign(cost, counts, duals, stored)
+                        one_head = HeadLayout([counts.numel()], device=cost.device)
+                        labels = bank.assigner.assign(cost, counts, duals, stored[None], one_head)[0]
                     target_labels = torch.where(stored >= 0, stored, labels)
 
                 # Center loss: only the assigned entry of each row carries gradient.
@@ -135,7 +137,8 @@ class PerHeadSeCuLoss(nn.Module):
                             duals.clamp_(min=0)
                         counts += histogram
                     else:
-                        bank.assigner.update(counts, duals, labels, labels, stored)
+                        bank.assigner.update(counts, duals, labels[None], labels[None], stored[None],
+                                             one_head)
                     bank.memory[head, indices] = labels.to(bank.memory.dtype)
 
             scale = 1.0 / (len(views) * bank.num_heads)

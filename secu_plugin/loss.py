@@ -221,8 +221,6 @@ class SeCuLoss(nn.Module):
                 raise ValueError(
                     f"{name} has {value.shape[0]} rows but z0 has {batch}: views must match"
                 )
-            if not torch.isfinite(value.detach()).all():
-                raise ValueError(f"{name} contains NaN or infinite values")
         if not isinstance(indices, torch.Tensor):
             raise ValueError(f"indices must be a torch.Tensor, got {type(indices).__name__}")
         if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
@@ -231,12 +229,19 @@ class SeCuLoss(nn.Module):
             raise ValueError(
                 f"indices must have shape ({batch},) to match the views, got {tuple(indices.shape)}"
             )
-        low, high = int(indices.min()), int(indices.max())
+        if indices.device != z0.device:
+            raise ValueError(f"indices are on {indices.device} but the views on {z0.device}")
+        # One device synchronization for every value check.
+        finite = [torch.isfinite(value.detach()).all() for value in named.values()]
+        checks = torch.stack([indices.min().long(), indices.max().long(), *[f.long() for f in finite]])
+        checks = checks.tolist()
+        low, high = checks[0], checks[1]
+        for (name, _), is_finite in zip(named.items(), checks[2:]):
+            if not is_finite:
+                raise ValueError(f"{name} contains NaN or infinite values")
         if low < 0 or high >= bank.num_instances:
             raise ValueError(
                 f"indices must be in [0, {bank.num_instances}) (num_instances), got range "
                 f"[{low}, {high}]"
             )
-        if indices.device != z0.device:
-            raise ValueError(f"indices are on {indices.device} but the views on {z0.device}")
         return [z0, z1] if p0 is None else [z0, z1, p0, p1]

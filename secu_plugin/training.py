@@ -138,7 +138,7 @@ def use_cpu_cores(accelerator) -> None:
         return
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
-    threads = int(os.environ.get("SECU_NUM_THREADS", 0)) or max(1, (cores or 1) // local_processes)
+    threads = int(os.environ.get("SECU_NUM_THREADS", "0")) or max(1, (cores or 1) // local_processes)
     torch.set_num_threads(threads)
 
 
