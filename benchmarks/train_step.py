@@ -95,10 +95,11 @@ def build_step(mode: str, args: argparse.Namespace, device: torch.device) -> Cal
         network.backbone = torch.compile(network.backbone)
     parameters = list(network.parameters())
     criterion = None
-    if mode == "B":
-        bank = SeCuCenterBank(args.dim, args.heads, args.num_instances).to(device)
+    if mode in ("B", "C"):
+        bank = SeCuCenterBank(args.dim, args.heads, args.num_instances,
+                              head_reductions=args.head_reductions).to(device)
         bank.start_epoch()
-        criterion = SeCuLoss(bank)
+        criterion = SeCuLoss(bank, check_values=mode == "B")
         parameters += list(bank.parameters())
     optimizer = torch.optim.SGD(parameters, lr=0.05, momentum=0.9, weight_decay=1e-4)
 
@@ -173,12 +174,18 @@ def print_table(results: dict) -> None:
     labels = {
         "A": "A: backbone + projection + predictor",
         "B": f"B: A + SeCuLoss ({len(heads)} heads, K = {min(heads)}..{max(heads)})",
+        "C": "C: B with check_values=False (no device sync in the loss)",
     }
     for row in results["modes"]:
         peak = f"{row['peak_mib']:.0f}" if row["peak_mib"] is not None else "-"
         print(
             f"| {labels[row['mode']]} | {row['ms_per_step']:.1f} | {row['images_per_s']:.0f} "
             f"| {peak} |"
+        )
+    if "secu_unchecked_ms" in results:
+        print(
+            f"\nWith check_values=False SeCu adds {results['secu_unchecked_ms']:.1f} ms per step: "
+            f"{results['secu_unchecked_overhead_pct_of_step']:.2f}% of the step time"
         )
     if "secu_overhead_pct_of_step" in results:
         print(
@@ -198,8 +205,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-instances", type=int, default=IMAGENET_SIZE)
     parser.add_argument("--steps", type=int, default=30, help="timed steps per mode")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps per mode")
-    parser.add_argument("--modes", default="AB", help="which modes to run: A, B or AB")
+    parser.add_argument("--modes", default="ABC", help="modes to run, among A, B and C")
     parser.add_argument("--compile", action="store_true", help="torch.compile the backbone")
+    parser.add_argument("--head-reductions", default="auto", choices=["auto", "loop", "padded"],
+                        help="SeCuCenterBank(head_reductions=...)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: a few seconds")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
@@ -236,6 +245,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         results["secu_ms"] = times["B"] - times["A"]
         results["secu_overhead_pct_of_step"] = 100 * (times["B"] - times["A"]) / times["B"]
         results["secu_overhead_pct_of_baseline"] = 100 * (times["B"] - times["A"]) / times["A"]
+    if "A" in times and "C" in times:
+        results["secu_unchecked_ms"] = times["C"] - times["A"]
+        results["secu_unchecked_overhead_pct_of_step"] = (
+            100 * (times["C"] - times["A"]) / times["C"])
     print_table(results)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

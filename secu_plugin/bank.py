@@ -43,9 +43,9 @@ class SeCuCenterBank(nn.Module):
             each batch.
         alpha: Weight of the entropy constraint.
         head_reductions: How per-head reductions run: ``"padded"`` (all heads at once, padded to
-            the largest: a few kernels, best on GPUs), ``"loop"`` (head by head on column
-            views: best on CPUs), or ``"auto"`` (loop on CPU, padded elsewhere). The results
-            are the same.
+            the largest: a few kernels, best for small heads on GPUs), ``"loop"`` (head by head on column
+            views: best on CPUs and for large heads), or ``"auto"`` (padded on accelerators when
+            all heads have fewer than 4096 clusters in all, else loop). The results are the same.
 
     Examples:
         >>> bank = SeCuCenterBank(dim=8, num_clusters=[3, 5], num_instances=100)
@@ -130,10 +130,12 @@ class SeCuCenterBank(nn.Module):
         """The stacked layout of the heads' clusters, with index tensors on ``device``."""
         device = torch.device(device if device is not None else self.memory.device)
         if device not in self._layouts:
-            # Measured: on a CPU the loop wins even for small heads (the gathers that pad cost
-            # more than the loop's calls); on a GPU, kernel launches dominate: pad.
+            # Measured (docs/benchmarks.md): on a CPU the loop wins even for small heads (the
+            # gathers that pad cost more than the loop's calls); on a GPU the loop also won in a
+            # ResNet-50 step at the ImageNet heads (less memory traffic), so pad only small heads,
+            # where kernel launches dominate.
             padded = self.head_reductions == "padded" or (
-                self.head_reductions == "auto" and device.type != "cpu"
+                self.head_reductions == "auto" and device.type != "cpu" and self.offsets[-1] < 4096
             )
             self._layouts[device] = HeadLayout(self.num_clusters, padded=padded, device=device)
         return self._layouts[device]

@@ -52,6 +52,10 @@ class SeCuLoss(nn.Module):
         temperature_x: Temperature of the representation loss.
         temperature_c: Temperature of the center loss.
         label_weight: Weight of the stored one-hot label in the soft target.
+        check_values: Check that indices are in range and features finite (ValueError
+            otherwise, the bank untouched). These checks wait for the device once per step;
+            on a GPU, ``False`` lets the loss's kernels queue behind the forward pass (shapes
+            and dtypes are still checked, and the step then has no device synchronization).
 
     Examples:
         >>> bank = SeCuCenterBank(dim=16, num_clusters=[4, 8], num_instances=32)
@@ -72,6 +76,7 @@ class SeCuLoss(nn.Module):
         temperature_x: float = 0.05,
         temperature_c: float = 0.05,
         label_weight: float = 0.2,
+        check_values: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(bank, SeCuCenterBank):
@@ -88,6 +93,7 @@ class SeCuLoss(nn.Module):
         self.temperature_x = float(temperature_x)
         self.temperature_c = float(temperature_c)
         self.label_weight = float(label_weight)
+        self.check_values = bool(check_values)
         self._buffers_by_name: dict[str, torch.Tensor] = {}  # scratch space, not state
 
     def forward(
@@ -231,6 +237,8 @@ class SeCuLoss(nn.Module):
             )
         if indices.device != z0.device:
             raise ValueError(f"indices are on {indices.device} but the views on {z0.device}")
+        if not self.check_values:
+            return [z0, z1] if p0 is None else [z0, z1, p0, p1]
         # One device synchronization for every value check.
         finite = [torch.isfinite(value.detach()).all() for value in named.values()]
         checks = torch.stack([indices.min().long(), indices.max().long(), *[f.long() for f in finite]])
