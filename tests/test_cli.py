@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from factories import tiny_digit_model
 from PIL import Image
 
 from secu_plugin.cli import main
@@ -28,16 +28,7 @@ CONSOLE_SCRIPT = Path(sys.executable).parent / "secu-cluster"
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    model = SeCuModel(
-        backbone="secu_convnet_tiny",
-        in_chans=1,
-        input_size=28,
-        mean=[0.1307],
-        std=[0.3081],
-        dim=16,
-        num_clusters=[10, 4],
-    )
+    model = tiny_digit_model(num_clusters=[10, 4])
     directory = tmp_path_factory.mktemp("model")
     model.save_pretrained(directory)
     return str(directory)

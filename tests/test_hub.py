@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from factories import tiny_digit_model
 from safetensors.torch import load as load_safetensors
 
 from secu_plugin.model import SeCuModel
@@ -75,19 +76,11 @@ print("REPORT " + json.dumps({"commit_url": commit.commit_url, "oid": commit.oid
 
 
 def tiny_model() -> SeCuModel:
-    torch.manual_seed(0)
-    model = SeCuModel(
-        backbone="secu_convnet_tiny",
-        in_chans=1,
-        input_size=28,
-        mean=[0.1307],
-        std=[0.3081],
-        dim=16,
-        num_clusters=[10, 4],
-        training={"command": "secu-train --data mnist5k", "epochs": 2},
+    model = tiny_digit_model(
+        num_clusters=[10, 4], training={"command": "secu-train --data mnist5k", "epochs": 2}
     )
     model.set_centers([torch.randn(10, 16), torch.randn(4, 16)])
-    return model.eval()
+    return model
 
 
 def closed_port() -> int:

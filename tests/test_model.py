@@ -10,6 +10,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from factories import tiny_digit_model
 from PIL import Image
 from torch import nn
 
@@ -21,21 +22,6 @@ from secu_plugin.model import (
 from secu_plugin.model_card import parse_model_card
 
 SMALL_RESNET = {"channels": [8, 16, 32, 64], "layers": [1, 1, 1, 1]}
-
-
-def tiny_digit_model(**overrides) -> SeCuModel:
-    arguments = {
-        "backbone": "secu_convnet_tiny",
-        "in_chans": 1,
-        "input_size": 28,
-        "mean": [0.1307],
-        "std": [0.3081],
-        "dim": 16,
-        "num_clusters": [10, 5],
-    }
-    arguments.update(overrides)
-    torch.manual_seed(0)
-    return SeCuModel(**arguments).eval()
 
 
 def randomize_batchnorm(module: nn.Module, seed: int = 0) -> None:
