@@ -126,5 +126,6 @@ def test_train_step_smoke(tmp_path):
     stdout, results = run_script("train_step", tmp_path)
     assert "| mode | ms/step | images/s | peak MiB |" in stdout
     assert "SeCu adds" in stdout
-    assert [row["mode"] for row in results["modes"]] == ["A", "B"]
+    assert [row["mode"] for row in results["modes"]] == ["A", "B", "C"]
+    assert "With check_values=False SeCu adds" in stdout
     assert all(row["images_per_s"] > 0 for row in results["modes"])

@@ -214,3 +214,20 @@ def test_shortened_demo_run(tmp_path):
     measured = {"accuracy": results["evaluations"][0]["accuracy"]}
     assert any(m["value"] == pytest.approx(measured["accuracy"]) for m in reported)
     assert model.results == results
+
+
+def test_imagenet_recipe_runs_with_predictor_lars_and_byol_views(digit_folder, tmp_path):
+    """recipes/train_imagenet.py (3-layer head, predictor, LARS, BYOL views), shrunk."""
+    script = ROOT / "recipes" / "train_imagenet.py"
+    args = ["--data", str(digit_folder), "--epochs", "2", "--output_dir", str(tmp_path),
+            "--no_progress", "--set", "backbone=secu_convnet_tiny", "input_size=32",
+            "num_clusters=[10,20]", "batch_size=16", "num_workers=0", "warmup_epochs=1",
+            "predictor_hidden_dim=32"]
+    result = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True,
+                            timeout=300, check=False, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["epochs"] == 2 and summary["steps"] == 6
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["projection_layers"] == 3 and config["predictor_hidden_dim"] == 32
+    assert config["training"]["preset"]["optimizer"] == "lars"
