@@ -13,7 +13,16 @@ from secu_plugin.bank import SeCuCenterBank
 
 
 class SeCuLossTerms(NamedTuple):
-    """The parts of one SeCu step."""
+    """The parts of one SeCu step, from :meth:`SeCuLoss.terms`.
+
+    Examples:
+        >>> bank = SeCuCenterBank(dim=4, num_clusters=[3], num_instances=8)
+        >>> terms = SeCuLoss(bank).terms(torch.randn(2, 4), torch.randn(2, 4), torch.arange(2))
+        >>> bool(torch.isclose(terms.loss, terms.representation_loss + terms.center_loss))
+        True
+        >>> terms.labels.shape
+        torch.Size([1, 2])
+    """
 
     loss: torch.Tensor
     """``representation_loss + center_loss``: what to back-propagate."""

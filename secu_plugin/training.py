@@ -30,7 +30,12 @@ LATEST = "latest"  # file in checkpoints/ naming the last complete state directo
 
 @dataclass
 class RunOptions:
-    """What a run does besides the preset's hyper-parameters."""
+    """What a run does besides the preset's hyper-parameters.
+
+    Examples:
+        >>> RunOptions(output_dir="outputs/demo", max_steps=100).resume
+        False
+    """
 
     output_dir: str = "outputs/secu"
     resume: bool = False
@@ -44,7 +49,16 @@ class RunOptions:
 
 
 class TrainProgress:
-    """Where training stands; saved with the Accelerate state so a resume continues there."""
+    """Where training stands; saved with the Accelerate state so a resume continues there.
+
+    Examples:
+        >>> progress = TrainProgress()
+        >>> progress.epoch, progress.global_step = 2, 40
+        >>> restored = TrainProgress()
+        >>> restored.load_state_dict(progress.state_dict())
+        >>> restored.epoch, restored.global_step
+        (2, 40)
+    """
 
     def __init__(self) -> None:
         self.epoch = 0
@@ -71,6 +85,15 @@ class TwoViewNetwork(torch.nn.Module):
 
     Returns ``(z0, z1, p0, p1)``; ``p0``/``p1`` are None without predictor. Each view is a
     separate batch for BatchNorm, as in the paper's code.
+
+    Examples:
+        >>> from secu_plugin.model import SeCuModel
+        >>> model = SeCuModel(backbone="secu_convnet_tiny", in_chans=1, input_size=28, dim=8,
+        ...                   num_clusters=[4], predictor_hidden_dim=16)
+        >>> z0, z1, p0, p1 = TwoViewNetwork(model)(torch.randn(2, 1, 28, 28),
+        ...                                        torch.randn(2, 1, 28, 28))
+        >>> z0.shape, p1.shape
+        (torch.Size([2, 8]), torch.Size([2, 8]))
     """
 
     def __init__(self, model: torch.nn.Module) -> None:
