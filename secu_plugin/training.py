@@ -403,7 +403,10 @@ def _progress_bar(accelerator, options: RunOptions, total: int, initial: int, ep
 
 def print_summary(summary: dict) -> None:
     """The one JSON line a run ends with on stdout (main process only)."""
-    if dist.rank() == 0:
+    from accelerate import PartialState
+
+    # The process group is gone after training: ask Accelerate's state, which keeps the rank.
+    if PartialState().is_main_process:
         print(json.dumps({key: (round(v, 4) if isinstance(v, float) else v)
                           for key, v in summary.items()}), flush=True)
 
