@@ -39,33 +39,10 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere, without ins
     sys.path.insert(0, str(REPO_ROOT))
 
 from secu_plugin import SeCuCenterBank, SeCuLoss
+from secu_plugin.model import build_predictor, build_projection_head
 
 IMAGENET_HEADS = list(range(1000, 10001, 1000))
 IMAGENET_SIZE = 1_281_167
-
-
-def projection_head(in_dim: int = 2048, hidden_dim: int = 2048, out_dim: int = 128) -> nn.Module:
-    """The ImageNet projection: 3 linear layers with BatchNorm, ending with BN(out_dim)."""
-    return nn.Sequential(
-        nn.Linear(in_dim, hidden_dim),
-        nn.BatchNorm1d(hidden_dim),
-        nn.ReLU(inplace=True),
-        nn.Linear(hidden_dim, hidden_dim),
-        nn.BatchNorm1d(hidden_dim),
-        nn.ReLU(inplace=True),
-        nn.Linear(hidden_dim, out_dim),
-        nn.BatchNorm1d(out_dim),
-    )
-
-
-def predictor(dim: int = 128, hidden_dim: int = 2048) -> nn.Module:
-    """The ImageNet predictor: Linear(dim, hidden)-BN-ReLU-Linear(hidden, dim)."""
-    return nn.Sequential(
-        nn.Linear(dim, hidden_dim),
-        nn.BatchNorm1d(hidden_dim),
-        nn.ReLU(inplace=True),
-        nn.Linear(hidden_dim, dim),
-    )
 
 
 class Network(nn.Module):
@@ -74,8 +51,9 @@ class Network(nn.Module):
     def __init__(self, backbone: str, dim: int) -> None:
         super().__init__()
         self.backbone = timm.create_model(backbone, num_classes=0, pretrained=False)
-        self.projection = projection_head(self.backbone.num_features, 2048, dim)
-        self.predictor = predictor(dim, 2048)
+        # The ImageNet heads of the paper, as SeCuModel builds them.
+        self.projection = build_projection_head(self.backbone.num_features, 2048, dim, num_layers=3)
+        self.predictor = build_predictor(dim, 2048)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.projection(self.backbone(x))
