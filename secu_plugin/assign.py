@@ -29,6 +29,19 @@ class ConstrainedAssigner:
 
     Subclasses implement :meth:`assign` (per row, from the state before the step) and
     :meth:`update` (from the whole global batch, in place, identically on every rank).
+
+    Examples:
+        >>> from secu_plugin import ConstrainedAssigner, SeCuCenterBank, SeCuLoss
+        >>> class Nearest(ConstrainedAssigner):  # no constraint: the nearest center
+        ...     def assign(self, cost, counts, duals, stored_labels, layout):
+        ...         return layout.argmin(cost)
+        ...     def update(self, counts, duals, batch_labels, new_labels, previous_labels,
+        ...                layout):
+        ...         counts += layout.histogram(new_labels, include=new_labels >= 0)
+        >>> bank = SeCuCenterBank(dim=4, num_clusters=[3], num_instances=6, assigner=Nearest())
+        >>> _ = SeCuLoss(bank)(torch.randn(6, 4), torch.randn(6, 4), torch.arange(6))
+        >>> int(bank.stacked_counts.sum())
+        6
     """
 
     #: Whether the bank zeroes the counts at the end of each epoch.

@@ -79,6 +79,11 @@ def mean_gradient_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
     The centers live outside the DistributedDataParallel wrapper of the encoder, so their
     gradient is averaged here, the way DDP averages the encoder's. Averaging is idempotent once
     every rank holds the mean, so a user who also wraps the centers in DDP gets the same result.
+
+    Examples:
+        >>> centers = torch.randn(3, 2, requires_grad=True)
+        >>> mean_gradient_across_ranks(centers) is centers  # one process: unchanged
+        True
     """
     if world_size() == 1 or not tensor.requires_grad:
         return tensor

@@ -45,6 +45,13 @@ def evaluate_predictions(predictions: np.ndarray, labels: np.ndarray, num_cluste
     its predictions on the evaluation split, and the training memory's assignment of that head.
 
     Returns ``{}`` for unlabeled data, else the model card's ``{"evaluations": [...]}``.
+
+    Examples:
+        >>> labels = np.array([0, 0, 1, 1])
+        >>> predictions = np.array([[1, 1, 0, 0], [0, 1, 2, 3]])  # heads with K = 2 and K = 4
+        >>> result = evaluate_predictions(predictions, labels, [2, 4], "toy", "test")
+        >>> result["evaluations"][0]["num_clusters"], result["evaluations"][0]["accuracy"]
+        (2, 1.0)
     """
     from secu_plugin.metrics import clustering_metrics
 

@@ -155,7 +155,12 @@ assert PRESETS["cifar10"].num_clusters == _HEADS_10
 
 
 def get_preset(name: str, **overrides) -> Preset:
-    """The preset ``name`` with ``overrides`` applied."""
+    """The preset ``name`` with ``overrides`` applied.
+
+    Examples:
+        >>> get_preset("mnist5k", epochs=2).epochs
+        2
+    """
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
     return PRESETS[name].replace(**overrides)

@@ -108,7 +108,15 @@ class TwoViewNetwork(torch.nn.Module):
 
 
 def build_view_transforms(preset: Preset):
-    """The two view transforms of a preset: lightly's BYOL pair, or the digits' augmentation."""
+    """The two view transforms of a preset: lightly's BYOL pair, or the digits' augmentation.
+
+    Examples:
+        >>> from PIL import Image
+        >>> from secu_plugin.presets import get_preset
+        >>> view1, view2 = build_view_transforms(get_preset("mnist5k"))
+        >>> view1(Image.new("L", (28, 28))).shape
+        torch.Size([1, 28, 28])
+    """
     from secu_plugin.data import byol_view_transforms, digit_view_transforms
 
     if preset.views == "digits":
@@ -121,6 +129,13 @@ def build_view_transforms(preset: Preset):
 
 
 def build_model(preset: Preset, training: dict | None = None):
+    """The SeCuModel a preset trains (centers included; the bank trains its own copy).
+
+    Examples:
+        >>> from secu_plugin.presets import get_preset
+        >>> build_model(get_preset("mnist5k")).num_clusters
+        [10, 20, 30, 40, 50]
+    """
     from secu_plugin.model import SeCuModel
 
     return SeCuModel(
@@ -187,6 +202,12 @@ def save_checkpoint(accelerator, checkpoint_dir: Path, progress: TrainProgress) 
 
 
 def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The state directory the ``latest`` file names, if complete; None otherwise.
+
+    Examples:
+        >>> latest_checkpoint(Path("no/such/run/checkpoints")) is None
+        True
+    """
     pointer = checkpoint_dir / LATEST
     if not pointer.is_file():
         return None
