@@ -135,7 +135,8 @@ class SeCuCenterBank(nn.Module):
             # ResNet-50 step at the ImageNet heads (less memory traffic), so pad only small heads,
             # where kernel launches dominate.
             padded = self.head_reductions == "padded" or (
-                self.head_reductions == "auto" and device.type != "cpu" and self.offsets[-1] < 4096
+                self.head_reductions == "auto" and device.type != "cpu"
+                and sum(self.num_clusters) < 4096
             )
             self._layouts[device] = HeadLayout(self.num_clusters, padded=padded, device=device)
         return self._layouts[device]
@@ -151,6 +152,20 @@ class SeCuCenterBank(nn.Module):
     def normalized_centers(self) -> torch.Tensor:
         """All heads' current centers, L2-normalized and stacked: (sum K, dim), with gradient."""
         return F.normalize(torch.cat(list(self.centers)), dim=1)
+
+    @torch.no_grad()
+    def cluster_sizes(self) -> list[torch.Tensor]:
+        """Per head, (K_i,) int64: how many instances the memory assigns to each cluster.
+
+        Examples:
+            >>> bank = SeCuCenterBank(dim=2, num_clusters=[2, 3], num_instances=4)
+            >>> bank.memory[:, :3] = torch.tensor([[0, 1, 1], [2, 2, 0]], dtype=bank.memory.dtype)
+            >>> [s.tolist() for s in bank.cluster_sizes()]
+            [[1, 2], [1, 0, 2]]
+        """
+        memory = self.memory.long()
+        histogram = self.layout(memory.device).histogram(memory, include=memory >= 0)
+        return list(histogram.split(self.num_clusters))
 
     @torch.no_grad()
     def start_epoch(self) -> None:

@@ -39,6 +39,16 @@ def predict_dataset(accelerator, model, dataset, batch_size: int) -> tuple[np.nd
     return torch.cat(predictions).T.numpy(), torch.cat(labels).numpy()
 
 
+def evaluation_head(num_clusters: list[int], num_classes: int) -> int:
+    """The head whose K equals the number of classes (SCAN's protocol), else head 0.
+
+    Examples:
+        >>> evaluation_head([10, 20, 30], 20), evaluation_head([10, 20], 7)
+        (1, 0)
+    """
+    return num_clusters.index(num_classes) if num_classes in num_clusters else 0
+
+
 def evaluate_predictions(predictions: np.ndarray, labels: np.ndarray, num_clusters: list[int],
                          dataset: str, split: str, memory: np.ndarray | None = None) -> dict:
     """ACC / NMI / ARI of the head whose K equals the number of classes (SCAN's protocol):
@@ -59,7 +69,7 @@ def evaluate_predictions(predictions: np.ndarray, labels: np.ndarray, num_cluste
     if not labelled.any():
         return {}
     num_classes = int(labels.max()) + 1
-    head = num_clusters.index(num_classes) if num_classes in num_clusters else 0
+    head = evaluation_head(num_clusters, num_classes)
     common = {"dataset": dataset, "num_clusters": num_clusters[head], "head": head}
     evaluations = []
     scored = {"predict": predictions[head]}

@@ -57,11 +57,6 @@ class HeadLayout:
         column = torch.arange(self.total, device=device)
         self.column_slot = self.column_head * self.max_clusters + (column - self.offsets[self.column_head])
 
-    def to(self, device: torch.device) -> HeadLayout:
-        if self.offsets.device == torch.device(device):
-            return self
-        return HeadLayout(self.num_clusters, self.padded, device)
-
     def split(self, matrix: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Views of each head's columns (last dimension)."""
         return matrix.split(self.num_clusters, dim=-1)

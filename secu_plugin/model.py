@@ -438,6 +438,24 @@ class SeCuModel(
                 f"{self.num_clusters} clusters), got {head!r}"
             )
 
+    def set_results(self, results: dict | None) -> None:
+        """Records measured evaluation results (rendered in the card, written to config.json).
+
+        Checked like the ``results`` argument; on a ValueError nothing changes.
+
+        Examples:
+            >>> model = SeCuModel(backbone="secu_convnet_tiny", in_chans=1, input_size=28,
+            ...                   num_clusters=[10])
+            >>> model.set_results({"dataset": "MNIST-5k", "split": "train", "num_clusters": 10,
+            ...                    "accuracy": 0.9, "nmi": 0.8, "ari": 0.7})
+            >>> model.config["results"]["accuracy"]
+            0.9
+        """
+        results = _check_json_dict("results", results)
+        check_results(results)
+        self.results = results
+        self._hub_mixin_config["results"] = copy.deepcopy(results)
+
     @torch.no_grad()
     def set_centers(self, centers: Sequence[torch.Tensor]) -> None:
         """Copies trained centers in, e.g. ``model.set_centers(bank.centers)`` before saving.

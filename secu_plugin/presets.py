@@ -72,8 +72,6 @@ class Preset:
         return dataclasses.asdict(self)
 
 
-_HEADS_10 = list(range(10, 101, 10))
-
 PRESETS: dict[str, Preset] = {
     # The CPU demo, found by measuring on 2 cores (docs/results.md): a small CNN, augmentations
     # for digits (no flips, no color), small batches (more steps in a few minutes), a stronger
@@ -151,7 +149,6 @@ PRESETS: dict[str, Preset] = {
 PRESETS["imagenet-entropy"] = PRESETS["imagenet"].replace(
     name="imagenet-entropy", assigner="entropy", center_lr_ramp=True
 )
-assert PRESETS["cifar10"].num_clusters == _HEADS_10
 
 
 def get_preset(name: str, **overrides) -> Preset:

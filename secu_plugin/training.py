@@ -376,12 +376,10 @@ def finish(accelerator, model, bank, preset: Preset, options: RunOptions, train_
         summary["memory_acc"] = results["evaluations"][1]["accuracy"]
 
     if accelerator.is_main_process:
-        unwrapped.results = results or None
-        unwrapped._hub_mixin_config["results"] = results or None
+        unwrapped.set_results(results or None)
         model_dir = output_dir / "model"
         unwrapped.save_pretrained(model_dir, repo_id=options.push_to_hub)
-        sizes = [np.bincount(row[row >= 0], minlength=k)
-                 for row, k in zip(memory, preset.num_clusters)]
+        sizes = [s.cpu().numpy() for s in bank.cluster_sizes()]
         save_cluster_size_plot(sizes, [f"K={k}" for k in preset.num_clusters],
                                output_dir / "cluster_sizes.png")
         head = scores.get("head", 0)
@@ -397,17 +395,14 @@ def finish(accelerator, model, bank, preset: Preset, options: RunOptions, train_
 
 def _epoch_line(epoch: int, mean_loss: float, bank: SeCuCenterBank, labels=None) -> str:
     """Loss, min/max cluster size per head, and (labelled data) the memory's ACC."""
-    sizes = []
-    for head, k in enumerate(bank.num_clusters):
-        memory = bank.memory[head].long()
-        histogram = torch.bincount(memory[memory >= 0], minlength=k)
-        sizes.append(f"K={k}:{int(histogram.min())}/{int(histogram.max())}")
+    sizes = [f"K={k}:{int(s.min())}/{int(s.max())}"
+             for k, s in zip(bank.num_clusters, bank.cluster_sizes())]
     line = f"epoch {epoch}: loss {mean_loss:.4f} | cluster size min/max " + " ".join(sizes)
     if labels is not None and (np.asarray(labels) >= 0).any():
+        from secu_plugin.evaluation import evaluation_head
         from secu_plugin.metrics import cluster_accuracy
 
-        num_classes = int(np.max(labels)) + 1
-        head = bank.num_clusters.index(num_classes) if num_classes in bank.num_clusters else 0
+        head = evaluation_head(bank.num_clusters, int(np.max(labels)) + 1)
         line += f" | memory ACC (K={bank.num_clusters[head]}) "
         line += f"{cluster_accuracy(labels, bank.memory[head].long().cpu().numpy()):.4f}"
     return line
