@@ -66,8 +66,22 @@ class TrainProgress:
         self.global_step = 0
         self.losses: list[float] = []  # rank 0's loss of every step
         self.batches: list[int] = []  # the sum of each batch's indices: which data each step saw
+        self._pending: list[torch.Tensor] = []  # (loss, index sum) pairs still on the device
+
+    def record(self, loss: torch.Tensor, indices: torch.Tensor) -> None:
+        """Notes a step without waiting for the device (read back in :meth:`flush`)."""
+        self._pending.append(torch.stack([loss.detach().double(), indices.sum().double()]))
+
+    def flush(self) -> None:
+        """Moves the recorded steps to ``losses`` and ``batches``: one device sync for all."""
+        if self._pending:
+            for loss, index_sum in torch.stack(self._pending).tolist():
+                self.losses.append(loss)
+                self.batches.append(int(index_sum))
+            self._pending = []
 
     def state_dict(self) -> dict:
+        self.flush()
         return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
                 "global_step": self.global_step, "losses": list(self.losses),
                 "batches": list(self.batches)}
@@ -78,6 +92,7 @@ class TrainProgress:
         self.global_step = state["global_step"]
         self.losses = list(state["losses"])
         self.batches = list(state["batches"])
+        self._pending = []
 
 
 class TwoViewNetwork(torch.nn.Module):
@@ -286,7 +301,8 @@ def train(preset: Preset, options: RunOptions) -> dict:
         if progress.step_in_epoch > 0:
             batches = accelerator.skip_first_batches(loader, progress.step_in_epoch)
         network.train()
-        epoch_loss, epoch_steps, epoch_started = 0.0, 0, time.time()
+        progress.flush()
+        epoch_started, steps_before = time.time(), len(progress.losses)
         bar = _progress_bar(accelerator, options, steps_per_epoch, progress.step_in_epoch, epoch)
         for view_a, view_b, indices in batches:
             step = progress.step_in_epoch
@@ -304,16 +320,14 @@ def train(preset: Preset, options: RunOptions) -> dict:
             accelerator.backward(loss)
             optimizer.step()
 
-            loss_value = float(loss.detach())
-            progress.losses.append(loss_value)
-            progress.batches.append(int(indices.sum()))
-            epoch_loss += loss_value
-            epoch_steps += 1
+            # No per-step read-back: on a GPU it would stall the queue every step.
+            progress.record(loss, indices)
             progress.step_in_epoch += 1
             progress.global_step += 1
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss_value:.4f}")
+                if progress.step_in_epoch % 20 == 0:  # an occasional read-back for the bar
+                    bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
             at_limit = options.max_steps is not None and progress.global_step >= options.max_steps
             if at_limit or (options.checkpoint_every
                             and progress.global_step % options.checkpoint_every == 0):
@@ -326,7 +340,10 @@ def train(preset: Preset, options: RunOptions) -> dict:
         if stop:
             log(f"stopped after {progress.global_step} steps (--max_steps)")
             break
-        log(_epoch_line(epoch, epoch_loss / max(epoch_steps, 1), bank, train_images.labels)
+        progress.flush()
+        epoch_losses = progress.losses[steps_before:]
+        log(_epoch_line(epoch, sum(epoch_losses) / max(len(epoch_losses), 1), bank,
+                        train_images.labels)
             + f" | {time.time() - epoch_started:.1f}s")
         bank.end_epoch()
         progress.epoch, progress.step_in_epoch = epoch + 1, 0
