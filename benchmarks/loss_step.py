@@ -5,7 +5,7 @@ the backward pass to the features and the centers (prototypes), and clearing the
 The three forms run on the same inputs, interleaved repeat by repeat (the order rotates), so
 that noise from other processes hits all of them alike; the table gives the median.
 
-- ``baseline``: :class:`PerHeadSeCuLoss` (benchmarks/per_head_baseline.py), head by head with
+- ``baseline``: :class:`PerHeadSeCuLoss` (secu_plugin/core/per_head.py), head by head with
   dense autograd through every logit;
 - ``fused``: :class:`secu_plugin.SeCuLoss`;
 - ``swav``: lightly's ``SwaVPrototypes`` (one linear layer per head, normalized each step) and
@@ -38,7 +38,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere, without installing
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.per_head_baseline import PerHeadSeCuLoss
+from secu_plugin.core.per_head import PerHeadSeCuLoss
 from secu_plugin import SeCuCenterBank, SeCuLoss
 
 try:

@@ -6,7 +6,7 @@
 Prints one JSON line: the head whose K equals the number of classes (SCAN's protocol).
 """
 
-from secu_plugin.evaluation import evaluate_main
+from secu_plugin.train.evaluation import evaluate_main
 
 if __name__ == "__main__":
     raise SystemExit(evaluate_main())

@@ -6,7 +6,7 @@
 Many nodes: Accelerate's multi-node launch (--num_machines, --machine_rank, --main_process_ip).
 """
 
-from secu_plugin.training import recipe_main
+from secu_plugin.train.loop import recipe_main
 
 if __name__ == "__main__":
     recipe_main(default_preset="imagenet")

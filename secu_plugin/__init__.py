@@ -4,13 +4,14 @@ The core (center bank, constrained assigners, loss) needs torch alone and is imp
 the layers above it (``SeCuModel``, data, metrics) load on first use.
 """
 
-from secu_plugin.assign import (
+from secu_plugin.core import (
     ConstrainedAssigner,
     EntropyConstrainedAssigner,
+    SeCuCenterBank,
+    SeCuLoss,
+    SeCuLossTerms,
     SizeConstrainedAssigner,
 )
-from secu_plugin.bank import SeCuCenterBank
-from secu_plugin.loss import SeCuLoss, SeCuLossTerms
 
 __version__ = "0.1.0"
 
@@ -28,7 +29,7 @@ __all__ = [
 def __getattr__(name: str):
     # SeCuModel pulls in timm and huggingface_hub: import it only when asked for.
     if name == "SeCuModel":
-        from secu_plugin.model import SeCuModel
+        from secu_plugin.models import SeCuModel
 
         return SeCuModel
     raise AttributeError(f"module 'secu_plugin' has no attribute {name!r}")

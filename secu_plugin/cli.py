@@ -1,6 +1,6 @@
 """``secu-cluster``: cluster a folder of images with a trained SeCu model.
 
-Loads a model with :meth:`secu_plugin.model.SeCuModel.from_pretrained` (a Hub repo id or a
+Loads a model with :meth:`secu_plugin.models.SeCuModel.from_pretrained` (a Hub repo id or a
 folder written by ``save_pretrained``), reads every image file under a folder (recursively;
 any size; grey, RGB, RGBA or palette), and writes one CSV row ``path,cluster,confidence`` per
 readable image (``path`` starts with the folder as given), optionally with a montage of each
@@ -26,7 +26,7 @@ from PIL import Image
 if TYPE_CHECKING:
     import torch
 
-    from secu_plugin.model import SeCuModel
+    from secu_plugin.models import SeCuModel
 
 PROGRAM = "secu-cluster"
 _UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
@@ -117,7 +117,7 @@ def find_image_files(folder: str) -> list[str]:
         >>> [os.path.relpath(p, folder) for p in find_image_files(folder)]
         ['b.png', 'sub/a.JPG']
     """
-    from secu_plugin.data import IMAGE_EXTENSIONS
+    from secu_plugin.data.images import IMAGE_EXTENSIONS
 
     paths = []
     for root, dirnames, filenames in os.walk(folder):
@@ -133,7 +133,7 @@ def find_image_files(folder: str) -> list[str]:
 def _run(args: argparse.Namespace, stderr: TextIO) -> int:
     import torch
 
-    from secu_plugin.model import SeCuModel
+    from secu_plugin.models import SeCuModel
 
     if not os.path.isdir(args.images):
         raise _UsageError(f"--images {args.images!r} is not a folder")
@@ -235,7 +235,7 @@ class _ImagesOnDisk(Sequence):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> Image.Image:  # type: ignore[override]
-        from secu_plugin.data import ConvertMode
+        from secu_plugin.data.images import ConvertMode
 
         with Image.open(self.paths[index]) as image:
             image.load()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from secu_plugin.model import SeCuModel
+from secu_plugin.models import SeCuModel
 
 
 def tiny_digit_model(**overrides) -> SeCuModel:

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from secu_plugin import SeCuCenterBank, SeCuLoss, dist
+from secu_plugin import SeCuCenterBank, SeCuLoss
+from secu_plugin.core import dist
 
 GOLDEN_DIR = Path(__file__).parent / "fixtures" / "golden"
 GOLDEN_FILES = sorted(GOLDEN_DIR.glob("*.npz")) + sorted(GOLDEN_DIR.glob("imagenet/*.npz"))

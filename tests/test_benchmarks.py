@@ -16,7 +16,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.per_head_baseline import PerHeadSeCuLoss
+from secu_plugin.core.per_head import PerHeadSeCuLoss
 
 NUM_INSTANCES, BATCH, DIM = 60, 12, 16
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from secu_plugin.cli import main
 from secu_plugin.data import load_mnist5k
-from secu_plugin.model import SeCuModel
+from secu_plugin.models import SeCuModel
 from secu_plugin.viz import (
     MONTAGE_LABEL_WIDTH,
     MONTAGE_PADDING,

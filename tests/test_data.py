@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from secu_plugin.data import (
+from secu_plugin.data.images import (
     ImageDataset,
     TransformedDataset,
     TwoViewDataset,

@@ -26,8 +26,8 @@ import yaml
 from factories import tiny_digit_model
 from safetensors.torch import load as load_safetensors
 
-from secu_plugin.model import SeCuModel
-from secu_plugin.model_card import parse_model_card
+from secu_plugin.models import SeCuModel
+from secu_plugin.models.card import parse_model_card
 
 REPO_ID = "secu-tests/secu-digits"
 COMMIT = "3f1c0c4e2a9b8d7e6f5a4b3c2d1e0f9a8b7c6d5e"
@@ -37,7 +37,7 @@ LOAD_SCRIPT = r"""
 import json, sys
 import torch
 import huggingface_hub.constants as hub_constants
-from secu_plugin.model import SeCuModel
+from secu_plugin.models import SeCuModel
 
 request = json.loads(sys.argv[1])
 report = {"offline": hub_constants.HF_HUB_OFFLINE, "endpoint": hub_constants.ENDPOINT}
@@ -63,7 +63,7 @@ print("REPORT " + json.dumps(report))
 
 PUSH_SCRIPT = r"""
 import json, sys
-from secu_plugin.model import SeCuModel
+from secu_plugin.models import SeCuModel
 
 request = json.loads(sys.argv[1])
 model = SeCuModel.from_pretrained(request["model_dir"])

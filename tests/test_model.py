@@ -14,12 +14,12 @@ from factories import tiny_digit_model
 from PIL import Image
 from torch import nn
 
-from secu_plugin.model import (
+from secu_plugin.models.secu_model import (
     PretrainedModelNotFoundError,
     SeCuModel,
     load_reference_training_state,
 )
-from secu_plugin.model_card import parse_model_card
+from secu_plugin.models.card import parse_model_card
 
 SMALL_RESNET = {"channels": [8, 16, 32, 64], "layers": [1, 1, 1, 1]}
 

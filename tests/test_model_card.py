@@ -9,7 +9,7 @@ import pytest
 import yaml
 from huggingface_hub import ModelCard
 
-from secu_plugin.model_card import find_template, parse_model_card, render_model_card
+from secu_plugin.models.card import find_template, parse_model_card, render_model_card
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG = {

@@ -46,6 +46,6 @@ def test_readme_workflow_commands_run(tmp_path):
     rows = (tmp_path / "outputs" / "clusters.csv").read_text().splitlines()
     assert rows[0] == "path,cluster,confidence" and len(rows) == 201
     assert (tmp_path / "outputs" / "montage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    from secu_plugin.presets import get_preset
+    from secu_plugin.train.presets import get_preset
 
     assert result.stdout.strip() == f"{get_preset('mnist5k').num_clusters} True"

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from secu_plugin.data import load_mnist5k
-from secu_plugin.optim import build_optimizer, center_lr, encoder_lr
-from secu_plugin.presets import PRESETS, get_preset
+from secu_plugin.train.optim import build_optimizer, center_lr, encoder_lr
+from secu_plugin.train.presets import PRESETS, get_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "recipes" / "train.py"
@@ -204,8 +204,8 @@ def test_shortened_demo_run(tmp_path):
     for name in ("cluster_sizes.png", "montage.png", "results.json", "model/config.json",
                  "model/model.safetensors", "model/README.md"):
         assert (tmp_path / name).is_file(), name
-    from secu_plugin.model import SeCuModel
-    from secu_plugin.model_card import parse_model_card
+    from secu_plugin.models import SeCuModel
+    from secu_plugin.models.card import parse_model_card
 
     model = SeCuModel.from_pretrained(str(tmp_path / "model"))
     metadata, _ = parse_model_card((tmp_path / "model" / "README.md").read_text())

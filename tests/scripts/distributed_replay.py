@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from golden_replay import GOLDEN_FILES, replay
 
-from secu_plugin import SeCuCenterBank, SeCuLoss, dist
+from secu_plugin import SeCuCenterBank, SeCuLoss
+from secu_plugin.core import dist
 
 
 def main() -> None:

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from secu_plugin import dist
-from secu_plugin.bank import SeCuCenterBank
-from secu_plugin.loss import SeCuLoss
-from secu_plugin.optim import build_optimizer, center_lr, encoder_lr
-from secu_plugin.presets import Preset
+from secu_plugin.core import dist
+from secu_plugin.core.bank import SeCuCenterBank
+from secu_plugin.core.loss import SeCuLoss
+from secu_plugin.train.optim import build_optimizer, center_lr, encoder_lr
+from secu_plugin.train.presets import Preset
 
 LATEST = "latest"  # file in checkpoints/ naming the last complete state directory
 
@@ -102,7 +102,7 @@ class TwoViewNetwork(torch.nn.Module):
     separate batch for BatchNorm, as in the paper's code.
 
     Examples:
-        >>> from secu_plugin.model import SeCuModel
+        >>> from secu_plugin.models import SeCuModel
         >>> model = SeCuModel(backbone="secu_convnet_tiny", in_chans=1, input_size=28, dim=8,
         ...                   num_clusters=[4], predictor_hidden_dim=16)
         >>> z0, z1, p0, p1 = TwoViewNetwork(model)(torch.randn(2, 1, 28, 28),
@@ -127,12 +127,12 @@ def build_view_transforms(preset: Preset):
 
     Examples:
         >>> from PIL import Image
-        >>> from secu_plugin.presets import get_preset
+        >>> from secu_plugin.train.presets import get_preset
         >>> view1, view2 = build_view_transforms(get_preset("mnist5k"))
         >>> view1(Image.new("L", (28, 28))).shape
         torch.Size([1, 28, 28])
     """
-    from secu_plugin.data import byol_view_transforms, digit_view_transforms
+    from secu_plugin.data.images import byol_view_transforms, digit_view_transforms
 
     if preset.views == "digits":
         return digit_view_transforms(preset.input_size, min_scale=preset.min_scale,
@@ -147,11 +147,11 @@ def build_model(preset: Preset, training: dict | None = None):
     """The SeCuModel a preset trains (centers included; the bank trains its own copy).
 
     Examples:
-        >>> from secu_plugin.presets import get_preset
+        >>> from secu_plugin.train.presets import get_preset
         >>> build_model(get_preset("mnist5k")).num_clusters
         [10, 20, 30, 40, 50]
     """
-    from secu_plugin.model import SeCuModel
+    from secu_plugin.models import SeCuModel
 
     return SeCuModel(
         backbone=preset.backbone, backbone_kwargs=preset.backbone_kwargs, stem=preset.stem, in_chans=preset.in_chans, dim=preset.dim,
@@ -373,7 +373,7 @@ def ranks_hold_identical_state(bank: SeCuCenterBank) -> bool:
 def finish(accelerator, model, bank, preset: Preset, options: RunOptions, train_images) -> dict:
     """Evaluation, plots and the Hub-format model directory at the end of training."""
     from secu_plugin.data import ImageDataset
-    from secu_plugin.evaluation import evaluate_predictions, predict_dataset
+    from secu_plugin.train.evaluation import evaluate_predictions, predict_dataset
     from secu_plugin.viz import save_cluster_montage, save_cluster_size_plot
 
     output_dir = Path(options.output_dir)
@@ -416,8 +416,8 @@ def _epoch_line(epoch: int, mean_loss: float, bank: SeCuCenterBank, labels=None)
              for k, s in zip(bank.num_clusters, bank.cluster_sizes())]
     line = f"epoch {epoch}: loss {mean_loss:.4f} | cluster size min/max " + " ".join(sizes)
     if labels is not None and (np.asarray(labels) >= 0).any():
-        from secu_plugin.evaluation import evaluation_head
-        from secu_plugin.metrics import cluster_accuracy
+        from secu_plugin.train.evaluation import evaluation_head
+        from secu_plugin.train.metrics import cluster_accuracy
 
         head = evaluation_head(bank.num_clusters, int(np.max(labels)) + 1)
         line += f" | memory ACC (K={bank.num_clusters[head]}) "
@@ -449,7 +449,7 @@ def parse_recipe_args(argv: list[str] | None = None, default_preset: str = "mnis
     import argparse
     import shlex
 
-    from secu_plugin.presets import PRESETS, get_preset, parse_overrides
+    from secu_plugin.train.presets import PRESETS, get_preset, parse_overrides
 
     parser = argparse.ArgumentParser(description="Train SeCu with Accelerate.")
     parser.add_argument("--preset", default=default_preset, choices=sorted(PRESETS))

@@ -1,7 +1,7 @@
 """Model cards of SeCu models: rendered from ``model_cards/template.md``, parsed back for checks.
 
 :func:`render_model_card` is a pure function of a model's config, its measured results and its
-training recipe; :meth:`secu_plugin.model.SeCuModel.save_pretrained` writes its output as the
+training recipe; :meth:`secu_plugin.models.SeCuModel.save_pretrained` writes its output as the
 repository's ``README.md``. The card only reports the results it is given: without results it
 says that the model has not been evaluated.
 
@@ -55,10 +55,10 @@ def find_template() -> Path:
         >>> find_template().name
         'template.md'
     """
-    here = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]
     candidates = (
-        here / "model_cards" / TEMPLATE_NAME,  # installed: shipped as secu_plugin/model_cards/
-        here.parent / "model_cards" / TEMPLATE_NAME,  # source checkout / editable install
+        package / "model_cards" / TEMPLATE_NAME,  # installed: shipped as secu_plugin/model_cards/
+        package.parent / "model_cards" / TEMPLATE_NAME,  # source checkout / editable install
     )
     for candidate in candidates:
         if candidate.is_file():

@@ -2,7 +2,7 @@
 
 :class:`SeCuModel` is what a trained SeCu network becomes once training is over: everything
 that maps an image to a cluster, and nothing of the training state (assignment memory,
-cluster counts, dual variables), which stays in :class:`secu_plugin.bank.SeCuCenterBank`.
+cluster counts, dual variables), which stays in :class:`secu_plugin.core.bank.SeCuCenterBank`.
 It saves to and loads from the Hugging Face Hub through ``PyTorchModelHubMixin``
 (``config.json`` + ``model.safetensors`` + a ``README.md`` model card), and imports the
 checkpoints of the paper's official code (https://github.com/idstcv/SeCu) with
@@ -37,8 +37,8 @@ from huggingface_hub.errors import (
 from PIL import Image
 from torch import nn
 
-from secu_plugin.backbones import create_backbone
-from secu_plugin.model_card import check_results
+from secu_plugin.models.backbones import create_backbone
+from secu_plugin.models.card import check_results
 
 DEFAULT_NUM_CLUSTERS: tuple[int, ...] = tuple(range(10, 101, 10))
 IMAGENET_MEAN: tuple[float, ...] = (0.485, 0.456, 0.406)
@@ -173,7 +173,7 @@ class SeCuModel(
     and read back by ``from_pretrained``.
 
     Args:
-        backbone: A timm model name, built by :func:`secu_plugin.backbones.create_backbone`.
+        backbone: A timm model name, built by :func:`secu_plugin.models.backbones.create_backbone`.
         backbone_kwargs: Extra timm ``create_model`` arguments (JSON values only).
         stem: ``None`` (timm's stem), ``"cifar"`` or ``"stl"`` (the paper's small-image stems).
         in_chans: Input channels: 1 (grey) or 3 (RGB) for PIL inputs.
@@ -192,7 +192,7 @@ class SeCuModel(
             inputs the average of its channels, 0.449).
         std: Normalization std, one value per channel; ``None``: ImageNet's (grey: 0.226).
         results: Measured evaluation results, rendered in the model card (format: see
-            :mod:`secu_plugin.model_card`; checked here); ``None``: not evaluated.
+            :mod:`secu_plugin.models.card`; checked here); ``None``: not evaluated.
         training: The training recipe (command, data, epochs, ...), rendered in the card.
 
     Attributes:
@@ -367,7 +367,7 @@ class SeCuModel(
                 f"PIL inputs need in_chans 1 or 3, this model has {self.in_chans}: pass tensors"
             )
         if self._preprocess_transform is None:
-            from secu_plugin.data import eval_transform
+            from secu_plugin.data.images import eval_transform
 
             self._preprocess_transform = eval_transform(
                 self.input_size, self.mean, self.std, channels=self.in_chans
@@ -492,7 +492,7 @@ class SeCuModel(
         (Path(save_directory) / MODEL_CARD_FILE).write_text(card, encoding="utf-8")
 
     def _render_card(self, repo_id: str | None) -> str:
-        from secu_plugin.model_card import render_model_card
+        from secu_plugin.models.card import render_model_card
 
         return render_model_card(self.config, self.results, self.training_recipe, repo_id)
 

@@ -8,12 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from secu_plugin.assign import (
+from secu_plugin.core.assign import (
     ConstrainedAssigner,
     EntropyConstrainedAssigner,
     SizeConstrainedAssigner,
 )
-from secu_plugin.layout import HeadLayout
+from secu_plugin.core.layout import HeadLayout
 
 DEFAULT_NUM_CLUSTERS = tuple(range(10, 101, 10))
 

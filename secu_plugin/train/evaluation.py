@@ -18,7 +18,7 @@ def predict_dataset(accelerator, model, dataset, batch_size: int) -> tuple[np.nd
     ``model`` may be wrapped by ``accelerator`` (DDP): each process scores its share and the
     predictions are gathered in dataset order.
     """
-    from secu_plugin.data import TransformedDataset, eval_transform
+    from secu_plugin.data.images import TransformedDataset, eval_transform
 
     unwrapped = accelerator.unwrap_model(model)
     transform = eval_transform(unwrapped.input_size, unwrapped.mean, unwrapped.std,
@@ -63,7 +63,7 @@ def evaluate_predictions(predictions: np.ndarray, labels: np.ndarray, num_cluste
         >>> result["evaluations"][0]["num_clusters"], result["evaluations"][0]["accuracy"]
         (2, 1.0)
     """
-    from secu_plugin.metrics import clustering_metrics
+    from secu_plugin.train.metrics import clustering_metrics
 
     labelled = labels >= 0
     if not labelled.any():
@@ -92,7 +92,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     from accelerate import Accelerator
 
     from secu_plugin.data import ImageDataset
-    from secu_plugin.model import SeCuModel
+    from secu_plugin.models import SeCuModel
 
     parser = argparse.ArgumentParser(description="ACC / NMI / ARI of a trained SeCu model.")
     parser.add_argument("--model", required=True, help="a model directory or a Hub id")

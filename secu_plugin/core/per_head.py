@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from secu_plugin import SeCuCenterBank, SizeConstrainedAssigner
-from secu_plugin.layout import HeadLayout
+from secu_plugin.core.assign import SizeConstrainedAssigner
+from secu_plugin.core.bank import SeCuCenterBank
+from secu_plugin.core.layout import HeadLayout
 
 
 class PerHeadSeCuLoss(nn.Module):

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from secu_plugin import dist
-from secu_plugin.bank import SeCuCenterBank
+from secu_plugin.core import dist
+from secu_plugin.core.bank import SeCuCenterBank
 
 
 class SeCuLossTerms(NamedTuple):

@@ -4,10 +4,10 @@ An assigner turns a cost matrix (minus the similarity of each row to each curren
 one cluster per row, under a constraint that keeps clusters from collapsing, and then updates
 the statistics the constraint needs from the whole (global) batch. Assigners hold only
 hyper-parameters; the statistics they update (per-cluster counts and dual variables) live in
-the :class:`~secu_plugin.bank.SeCuCenterBank`, so they are saved and restored with it.
+the :class:`~secu_plugin.core.bank.SeCuCenterBank`, so they are saved and restored with it.
 
 All heads are handled at once: costs, counts and duals are stacked along the clusters of every
-head (see :class:`~secu_plugin.layout.HeadLayout`). A custom assigner subclasses
+head (see :class:`~secu_plugin.core.layout.HeadLayout`). A custom assigner subclasses
 :class:`ConstrainedAssigner` and is passed to the bank as ``SeCuCenterBank(...,
 assigner=MyAssigner())``.
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from secu_plugin.layout import HeadLayout
+from secu_plugin.core.layout import HeadLayout
 
 
 def _xlogx(p: torch.Tensor) -> torch.Tensor:
