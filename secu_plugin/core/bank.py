@@ -14,6 +14,7 @@ from secu_plugin.core.assign import (
     SizeConstrainedAssigner,
 )
 from secu_plugin.core.layout import HeadLayout
+from secu_plugin.core.nearest import nearest_center
 
 DEFAULT_NUM_CLUSTERS = tuple(range(10, 101, 10))
 
@@ -184,8 +185,7 @@ class SeCuCenterBank(nn.Module):
         self._check_features(z, "z")
         if not 0 <= head < self.num_heads:
             raise ValueError(f"head must be in [0, {self.num_heads}), got {head}")
-        centers = F.normalize(self.centers[head], dim=1)
-        return torch.argmax(F.normalize(z.to(centers.dtype), dim=1) @ centers.T, dim=1)
+        return nearest_center(z, self.centers[head])[0]
 
     @torch.no_grad()
     def assign(self, cost: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
