@@ -38,8 +38,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere, without installing
     sys.path.insert(0, str(REPO_ROOT))
 
-from secu_plugin.core.per_head import PerHeadSeCuLoss
 from secu_plugin import SeCuCenterBank, SeCuLoss
+from secu_plugin.core.per_head import PerHeadSeCuLoss
 
 try:
     from lightly.loss import SwaVLoss
@@ -83,8 +83,7 @@ class Inputs:
             for _ in range(num_views)
         ]
         self.batches = [
-            torch.randperm(num_instances, generator=generator)[:batch].to(device)
-            for _ in range(8)
+            torch.randperm(num_instances, generator=generator)[:batch].to(device) for _ in range(8)
         ]
         self._next = 0
 

@@ -74,8 +74,9 @@ def build_step(mode: str, args: argparse.Namespace, device: torch.device) -> Cal
     parameters = list(network.parameters())
     criterion = None
     if mode in ("B", "C"):
-        bank = SeCuCenterBank(args.dim, args.heads, args.num_instances,
-                              head_reductions=args.head_reductions).to(device)
+        bank = SeCuCenterBank(
+            args.dim, args.heads, args.num_instances, head_reductions=args.head_reductions
+        ).to(device)
         bank.start_epoch()
         criterion = SeCuLoss(bank, check_values=mode == "B")
         parameters += list(bank.parameters())
@@ -185,8 +186,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps per mode")
     parser.add_argument("--modes", default="ABC", help="modes to run, among A, B and C")
     parser.add_argument("--compile", action="store_true", help="torch.compile the backbone")
-    parser.add_argument("--head-reductions", default="auto", choices=["auto", "loop", "padded"],
-                        help="SeCuCenterBank(head_reductions=...)")
+    parser.add_argument(
+        "--head-reductions",
+        default="auto",
+        choices=["auto", "loop", "padded"],
+        help="SeCuCenterBank(head_reductions=...)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: a few seconds")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
@@ -226,7 +231,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if "A" in times and "C" in times:
         results["secu_unchecked_ms"] = times["C"] - times["A"]
         results["secu_unchecked_overhead_pct_of_step"] = (
-            100 * (times["C"] - times["A"]) / times["C"])
+            100 * (times["C"] - times["A"]) / times["C"]
+        )
     print_table(results)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,10 @@ def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
 
 
 def replay(
-    path: Path, rank: int = 0, world_size: int = 1, device: str = "cpu",
+    path: Path,
+    rank: int = 0,
+    world_size: int = 1,
+    device: str = "cpu",
     head_reductions: str = "auto",
 ) -> int:
     """Replays ``path``; with world_size > 1 this process holds chunk ``rank`` of every batch.
@@ -45,16 +48,20 @@ def replay(
     data = np.load(path)
     config = json.loads(str(data["config_json"]))
     heads = range(len(config["num_clusters"]))
-    bank = SeCuCenterBank(
-        dim=config["dim"],
-        num_clusters=config["num_clusters"],
-        num_instances=config["num_instances"],
-        assigner=config["constraint"],
-        dual_lr=config["dual_lr"],
-        lower_bound_ratio=config["lratio"],
-        alpha=config["alpha"],
-        head_reductions=head_reductions,
-    ).double().to(device)
+    bank = (
+        SeCuCenterBank(
+            dim=config["dim"],
+            num_clusters=config["num_clusters"],
+            num_instances=config["num_instances"],
+            assigner=config["constraint"],
+            dual_lr=config["dual_lr"],
+            lower_bound_ratio=config["lratio"],
+            alpha=config["alpha"],
+            head_reductions=head_reductions,
+        )
+        .double()
+        .to(device)
+    )
     criterion = SeCuLoss(
         bank, temperature_x=config["tx"], temperature_c=config["tw"], label_weight=config["tau"]
     )
@@ -93,18 +100,22 @@ def replay(
             # Each rank's loss is the mean over its rows: its gradient is world_size times the
             # gradient of the global mean (equal chunks).
             close(tensor.grad / world_size, data[names[name]][rows], f"{names[name]} {where}")
-        visited[data["idx"][starts[step]:starts[step + 1]]] = True
+        visited[data["idx"][starts[step] : starts[step + 1]]] = True
         for i in heads:
             close(bank.centers[i].grad.T, data[f"h{i}_grad_centers"][step], f"grad c{i} {where}")
             np.testing.assert_array_equal(
-                terms.labels[i].cpu().numpy(), data[f"h{i}_batch_labels"][rows], f"labels h{i} {where}"
+                terms.labels[i].cpu().numpy(),
+                data[f"h{i}_batch_labels"][rows],
+                f"labels h{i} {where}",
             )
             memory = bank.memory[i].long().cpu().numpy()
             expected = data[f"h{i}_labels_after"][step]
             np.testing.assert_array_equal(memory[visited], expected[visited], f"memory {where}")
             assert (memory[~visited] == -1).all(), f"unvisited instances labelled, {where}"
             np.testing.assert_array_equal(
-                bank.counts[i].cpu().numpy(), data[f"h{i}_counts_after"][step], f"counts h{i} {where}"
+                bank.counts[i].cpu().numpy(),
+                data[f"h{i}_counts_after"][step],
+                f"counts h{i} {where}",
             )
             close(bank.duals[i], data[f"h{i}_duals_after"][step], f"duals h{i} {where}")
         with torch.no_grad():

@@ -45,7 +45,9 @@ def run_steps(first, second, num_views: int, dtype: torch.dtype, steps: int, che
         if step % 2 == 0:
             for bank in banks:
                 bank.start_epoch()
-        views = [torch.randn(BATCH, DIM, generator=generator, dtype=dtype) for _ in range(num_views)]
+        views = [
+            torch.randn(BATCH, DIM, generator=generator, dtype=dtype) for _ in range(num_views)
+        ]
         indices = torch.randperm(NUM_INSTANCES, generator=generator)[:BATCH]
         views_a, views_b = leaves(views), leaves(views)
         loss_a = first(*views_a[:2], indices, *views_a[2:])
@@ -102,9 +104,21 @@ def run_script(name: str, tmp_path: Path) -> tuple[str, dict]:
     output = tmp_path / f"{name}.json"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "benchmarks" / f"{name}.py"), "--smoke", "--threads", "1",
-         "--json", str(output)],
-        check=False, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
+        [
+            sys.executable,
+            str(REPO_ROOT / "benchmarks" / f"{name}.py"),
+            "--smoke",
+            "--threads",
+            "1",
+            "--json",
+            str(output),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
     return result.stdout, json.loads(output.read_text())

@@ -15,8 +15,9 @@ from secu_plugin import (
 
 def make(assigner="size", dim=16, num_clusters=(4, 6), num_instances=50, **kwargs):
     torch.manual_seed(0)
-    bank = SeCuCenterBank(dim=dim, num_clusters=num_clusters, num_instances=num_instances,
-                          assigner=assigner, **kwargs)
+    bank = SeCuCenterBank(
+        dim=dim, num_clusters=num_clusters, num_instances=num_instances, assigner=assigner, **kwargs
+    )
     return bank, SeCuLoss(bank)
 
 
@@ -32,8 +33,14 @@ def assert_same_state(bank, state):
 
 
 def test_public_api_shapes_and_defaults():
-    bank = SeCuCenterBank(dim=128, num_clusters=[10, 20, 30], num_instances=1000,
-                          assigner="size", dual_lr=0.1, lower_bound_ratio=0.9)
+    bank = SeCuCenterBank(
+        dim=128,
+        num_clusters=[10, 20, 30],
+        num_instances=1000,
+        assigner="size",
+        dual_lr=0.1,
+        lower_bound_ratio=0.9,
+    )
     criterion = SeCuLoss(bank=bank, temperature_x=0.05, temperature_c=0.05, label_weight=0.2)
     assert isinstance(bank.centers, torch.nn.ParameterList)
     assert [tuple(c.shape) for c in bank.centers] == [(10, 128), (20, 128), (30, 128)]
@@ -56,7 +63,10 @@ def test_public_api_shapes_and_defaults():
     assert SeCuCenterBank(num_instances=10, assigner="entropy").assigner.alpha == 6000.0
     default_loss = SeCuLoss(default_bank)
     assert (default_loss.temperature_x, default_loss.temperature_c, default_loss.label_weight) == (
-        0.05, 0.05, 0.2)
+        0.05,
+        0.05,
+        0.2,
+    )
 
 
 def test_memory_is_two_bytes_per_instance_and_head():
@@ -112,11 +122,16 @@ def test_bad_predictor_inputs():
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"dim": 0}, "dim"), ({"num_clusters": []}, "num_clusters"),
-     ({"num_clusters": [1]}, "num_clusters"), ({"num_instances": 0}, "num_instances"),
-     ({"assigner": "kmeans"}, "assigner"), ({"dual_lr": 0.0}, "dual_lr"),
-     ({"lower_bound_ratio": -1.0}, "lower_bound_ratio"),
-     ({"assigner": "entropy", "alpha": -1.0}, "alpha")],
+    [
+        ({"dim": 0}, "dim"),
+        ({"num_clusters": []}, "num_clusters"),
+        ({"num_clusters": [1]}, "num_clusters"),
+        ({"num_instances": 0}, "num_instances"),
+        ({"assigner": "kmeans"}, "assigner"),
+        ({"dual_lr": 0.0}, "dual_lr"),
+        ({"lower_bound_ratio": -1.0}, "lower_bound_ratio"),
+        ({"assigner": "entropy", "alpha": -1.0}, "alpha"),
+    ],
 )
 def test_bad_bank_arguments(kwargs, message):
     arguments = {"dim": 4, "num_clusters": [3], "num_instances": 10, **kwargs}
@@ -201,13 +216,16 @@ def test_soft_target_uses_previous_label_then_fresh_one():
         onehot = torch.nn.functional.one_hot(labels, 3).double()
         t0 = 0.8 * x1.softmax(1) + 0.2 * onehot
         t1 = 0.8 * x0.softmax(1) + 0.2 * onehot
-        return -((x0.log_softmax(1) * t0).sum(1).mean() + (x1.log_softmax(1) * t1).sum(1).mean()) / 2
+        return (
+            -((x0.log_softmax(1) * t0).sum(1).mean() + (x1.log_softmax(1) * t1).sum(1).mean()) / 2
+        )
 
     terms = criterion.terms(z0, z1, torch.tensor([0, 1]))
     fresh = terms.labels[0]
     labels = torch.tensor([int(fresh[0]), 2])
-    torch.testing.assert_close(terms.representation_loss, expected_representation_loss(labels),
-                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        terms.representation_loss, expected_representation_loss(labels), rtol=1e-12, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -258,9 +276,12 @@ def test_custom_assigner_is_pluggable():
     bank = SeCuCenterBank(dim=4, num_clusters=[3], num_instances=5, assigner=Nearest())
     SeCuLoss(bank)(torch.randn(5, 4), torch.randn(5, 4), torch.arange(5))
     assert (bank.memory >= 0).all()
-    assert isinstance(SeCuCenterBank(dim=4, num_clusters=[3], num_instances=5,
-                                     assigner=EntropyConstrainedAssigner(1.0)).assigner,
-                      EntropyConstrainedAssigner)
+    assert isinstance(
+        SeCuCenterBank(
+            dim=4, num_clusters=[3], num_instances=5, assigner=EntropyConstrainedAssigner(1.0)
+        ).assigner,
+        EntropyConstrainedAssigner,
+    )
 
 
 def test_predictor_variant_on_a_hand_checked_case():
@@ -269,14 +290,17 @@ def test_predictor_variant_on_a_hand_checked_case():
     bank = SeCuCenterBank(dim=3, num_clusters=[2, 3], num_instances=4).double()
     bank.start_epoch()
     criterion = SeCuLoss(bank, temperature_x=0.5, temperature_c=0.25, label_weight=0.3)
-    raw = {name: torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
-           for name in ("z0", "z1", "p0", "p1")}
+    raw = {
+        name: torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+        for name in ("z0", "z1", "p0", "p1")
+    }
     indices = torch.tensor([3, 1])
     terms = criterion.terms(raw["z0"], raw["z1"], indices, p0=raw["p0"], p1=raw["p1"])
     terms.loss.backward()
 
-    unit = {k: torch.nn.functional.normalize(v.detach(), dim=1).requires_grad_() for k, v in
-            raw.items()}
+    unit = {
+        k: torch.nn.functional.normalize(v.detach(), dim=1).requires_grad_() for k, v in raw.items()
+    }
     centers = [c.detach().clone().requires_grad_() for c in bank.centers]
     expected_x = expected_c = 0.0
     for head, k in enumerate([2, 3]):
@@ -289,9 +313,15 @@ def test_predictor_variant_on_a_hand_checked_case():
             # Size constraint with zero duals: the nearest center on the mean similarity.
             assert labels[row] == cost[row].argmin()
             for name in unit:
-                logits = torch.stack([
-                    sims[name][row, j] if j == labels[row] else sims[name][row, j].detach()
-                    for j in range(k)]) / 0.25
+                logits = (
+                    torch.stack(
+                        [
+                            sims[name][row, j] if j == labels[row] else sims[name][row, j].detach()
+                            for j in range(k)
+                        ]
+                    )
+                    / 0.25
+                )
                 expected_c = expected_c - torch.log_softmax(logits, 0)[labels[row]] / (2 * 4 * 2)
             for view, other in (("0", "1"), ("1", "0")):
                 with torch.no_grad():
@@ -308,5 +338,6 @@ def test_predictor_variant_on_a_hand_checked_case():
     for name, value in raw.items():
         # Chain the normalized gradient back through the normalization by hand.
         expected = torch.autograd.grad(
-            torch.nn.functional.normalize(value, dim=1), value, unit[name].grad)[0]
+            torch.nn.functional.normalize(value, dim=1), value, unit[name].grad
+        )[0]
         torch.testing.assert_close(value.grad, expected)

@@ -32,22 +32,51 @@ def free_port() -> int:
 
 def run(command: list[str], tmp_path: Path) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300,
-                            check=False)
+    result = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
 
 
 def test_two_gloo_processes_match_single_process_golden(tmp_path):
-    run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-         "--master_addr=127.0.0.1",
-         f"--master_port={free_port()}", str(SCRIPT), str(tmp_path), "torchrun"],
-        tmp_path)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_addr=127.0.0.1",
+            f"--master_port={free_port()}",
+            str(SCRIPT),
+            str(tmp_path),
+            "torchrun",
+        ],
+        tmp_path,
+    )
     check_reports(tmp_path)
 
 
 def test_two_process_accelerate_launch(tmp_path):
     accelerate = Path(sys.executable).parent / "accelerate"
-    run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-         str(SCRIPT), str(tmp_path), "accelerate"], tmp_path)
+    run(
+        [
+            str(accelerate),
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(free_port()),
+            str(SCRIPT),
+            str(tmp_path),
+            "accelerate",
+        ],
+        tmp_path,
+    )
     check_reports(tmp_path)

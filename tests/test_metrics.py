@@ -12,7 +12,9 @@ def test_permuted_labels_are_perfect() -> None:
     y_true = np.array([0, 0, 1, 1, 2, 2, 3])
     y_pred = np.array([3, 3, 0, 0, 1, 1, 2])
     assert cluster_accuracy(y_true, y_pred) == 1.0
-    assert clustering_metrics(y_true, y_pred) == pytest.approx({"acc": 1.0, "nmi": 1.0, "ari": 1.0})
+    assert clustering_metrics(y_true, y_pred) == pytest.approx(
+        {"accuracy": 1.0, "nmi": 1.0, "ari": 1.0}
+    )
 
 
 def test_partial_match() -> None:
@@ -42,12 +44,14 @@ def test_sparse_cluster_ids() -> None:
 def test_unlabeled_entries_are_ignored() -> None:
     y_true = [0, 0, 1, 1, -1, -1]
     y_pred = [1, 1, 0, 0, 0, 1]
-    assert clustering_metrics(y_true, y_pred) == pytest.approx({"acc": 1.0, "nmi": 1.0, "ari": 1.0})
+    assert clustering_metrics(y_true, y_pred) == pytest.approx(
+        {"accuracy": 1.0, "nmi": 1.0, "ari": 1.0}
+    )
 
 
 def test_independent_labeling() -> None:
     metrics = clustering_metrics([0, 0, 1, 1], [0, 1, 0, 1])
-    assert metrics["acc"] == 0.5
+    assert metrics["accuracy"] == 0.5
     assert metrics["nmi"] == pytest.approx(0.0, abs=1e-12)
     assert metrics["ari"] == pytest.approx(-0.5)
     assert all(isinstance(v, float) for v in metrics.values())

@@ -22,8 +22,14 @@ def test_lightly_timm_example_runs(tmp_path):
     example = re.search(r"```python\n(.*?)```", README, re.DOTALL).group(1)
     script = tmp_path / "example.py"
     script.write_text(example)
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                            timeout=300, check=False, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     ids = re.findall(r"\d+", result.stdout.strip().splitlines()[-1])
     assert ids and all(0 <= int(i) < 10 for i in ids)  # cluster ids of head 0 (K=10)
@@ -40,8 +46,9 @@ def test_readme_workflow_commands_run(tmp_path):
         if "recipes/train.py" in line:
             line += " --epochs 1 --no_progress"
         line = line.replace("recipes/", f"{ROOT}/recipes/")
-        result = subprocess.run(line, shell=True, capture_output=True, text=True, timeout=300,
-                                check=False, cwd=tmp_path)
+        result = subprocess.run(
+            line, shell=True, capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path
+        )
         assert result.returncode == 0, line + "\n" + result.stdout[-2000:] + result.stderr[-3000:]
     rows = (tmp_path / "outputs" / "clusters.csv").read_text().splitlines()
     assert rows[0] == "path,cluster,confidence" and len(rows) == 201

@@ -18,35 +18,105 @@ from secu_plugin.train.presets import PRESETS, get_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "recipes" / "train.py"
-TINY = ["--set", "backbone=secu_convnet_tiny", "num_clusters=[10,20]", "batch_size=16",
-        "warmup_epochs=1", "num_workers=0"]
+TINY = [
+    "--set",
+    "backbone=secu_convnet_tiny",
+    "num_clusters=[10,20]",
+    "batch_size=16",
+    "warmup_epochs=1",
+    "num_workers=0",
+]
 
 
 def test_presets_resolve_to_the_papers_numbers():
-    common = {"batch_size": 128, "optimizer": "sgd", "lr": 0.2, "momentum": 0.9,
-              "weight_decay": 1e-4, "warmup_epochs": 11, "dim": 128, "temperature_x": 0.05,
-              "label_weight": 0.2, "dual_lr": 0.1, "lower_bound_ratio": 0.9, "alpha": 6000.0,
-              "backbone": "resnet18", "projection_layers": 2, "views": "byol"}
-    table = {  # preset: epochs, center lr, min crop, heads, assigner, temperature_c, crop, stem
-        "cifar10": (401, 1.2, 0.3, list(range(10, 101, 10)), "size", 0.05, 32, "cifar"),
-        "cifar10-entropy": (401, 1.2, 0.3, list(range(10, 101, 10)), "entropy", 0.05, 32, "cifar"),
-        "cifar100-20": (801, 0.8, 0.2, list(range(20, 201, 20)), "size", 0.05, 32, "cifar"),
-        "stl10": (801, 0.8, 0.2, list(range(10, 101, 10)), "size", 1.0, 96, "stl"),
+    common = {
+        "batch_size": 128,
+        "optimizer": "sgd",
+        "lr": 0.2,
+        "momentum": 0.9,
+        "weight_decay": 1e-4,
+        "warmup_epochs": 11,
+        "dim": 128,
+        "temperature_x": 0.05,
+        "label_weight": 0.2,
+        "dual_lr": 0.1,
+        "lower_bound_ratio": 0.9,
+        "alpha": 6000.0,
+        "projection_layers": 2,
+        "views": "byol",
     }
-    for name, (epochs, clr, crop, heads, assigner, tc, size, stem) in table.items():
+    table = {  # preset: epochs, center lr, min crop, heads, assigner, temperature_c, backbone
+        "cifar10": (401, 1.2, 0.3, list(range(10, 101, 10)), "size", 0.05, "secu_resnet18_cifar"),
+        "cifar10-entropy": (
+            401,
+            1.2,
+            0.3,
+            list(range(10, 101, 10)),
+            "entropy",
+            0.05,
+            "secu_resnet18_cifar",
+        ),
+        "cifar100-20": (
+            801,
+            0.8,
+            0.2,
+            list(range(20, 201, 20)),
+            "size",
+            0.05,
+            "secu_resnet18_cifar",
+        ),
+        "stl10": (801, 0.8, 0.2, list(range(10, 101, 10)), "size", 1.0, "secu_resnet18_stl"),
+    }
+    for name, (epochs, clr, crop, heads, assigner, tc, backbone) in table.items():
         preset = get_preset(name)
         assert {k: getattr(preset, k) for k in common} == common, name
-        assert (preset.epochs, preset.center_lr, preset.min_scale, preset.num_clusters,
-                preset.assigner, preset.temperature_c, preset.input_size, preset.stem) == (
-            epochs, clr, crop, heads, assigner, tc, size, stem), name
+        assert (
+            preset.epochs,
+            preset.center_lr,
+            preset.min_scale,
+            preset.num_clusters,
+            preset.assigner,
+            preset.temperature_c,
+            preset.backbone,
+        ) == (epochs, clr, crop, heads, assigner, tc, backbone), name
     imagenet = get_preset("imagenet")
-    assert (imagenet.backbone, imagenet.batch_size, imagenet.optimizer, imagenet.lr,
-            imagenet.weight_decay, imagenet.epochs, imagenet.input_size, imagenet.min_scale,
-            imagenet.num_clusters, imagenet.temperature_x, imagenet.temperature_c,
-            imagenet.dual_lr, imagenet.lower_bound_ratio, imagenet.alpha, imagenet.center_lr,
-            imagenet.projection_layers, imagenet.predictor_hidden_dim, imagenet.dim) == (
-        "resnet50", 1024, "lars", 1.6, 1e-6, 1001, 224, 0.08, list(range(1000, 10001, 1000)),
-        0.05, 0.05, 20.0, 0.4, 1e5, 4.2, 3, 2048, 128)
+    assert (
+        imagenet.backbone,
+        imagenet.batch_size,
+        imagenet.optimizer,
+        imagenet.lr,
+        imagenet.weight_decay,
+        imagenet.epochs,
+        imagenet.min_scale,
+        imagenet.num_clusters,
+        imagenet.temperature_x,
+        imagenet.temperature_c,
+        imagenet.dual_lr,
+        imagenet.lower_bound_ratio,
+        imagenet.alpha,
+        imagenet.center_lr,
+        imagenet.projection_layers,
+        imagenet.predictor_hidden_dim,
+        imagenet.dim,
+    ) == (
+        "resnet50",
+        1024,
+        "lars",
+        1.6,
+        1e-6,
+        1001,
+        0.08,
+        list(range(1000, 10001, 1000)),
+        0.05,
+        0.05,
+        20.0,
+        0.4,
+        1e5,
+        4.2,
+        3,
+        2048,
+        128,
+    )
     assert not imagenet.center_lr_ramp
     entropy = get_preset("imagenet-entropy")
     assert entropy.assigner == "entropy" and entropy.center_lr_ramp
@@ -55,6 +125,22 @@ def test_presets_resolve_to_the_papers_numbers():
         get_preset("cifar11")
     with pytest.raises(ValueError, match="unknown preset settings"):
         get_preset("cifar10", learning_rate=1.0)
+
+
+def test_presets_take_input_size_and_normalization_from_the_backbone():
+    """The paper's crops and normalizations, through the networks' timm data config."""
+    from secu_plugin.models import SeCuNetwork
+
+    expected = {  # preset: input size, mean
+        "cifar10": (32, [0.4914, 0.4822, 0.4465]),
+        "cifar100-20": (32, [0.5071, 0.4867, 0.4408]),
+        "stl10": (96, [0.485, 0.456, 0.406]),
+        "mnist5k": (28, [0.1307]),
+    }
+    for name, (size, mean) in expected.items():
+        config = SeCuNetwork(**get_preset(name).network_arguments()).data_config
+        assert config["input_size"][-1] == size, name
+        assert list(config["mean"]) == pytest.approx(mean), name
 
 
 def test_schedules_follow_the_paper():
@@ -74,10 +160,15 @@ def test_lars_groups_match_the_reference():
     encoder = nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.Linear(5, 4))
     centers = nn.ParameterList([nn.Parameter(torch.randn(3, 4)), nn.Parameter(torch.randn(2, 4))])
     optimizer = build_optimizer("lars", encoder, centers, weight_decay=0.1, momentum=0.0)
-    roles = [(g["role"], g["weight_decay"], sorted(p.ndim for p in g["params"]))
-             for g in optimizer.param_groups]
-    assert roles == [("encoder", 0.1, [2, 2]), ("encoder", 0.0, [1, 1, 1, 1]),
-                     ("centers", 0.1, [2, 2])]
+    roles = [
+        (g["role"], g["weight_decay"], sorted(p.ndim for p in g["params"]))
+        for g in optimizer.param_groups
+    ]
+    assert roles == [
+        ("encoder", 0.1, [2, 2]),
+        ("encoder", 0.0, [1, 1, 1, 1]),
+        ("centers", 0.1, [2, 2]),
+    ]
     for group in optimizer.param_groups:
         group["lr"] = 1.0
     params = [encoder[0].weight, encoder[0].bias, centers[0]]
@@ -113,36 +204,52 @@ def digit_folder(tmp_path_factory) -> Path:
 def run_recipe(args, launcher=None, timeout=300):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     command = [*(launcher or [sys.executable]), str(TRAIN), "--no_progress", *args]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout,
-                            check=False, cwd=ROOT)
+    result = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=timeout, check=False, cwd=ROOT
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return json.loads(result.stdout.strip().splitlines()[-1]), result
 
 
-def saved_state(output_dir: Path) -> tuple[dict, dict]:
-    """The bank and the progress (losses) of the last checkpoint."""
+def saved_state(output_dir: Path) -> tuple[dict, dict, dict]:
+    """The bank, the progress and the network weights of the last checkpoint."""
+    from safetensors.torch import load_file
+
     latest = output_dir / "checkpoints" / (output_dir / "checkpoints" / "latest").read_text()
     bank = torch.load(latest / "custom_checkpoint_0.pkl", weights_only=False)
     progress = torch.load(latest / "custom_checkpoint_1.pkl", weights_only=False)
-    return bank, progress
+    return bank, progress, load_file(latest / "model.safetensors")
+
+
+def epoch_lines(log) -> dict[str, str]:
+    """The epoch lines of a run's log, by epoch, without their timing."""
+    lines = [
+        line.rsplit(" | ", 1)[0] for line in log.stdout.splitlines() if line.startswith("epoch ")
+    ]
+    return {line.split(":")[0]: line for line in lines}
 
 
 def test_interrupted_and_resumed_run_matches_uninterrupted_run(digit_folder, tmp_path):
     args = ["--data", str(digit_folder), "--epochs", "3", *TINY]
-    full, _ = run_recipe([*args, "--output_dir", str(tmp_path / "full")])
+    full, full_log = run_recipe([*args, "--output_dir", str(tmp_path / "full")])
     # Interrupted inside epoch 1 (3 steps per epoch), then resumed.
     part, _ = run_recipe([*args, "--output_dir", str(tmp_path / "cut"), "--max_steps", "4"])
     assert part["steps"] == 4
     resumed, log = run_recipe([*args, "--output_dir", str(tmp_path / "cut"), "--resume"])
     assert "resumed from" in log.stdout + log.stderr
     assert resumed["steps"] == full["steps"] == 9
-    full_bank, full_progress = saved_state(tmp_path / "full")
-    cut_bank, cut_progress = saved_state(tmp_path / "cut")
-    assert cut_progress["losses"] == full_progress["losses"]  # step for step, bit for bit
-    assert full_bank.keys() == cut_bank.keys()
-    for key in full_bank:
-        assert torch.equal(full_bank[key], cut_bank[key]), key
-    assert (resumed["acc"], resumed["nmi"]) == (full["acc"], full["nmi"])
+    full_bank, full_progress, full_weights = saved_state(tmp_path / "full")
+    cut_bank, cut_progress, cut_weights = saved_state(tmp_path / "cut")
+    assert cut_progress == full_progress
+    for saved, restored in ((full_bank, cut_bank), (full_weights, cut_weights)):
+        assert saved.keys() == restored.keys()
+        for key in saved:
+            assert torch.equal(saved[key], restored[key]), key  # bit for bit
+    # The resumed epoch reports what the uninterrupted one did (loss, sizes, changes, ACC).
+    resumed_lines = epoch_lines(log)
+    assert set(resumed_lines) == {"epoch 1", "epoch 2"}
+    assert resumed_lines == {k: v for k, v in epoch_lines(full_log).items() if k in resumed_lines}
+    assert (resumed["accuracy"], resumed["nmi"]) == (full["accuracy"], full["nmi"])
 
 
 def test_checkpoints_are_replaced_atomically(digit_folder, tmp_path):
@@ -154,15 +261,21 @@ def test_checkpoints_are_replaced_atomically(digit_folder, tmp_path):
     # A save that died half-way leaves a directory that nothing points to: resume ignores it.
     (checkpoints / "state-99999999").mkdir()
     (checkpoints / ".latest.tmp").write_text("state-99999999")
-    _, log = run_recipe(["--data", str(digit_folder), "--epochs", "2", *TINY,
-                               "--output_dir", str(out), "--resume"])
+    _, log = run_recipe(
+        ["--data", str(digit_folder), "--epochs", "2", *TINY, "--output_dir", str(out), "--resume"]
+    )
     assert f"resumed from {checkpoints / states[0]}" in log.stdout
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
     result = subprocess.run(
         [sys.executable, str(TRAIN), "--resume", "--output_dir", str(tmp_path), *TINY],
-        capture_output=True, text=True, timeout=120, check=False, cwd=ROOT)
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=ROOT,
+    )
     assert result.returncode != 0 and "no complete checkpoint" in result.stderr
 
 
@@ -175,56 +288,115 @@ def free_port() -> int:
 def test_two_process_accelerate_launch_matches_one_process(digit_folder, tmp_path):
     # No BatchNorm: then a batch split over two processes gives the network the same outputs
     # as the whole batch in one (SyncBatchNorm exists only on CUDA).
-    args = ["--data", str(digit_folder), "--epochs", "3", *TINY,
-            'backbone_kwargs={"norm":"none"}', "projection_batchnorm=false"]
-    launch = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu",
-              "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-              "--dynamo_backend", "no", "--main_process_port", str(free_port())]
+    args = [
+        "--data",
+        str(digit_folder),
+        "--epochs",
+        "3",
+        *TINY,
+        'backbone_kwargs={"norm":"none"}',
+        "projection_batchnorm=false",
+    ]
+    launch = [
+        str(Path(sys.executable).parent / "accelerate"),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+    ]
     two, _ = run_recipe([*args, "--output_dir", str(tmp_path / "two")], launcher=launch)
     one, _ = run_recipe([*args, "--output_dir", str(tmp_path / "one")])
     assert two["num_processes"] == 2 and one["num_processes"] == 1
     assert two["ranks_in_sync"] is True  # every rank's bank state hashed and compared
-    two_bank, two_progress = saved_state(tmp_path / "two")
-    one_bank, one_progress = saved_state(tmp_path / "one")
+    two_bank, two_progress, _ = saved_state(tmp_path / "two")
+    one_bank, one_progress, _ = saved_state(tmp_path / "one")
     assert torch.equal(two_bank["memory"], one_bank["memory"])
     for key in one_bank:
         if key.startswith("counts"):
             assert torch.equal(two_bank[key], one_bank[key]), key
     torch.testing.assert_close(two_bank["centers.0"], one_bank["centers.0"], rtol=1e-4, atol=1e-5)
-    # Each rank's loss is the mean over its half; the log keeps rank 0's.
-    assert len(two_progress["losses"]) == len(one_progress["losses"]) == 9
+    assert two_progress["global_step"] == one_progress["global_step"] == 9
 
 
 def test_shortened_demo_run(tmp_path):
     """The README's first command, shortened: MNIST-5k, 2 epochs."""
     summary, log = run_recipe(["--epochs", "2", "--output_dir", str(tmp_path)])
-    assert set(summary) >= {"acc", "nmi", "ari", "epochs", "seconds", "output_dir"}
-    assert summary["epochs"] == 2 and 0.0 <= summary["acc"] <= 1.0
+    assert set(summary) >= {
+        "accuracy",
+        "nmi",
+        "ari",
+        "memory_accuracy",
+        "epochs",
+        "seconds",
+        "output_dir",
+    }
+    assert summary["epochs"] == 2 and 0.0 <= summary["accuracy"] <= 1.0
     assert "epoch 1: loss" in log.stdout and "cluster size min/max K=10:" in log.stdout
-    for name in ("cluster_sizes.png", "montage.png", "results.json", "model/config.json",
-                 "model/model.safetensors", "model/README.md"):
+    for name in (
+        "cluster_sizes.png",
+        "montage.png",
+        "results.json",
+        "model/config.json",
+        "model/model.safetensors",
+        "model/README.md",
+    ):
         assert (tmp_path / name).is_file(), name
+    from huggingface_hub import ModelCard
+
     from secu_plugin.models import SeCuModel
-    from secu_plugin.models.card import parse_model_card
 
     model = SeCuModel.from_pretrained(str(tmp_path / "model"))
-    metadata, _ = parse_model_card((tmp_path / "model" / "README.md").read_text())
     results = json.loads((tmp_path / "results.json").read_text())
-    reported = metadata["model-index"][0]["results"][0]["metrics"]
-    measured = {"accuracy": results["evaluations"][0]["accuracy"]}
-    assert any(m["value"] == pytest.approx(measured["accuracy"]) for m in reported)
+    # The card's results, read back by huggingface_hub's own parser, are the measured ones,
+    # each evaluation (nearest center, training memory) distinct.
+    card = ModelCard.load(tmp_path / "model" / "README.md")
+    reported = sorted((r.metric_type, round(r.metric_value, 6)) for r in card.data.eval_results)
+    measured = sorted(
+        (metric, round(evaluation[metric], 6))
+        for evaluation in results["evaluations"]
+        for metric in ("accuracy", "nmi", "ari")
+    )
+    assert len(results["evaluations"]) == 2 and reported == measured
+    assert summary["accuracy"] == pytest.approx(results["evaluations"][0]["accuracy"], abs=1e-4)
     assert model.results == results
 
 
 def test_imagenet_recipe_runs_with_predictor_lars_and_byol_views(digit_folder, tmp_path):
     """recipes/train_imagenet.py (3-layer head, predictor, LARS, BYOL views), shrunk."""
     script = ROOT / "recipes" / "train_imagenet.py"
-    args = ["--data", str(digit_folder), "--epochs", "2", "--output_dir", str(tmp_path),
-            "--no_progress", "--set", "backbone=secu_convnet_tiny", "input_size=32",
-            "num_clusters=[10,20]", "batch_size=16", "num_workers=0", "warmup_epochs=1",
-            "predictor_hidden_dim=32"]
-    result = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True,
-                            timeout=300, check=False, cwd=ROOT)
+    args = [
+        "--data",
+        str(digit_folder),
+        "--epochs",
+        "2",
+        "--output_dir",
+        str(tmp_path),
+        "--no_progress",
+        "--set",
+        "backbone=secu_convnet_tiny",
+        "input_size=32",
+        "num_clusters=[10,20]",
+        "batch_size=16",
+        "num_workers=0",
+        "warmup_epochs=1",
+        "predictor_hidden_dim=32",
+    ]
+    result = subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=ROOT,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["epochs"] == 2 and summary["steps"] == 6

@@ -199,4 +199,3 @@ class EntropyConstrainedAssigner(ConstrainedAssigner):
 
     def __repr__(self) -> str:
         return f"EntropyConstrainedAssigner(alpha={self.alpha})"
-

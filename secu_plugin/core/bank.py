@@ -101,10 +101,13 @@ class SeCuCenterBank(nn.Module):
             nn.Parameter(F.normalize(torch.randn(k, dim), dim=1)) for k in num_clusters
         )
         self.register_buffer(
-            "memory", torch.full((len(num_clusters), num_instances), -1, dtype=_memory_dtype(num_clusters))
+            "memory",
+            torch.full((len(num_clusters), num_instances), -1, dtype=_memory_dtype(num_clusters)),
         )
         # The frozen targets of all heads, stacked: the loss scores against all of them at once.
-        self.register_buffer("targets", torch.cat([F.normalize(c.detach(), dim=1) for c in self.centers]))
+        self.register_buffer(
+            "targets", torch.cat([F.normalize(c.detach(), dim=1) for c in self.centers])
+        )
         # Counts and duals of all heads, stacked like the centers; ``counts``/``duals`` give
         # per-head views.
         total = sum(num_clusters)
@@ -136,7 +139,8 @@ class SeCuCenterBank(nn.Module):
             # ResNet-50 step at the ImageNet heads (less memory traffic), so pad only small heads,
             # where kernel launches dominate.
             padded = self.head_reductions == "padded" or (
-                self.head_reductions == "auto" and device.type != "cpu"
+                self.head_reductions == "auto"
+                and device.type != "cpu"
                 and sum(self.num_clusters) < 4096
             )
             self._layouts[device] = HeadLayout(self.num_clusters, padded=padded, device=device)

@@ -46,7 +46,9 @@ class HeadLayout:
         self.max_clusters = max(self.num_clusters)
         sizes = torch.tensor(self.num_clusters, device=device)
         self.offsets = torch.cumsum(sizes, 0) - sizes  # (H,) first column of each head
-        self.column_head = torch.repeat_interleave(torch.arange(self.num_heads, device=device), sizes)
+        self.column_head = torch.repeat_interleave(
+            torch.arange(self.num_heads, device=device), sizes
+        )
         self.head_size = sizes  # (H,)
         # Padded view: (H, max K) column index of each slot, ``total`` (a sentinel) past a head.
         slot = torch.arange(self.max_clusters, device=device)
@@ -55,7 +57,9 @@ class HeadLayout:
         )
         # Position of each column in the flattened padded view.
         column = torch.arange(self.total, device=device)
-        self.column_slot = self.column_head * self.max_clusters + (column - self.offsets[self.column_head])
+        self.column_slot = self.column_head * self.max_clusters + (
+            column - self.offsets[self.column_head]
+        )
 
     def split(self, matrix: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Views of each head's columns (last dimension)."""

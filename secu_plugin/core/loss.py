@@ -171,11 +171,15 @@ class SeCuLoss(nn.Module):
             log_prob = layout.log_softmax_(log_prob.view(num_views, batch, -1))
             # View 0's target comes from view 1's projection and vice versa; predictions share
             # their view's target.
-            soft_target = self._workspace("soft_target", 2 * batch, columns, flat).view(2, batch, -1)
+            soft_target = self._workspace("soft_target", 2 * batch, columns, flat).view(
+                2, batch, -1
+            )
             torch.exp(log_prob[:2].flip(0), out=soft_target).mul_(1.0 - self.label_weight)
             soft_target.scatter_add_(
-                2, target_columns.T.expand(2, batch, num_heads),
-                soft_target.new_full((2, batch, num_heads), self.label_weight))
+                2,
+                target_columns.T.expand(2, batch, num_heads),
+                soft_target.new_full((2, batch, num_heads), self.label_weight),
+            )
             pairs = log_prob.view(num_views // 2, 2 * batch * columns)
             representation_value = -(pairs @ soft_target.flatten()).sum() / batch
             # d(representation)/d(logits) = (softmax - target) / B, then one product with the
@@ -213,8 +217,12 @@ class SeCuLoss(nn.Module):
     def _workspace(self, name: str, rows: int, columns: int, like: torch.Tensor) -> torch.Tensor:
         """A (rows, columns) buffer kept across steps (contents undefined)."""
         buffer = self._buffers_by_name.get(name)
-        if (buffer is None or buffer.shape != (rows, columns) or buffer.dtype != like.dtype
-                or buffer.device != like.device):
+        if (
+            buffer is None
+            or buffer.shape != (rows, columns)
+            or buffer.dtype != like.dtype
+            or buffer.device != like.device
+        ):
             buffer = torch.empty(rows, columns, dtype=like.dtype, device=like.device)
             self._buffers_by_name[name] = buffer
         return buffer
@@ -250,7 +258,9 @@ class SeCuLoss(nn.Module):
             return [z0, z1] if p0 is None else [z0, z1, p0, p1]
         # One device synchronization for every value check.
         finite = [torch.isfinite(value.detach()).all() for value in named.values()]
-        checks = torch.stack([indices.min().long(), indices.max().long(), *[f.long() for f in finite]])
+        checks = torch.stack(
+            [indices.min().long(), indices.max().long(), *[f.long() for f in finite]]
+        )
         checks = checks.tolist()
         low, high = checks[0], checks[1]
         for (name, _), is_finite in zip(named.items(), checks[2:]):

@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 
 
-def center_probabilities(z: torch.Tensor, centers: torch.Tensor, temperature: float) -> torch.Tensor:
+def center_probabilities(
+    z: torch.Tensor, centers: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """Softmax over ``centers`` of cos(z, center) / temperature: (B, K).
 
     Args:

@@ -107,19 +107,21 @@ class PerHeadSeCuLoss(nn.Module):
                         labels = torch.argmin(cost - duals, dim=1)
                     else:
                         one_head = HeadLayout([counts.numel()], device=cost.device)
-                        labels = bank.assigner.assign(cost, counts, duals, stored[None], one_head)[0]
+                        labels = bank.assigner.assign(cost, counts, duals, stored[None], one_head)[
+                            0
+                        ]
                     target_labels = torch.where(stored >= 0, stored, labels)
 
                 # Center loss: only the assigned entry of each row carries gradient.
                 for sim in similarity:
                     logits = sim.detach().clone()
                     logits[rows, labels] = sim[rows, labels]
-                    center_loss = center_loss + F.cross_entropy(
-                        logits / self.temperature_c, labels
-                    )
+                    center_loss = center_loss + F.cross_entropy(logits / self.temperature_c, labels)
 
                 # Representation loss against the frozen targets, soft labels.
-                log_probs = [F.log_softmax(v @ targets.T / self.temperature_x, dim=1) for v in views]
+                log_probs = [
+                    F.log_softmax(v @ targets.T / self.temperature_x, dim=1) for v in views
+                ]
                 one_hot = F.one_hot(target_labels, targets.shape[0]).to(dtype)
                 for log_prob, source in zip(log_probs, other):
                     prob = log_probs[source].detach().exp()
@@ -138,8 +140,9 @@ class PerHeadSeCuLoss(nn.Module):
                             duals.clamp_(min=0)
                         counts += histogram
                     else:
-                        bank.assigner.update(counts, duals, labels[None], labels[None], stored[None],
-                                             one_head)
+                        bank.assigner.update(
+                            counts, duals, labels[None], labels[None], stored[None], one_head
+                        )
                     bank.memory[head, indices] = labels.to(bank.memory.dtype)
 
             scale = 1.0 / (len(views) * bank.num_heads)

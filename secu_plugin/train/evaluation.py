@@ -3,35 +3,45 @@ ACC / NMI / ARI under SCAN's protocol (which the SeCu paper follows)."""
 
 from __future__ import annotations
 
-import argparse
-import json
+import warnings
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from secu_plugin.core.nearest import nearest_center
+from secu_plugin.train.metrics import clustering_metrics
+
 
 @torch.no_grad()
-def predict_dataset(accelerator, model, dataset, batch_size: int) -> tuple[np.ndarray, ...]:
+def predict_dataset(accelerator, model, dataset, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Cluster ids of every head (H, N) and the labels (N,) of ``dataset``.
 
-    ``model`` may be wrapped by ``accelerator`` (DDP): each process scores its share and the
-    predictions are gathered in dataset order.
-    """
-    from secu_plugin.data.images import TransformedDataset, eval_transform
+    ``model`` is a :class:`secu_plugin.SeCuModel`; each process scores its share of the data
+    and the predictions are gathered in dataset order.
 
-    unwrapped = accelerator.unwrap_model(model)
-    transform = eval_transform(unwrapped.input_size, unwrapped.mean, unwrapped.std,
-                               unwrapped.in_chans)
+    Examples:
+        >>> from accelerate import Accelerator
+        >>> from secu_plugin import SeCuModel
+        >>> from secu_plugin.data import ImageDataset
+        >>> model = SeCuModel(backbone="secu_convnet_tiny", in_chans=1, num_clusters=[10, 3])
+        >>> data = ImageDataset.from_arrays(np.zeros((5, 28, 28), np.uint8), labels=[0, 1, 0, 1, 1])
+        >>> ids, labels = predict_dataset(Accelerator(cpu=True), model, data, batch_size=2)
+        >>> ids.shape, labels.tolist()
+        ((2, 5), [0, 1, 0, 1, 1])
+    """
+    from secu_plugin.data import TransformedDataset
+    from secu_plugin.data.transforms import eval_transform
+
+    transform = eval_transform(model.data_config, model.in_chans)
     loader = DataLoader(TransformedDataset(dataset, transform), batch_size=batch_size)
     loader = accelerator.prepare_data_loader(loader)
     was_training = model.training
     model.eval()
     predictions, labels = [], []
     for images, targets, _ in loader:
-        z = model(images)
-        ids = torch.stack([unwrapped.cluster_probabilities(z, head).argmax(1)
-                           for head in range(unwrapped.num_heads)], dim=1)
+        z = model(images.to(accelerator.device))
+        ids = torch.stack([nearest_center(z, centers)[0] for centers in model.centers], dim=1)
         ids, targets = accelerator.gather_for_metrics((ids, targets))
         predictions.append(ids.cpu())
         labels.append(targets.cpu())
@@ -49,12 +59,37 @@ def evaluation_head(num_clusters: list[int], num_classes: int) -> int:
     return num_clusters.index(num_classes) if num_classes in num_clusters else 0
 
 
-def evaluate_predictions(predictions: np.ndarray, labels: np.ndarray, num_clusters: list[int],
-                         dataset: str, split: str, memory: np.ndarray | None = None) -> dict:
-    """ACC / NMI / ARI of the head whose K equals the number of classes (SCAN's protocol):
-    its predictions on the evaluation split, and the training memory's assignment of that head.
+def has_informative_labels(labels: np.ndarray | None) -> bool:
+    """Whether ``labels`` can score a clustering: at least two distinct known classes.
 
-    Returns ``{}`` for unlabeled data, else the model card's ``{"evaluations": [...]}``.
+    Examples:
+        >>> has_informative_labels(np.array([0, 1, -1])), has_informative_labels(np.zeros(4))
+        (True, False)
+        >>> has_informative_labels(None)
+        False
+    """
+    if labels is None:
+        return False
+    labels = np.asarray(labels)
+    return len(np.unique(labels[labels >= 0])) >= 2
+
+
+def evaluate_predictions(
+    predictions: np.ndarray,
+    labels: np.ndarray,
+    num_clusters: list[int],
+    dataset: str,
+    split: str,
+    memory: np.ndarray | None = None,
+    memory_labels: np.ndarray | None = None,
+) -> dict:
+    """ACC / NMI / ARI of the head whose K equals the number of classes (SCAN's protocol):
+    its predictions on the evaluation split, and the training memory's assignment of that head
+    (``memory``: (H, N_train), scored against ``memory_labels``, the training labels).
+
+    Returns ``{}`` when the labels cannot score a clustering (none, or a single class: a
+    figure against a constant labeling says nothing), else the model card's
+    ``{"evaluations": [...]}``.
 
     Examples:
         >>> labels = np.array([0, 0, 1, 1])
@@ -62,59 +97,32 @@ def evaluate_predictions(predictions: np.ndarray, labels: np.ndarray, num_cluste
         >>> result = evaluate_predictions(predictions, labels, [2, 4], "toy", "test")
         >>> result["evaluations"][0]["num_clusters"], result["evaluations"][0]["accuracy"]
         (2, 1.0)
+        >>> evaluate_predictions(predictions, np.zeros(4, dtype=int), [2, 4], "toy", "test")
+        {}
     """
-    from secu_plugin.train.metrics import clustering_metrics
-
-    labelled = labels >= 0
-    if not labelled.any():
+    if not has_informative_labels(labels):
+        if labels is not None and (np.asarray(labels) >= 0).any():
+            warnings.warn(
+                f"{dataset}: every labelled image has the same class; no ACC/NMI/ARI reported",
+                stacklevel=2,
+            )
         return {}
     num_classes = int(labels.max()) + 1
     head = evaluation_head(num_clusters, num_classes)
-    common = {"dataset": dataset, "num_clusters": num_clusters[head], "head": head}
+    scored = {"predict": (predictions[head], labels, split)}
+    if memory is not None and has_informative_labels(memory_labels):
+        scored["memory"] = (memory[head], np.asarray(memory_labels), "train")
     evaluations = []
-    scored = {"predict": predictions[head]}
-    if memory is not None and memory.shape[1] == len(labels):
-        scored["memory"] = memory[head]
-    for assignment, assigned in scored.items():
-        metrics = clustering_metrics(labels, assigned)
-        evaluations.append({
-            **common, "split": split if assignment == "predict" else "train",
-            "assignment": assignment, "num_images": int(labelled.sum()),
-            "accuracy": metrics["acc"], "nmi": metrics["nmi"], "ari": metrics["ari"],
-        })
+    for assignment, (assigned, truth, scored_split) in scored.items():
+        evaluations.append(
+            {
+                "dataset": dataset,
+                "split": scored_split,
+                "num_clusters": num_clusters[head],
+                "head": head,
+                "assignment": assignment,
+                "num_images": int((truth >= 0).sum()),
+                **clustering_metrics(truth, assigned),
+            }
+        )
     return {"evaluations": evaluations}
-
-
-
-
-def evaluate_main(argv: list[str] | None = None) -> int:
-    """``recipes/evaluate.py``: scores a saved or Hub model on ``--data``; prints one JSON line."""
-    from accelerate import Accelerator
-
-    from secu_plugin.data import ImageDataset
-    from secu_plugin.models import SeCuModel
-
-    parser = argparse.ArgumentParser(description="ACC / NMI / ARI of a trained SeCu model.")
-    parser.add_argument("--model", required=True, help="a model directory or a Hub id")
-    parser.add_argument("--data", default="mnist5k", help="mnist5k, a folder, parquet or Hub id")
-    parser.add_argument("--split", default="test", help="evaluation split (MNIST-5k has one)")
-    parser.add_argument("--batch_size", type=int, default=256)
-    parser.add_argument("--skip_corrupt", action="store_true")
-    args = parser.parse_args(argv)
-
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    model = SeCuModel.from_pretrained(args.model)
-    dataset = ImageDataset.from_source(args.data, split=args.split, skip_corrupt=args.skip_corrupt)
-    if dataset.labels is None or not (np.asarray(dataset.labels) >= 0).any():
-        raise ValueError(f"--data {args.data!r} has no labels to evaluate against")
-    model = accelerator.prepare(model)
-    predictions, labels = predict_dataset(accelerator, model, dataset, args.batch_size)
-    results = evaluate_predictions(predictions, labels, list(model.num_clusters), args.data,
-                                   args.split)
-    scores = results["evaluations"][0]
-    if accelerator.is_main_process:
-        print(json.dumps({"acc": round(scores["accuracy"], 4), "nmi": round(scores["nmi"], 4),
-                          "ari": round(scores["ari"], 4), "num_clusters": scores["num_clusters"],
-                          "head": scores["head"], "num_images": scores["num_images"],
-                          "model": args.model, "data": args.data, "split": args.split}))
-    return 0

@@ -86,17 +86,17 @@ def clustering_metrics(
         y_pred: Cluster id (>= 0) of each sample.
 
     Returns:
-        ``{"acc": ..., "nmi": ..., "ari": ...}``.
+        ``{"accuracy": ..., "nmi": ..., "ari": ...}``.
 
     Examples:
         >>> clustering_metrics([0, 0, 1, 1], [1, 1, 0, 0])
-        {'acc': 1.0, 'nmi': 1.0, 'ari': 1.0}
+        {'accuracy': 1.0, 'nmi': 1.0, 'ari': 1.0}
         >>> {k: round(v, 3) for k, v in clustering_metrics([0, 0, 1, 1], [0, 1, 0, 1]).items()}
-        {'acc': 0.5, 'nmi': 0.0, 'ari': -0.5}
+        {'accuracy': 0.5, 'nmi': 0.0, 'ari': -0.5}
     """
     true, pred = _labeled_pairs(y_true, y_pred)
     return {
-        "acc": cluster_accuracy(true, pred),
+        "accuracy": cluster_accuracy(true, pred),
         "nmi": float(normalized_mutual_info_score(true, pred)),
         "ari": float(adjusted_rand_score(true, pred)),
     }

@@ -9,7 +9,12 @@ from torch import nn
 
 
 def encoder_lr(
-    base_lr: float, epoch: int, step: int, steps_per_epoch: int, epochs: int, warmup_epochs: int = 11
+    base_lr: float,
+    epoch: int,
+    step: int,
+    steps_per_epoch: int,
+    epochs: int,
+    warmup_epochs: int = 11,
 ) -> float:
     """The paper's encoder learning rate at ``step`` of ``epoch``.
 
@@ -63,10 +68,16 @@ def parameter_groups(
     trainable = [p for p in encoder.parameters() if p.requires_grad]
     center_group = {"params": list(centers), "weight_decay": weight_decay, "role": "centers"}
     if not split_by_dim:
-        return [{"params": trainable, "weight_decay": weight_decay, "role": "encoder"}, center_group]
+        return [
+            {"params": trainable, "weight_decay": weight_decay, "role": "encoder"},
+            center_group,
+        ]
     return [
-        {"params": [p for p in trainable if p.ndim > 1], "weight_decay": weight_decay,
-         "role": "encoder"},
+        {
+            "params": [p for p in trainable if p.ndim > 1],
+            "weight_decay": weight_decay,
+            "role": "encoder",
+        },
         {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0, "role": "encoder"},
         center_group,
     ]

@@ -1,13 +1,17 @@
-"""Named training recipes: the paper's settings and the CPU demo on MNIST-5k."""
+"""Named training recipes: the paper's settings and the CPU demo on MNIST-5k.
+
+A preset holds numbers only (no imports beyond the standard library). The input size and
+normalization come from the backbone's timm ``pretrained_cfg`` (the registered
+``secu_resnet18_cifar`` carries CIFAR-10's); a preset sets ``input_size``/``mean``/``std`` only
+where it differs from its backbone's.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 
-from secu_plugin.data.images import IMAGENET_MEAN, IMAGENET_STD, MNIST_MEAN, MNIST_STD
-
-CIFAR10_MEAN, CIFAR10_STD = [0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]
 CIFAR100_MEAN, CIFAR100_STD = [0.5071, 0.4867, 0.4408], [0.2675, 0.2565, 0.2761]
 
 
@@ -26,13 +30,13 @@ class Preset:
     name: str
     data: str = "mnist5k"
     # network
-    backbone: str = "resnet18"
+    backbone: str = "secu_resnet18_cifar"  # any timm name; secu_* carry the paper's stems
     backbone_kwargs: dict | None = None  # extra timm create_model arguments
-    stem: str | None = "cifar"
     in_chans: int = 3
-    input_size: int = 32
-    mean: list[float] = field(default_factory=lambda: list(CIFAR10_MEAN))
-    std: list[float] = field(default_factory=lambda: list(CIFAR10_STD))
+    # None: the backbone's pretrained_cfg (input size, normalization)
+    input_size: int | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
     dim: int = 128
     projection_layers: int = 2
     projection_batchnorm: bool = True
@@ -50,7 +54,6 @@ class Preset:
     warmup_epochs: int = 11
     center_lr: float = 1.2
     center_lr_ramp: bool = False
-    mixed_precision: str = "bf16"  # used on CUDA; CPU runs in float32
     # SeCu
     num_clusters: list[int] = field(default_factory=lambda: list(range(10, 101, 10)))
     assigner: str = "size"
@@ -71,6 +74,29 @@ class Preset:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def network_arguments(self) -> dict:
+        """The arguments of :class:`secu_plugin.models.SeCuNetwork` this preset trains.
+
+        Examples:
+            >>> get_preset("mnist5k").network_arguments()["backbone"]
+            'secu_convnet_small'
+        """
+        return {name: getattr(self, name) for name in NETWORK_FIELDS}
+
+
+NETWORK_FIELDS: tuple[str, ...] = (
+    "backbone",
+    "backbone_kwargs",
+    "in_chans",
+    "input_size",
+    "mean",
+    "std",
+    "dim",
+    "projection_layers",
+    "projection_batchnorm",
+    "predictor_hidden_dim",
+)
+
 
 PRESETS: dict[str, Preset] = {
     # The CPU demo, found by measuring on 2 cores (docs/results.md): a small CNN, augmentations
@@ -80,11 +106,7 @@ PRESETS: dict[str, Preset] = {
         name="mnist5k",
         data="mnist5k",
         backbone="secu_convnet_small",
-        stem=None,
         in_chans=1,
-        input_size=28,
-        mean=list(MNIST_MEAN),
-        std=list(MNIST_STD),
         views="digits",
         min_scale=0.7,
         epochs=40,
@@ -113,10 +135,7 @@ PRESETS: dict[str, Preset] = {
     "stl10": Preset(
         name="stl10",
         data="tanganke/stl10",
-        stem="stl",
-        input_size=96,
-        mean=list(IMAGENET_MEAN),
-        std=list(IMAGENET_STD),
+        backbone="secu_resnet18_stl",
         epochs=801,
         center_lr=0.8,
         min_scale=0.2,
@@ -126,10 +145,6 @@ PRESETS: dict[str, Preset] = {
         name="imagenet",
         data="imagenet-1k",
         backbone="resnet50",
-        stem=None,
-        input_size=224,
-        mean=list(IMAGENET_MEAN),
-        std=list(IMAGENET_STD),
         projection_layers=3,
         predictor_hidden_dim=2048,
         min_scale=0.08,
@@ -167,11 +182,9 @@ def parse_overrides(items: list[str]) -> dict:
     """Parses ``name=value`` strings (values as JSON where they parse, else strings).
 
     Examples:
-        >>> parse_overrides(["epochs=3", "num_clusters=[10,20]", "stem=null", "views=byol"])
-        {'epochs': 3, 'num_clusters': [10, 20], 'stem': None, 'views': 'byol'}
+        >>> parse_overrides(["epochs=3", "num_clusters=[10,20]", "mean=null", "views=byol"])
+        {'epochs': 3, 'num_clusters': [10, 20], 'mean': None, 'views': 'byol'}
     """
-    import json
-
     overrides = {}
     for item in items:
         name, sep, value = item.partition("=")

@@ -46,8 +46,9 @@ def padded_entropy_training(world: int, rank: int) -> dict:
     num_instances, dim = 37, 8  # 37 is odd: the sampler pads one duplicate index per epoch
     torch.manual_seed(0)  # same features and centers on every rank
     features = torch.randn(num_instances, dim)
-    bank = SeCuCenterBank(dim=dim, num_clusters=[3, 5], num_instances=num_instances,
-                          assigner="entropy", alpha=2.0)
+    bank = SeCuCenterBank(
+        dim=dim, num_clusters=[3, 5], num_instances=num_instances, assigner="entropy", alpha=2.0
+    )
     criterion = SeCuLoss(bank)
     optimizer = torch.optim.SGD(bank.parameters(), lr=0.5)
     dataset = torch.utils.data.TensorDataset(torch.arange(num_instances))
@@ -60,7 +61,9 @@ def padded_entropy_training(world: int, rank: int) -> dict:
         sampler.set_epoch(epoch)
         bank.start_epoch()
         for (indices,) in loader:
-            noise = 0.1 * torch.randn(len(indices), dim, generator=torch.Generator().manual_seed(steps))
+            noise = 0.1 * torch.randn(
+                len(indices), dim, generator=torch.Generator().manual_seed(steps)
+            )
             z0 = features[indices] + noise
             z1 = features[indices] - noise
             optimizer.zero_grad()
@@ -72,12 +75,16 @@ def padded_entropy_training(world: int, rank: int) -> dict:
                 histogram = torch.bincount(labelled, minlength=counts.numel())
                 assert torch.equal(counts, histogram), f"counts drift at step {steps}"
         bank.end_epoch()
-    state = torch.cat([bank.memory.flatten().long(), *bank.counts,
-                       *[c.detach().flatten() for c in bank.centers]]).double()
+    state = torch.cat(
+        [bank.memory.flatten().long(), *bank.counts, *[c.detach().flatten() for c in bank.centers]]
+    ).double()
     gathered = [torch.empty_like(state) for _ in range(world)]
     torch_dist.all_gather(gathered, state)
-    return {"steps": steps, "identical": all(torch.equal(g, gathered[0]) for g in gathered),
-            "labelled": int((bank.memory >= 0).sum())}
+    return {
+        "steps": steps,
+        "identical": all(torch.equal(g, gathered[0]) for g in gathered),
+        "labelled": int((bank.memory >= 0).sum()),
+    }
 
 
 if __name__ == "__main__":

@@ -1,0 +1,110 @@
+"""What a training run says about itself each epoch: loss, cluster sizes, how many
+assignments changed, and (labelled data) the memory's ACC; plus the run's final JSON line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from secu_plugin.core import SeCuCenterBank
+from secu_plugin.train.evaluation import evaluation_head, has_informative_labels
+from secu_plugin.train.metrics import cluster_accuracy
+
+
+class EpochReport:
+    """Per-epoch health of a SeCu run, from the bank's assignment memory.
+
+    Call :meth:`start` at the start of an epoch (it keeps a copy of the memory: 2 bytes per
+    image and head, saved with checkpoints) and :meth:`summarize` at its end. The share of images whose label changed
+    tells whether the clustering is settling; a run whose smallest head still reassigns most
+    images after several epochs is not learning, and the report says so.
+
+    Examples:
+        >>> bank = SeCuCenterBank(dim=2, num_clusters=[2], num_instances=4)
+        >>> report = EpochReport(labels=np.array([0, 0, 1, 1]))
+        >>> bank.memory[0] = torch.tensor([0, 0, 1, 1], dtype=bank.memory.dtype)
+        >>> report.start(bank)
+        >>> bank.memory[0] = torch.tensor([1, 1, 0, 0], dtype=bank.memory.dtype)
+        >>> stats = report.summarize(bank)
+        >>> stats["changed"], stats["memory_accuracy"], stats["sizes"]
+        (1.0, 1.0, [[2, 2]])
+    """
+
+    def __init__(self, labels: np.ndarray | None = None, patience: int = 5) -> None:
+        self.labels = labels if has_informative_labels(labels) else None
+        self.patience = patience
+        self._previous: torch.Tensor | None = None
+        self._unsettled_epochs = 0
+
+    def start(self, bank: SeCuCenterBank) -> None:
+        """Remembers the memory at the start of the epoch."""
+        self._previous = bank.memory.detach().clone()
+
+    def state_dict(self) -> dict:
+        """The memory at the epoch start, so that a resumed epoch reports the same figures."""
+        return {"previous": self._previous, "unsettled_epochs": self._unsettled_epochs}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._previous = state["previous"]
+        self._unsettled_epochs = int(state["unsettled_epochs"])
+
+    def summarize(self, bank: SeCuCenterBank) -> dict:
+        """Cluster sizes per head, the share of assigned images whose label changed this
+        epoch (per head: the smallest head's), the memory's ACC where labels exist, and a
+        warning once the smallest head keeps reassigning most images."""
+        memory = bank.memory.detach()
+        sizes = [s.tolist() for s in bank.cluster_sizes()]
+        stats: dict = {"sizes": sizes}
+        smallest = int(np.argmin(bank.num_clusters))
+        seen = None if self._previous is None else self._previous[smallest] >= 0
+        if seen is not None and seen.any():  # not in the epoch that fills the memory
+            before, after = self._previous[smallest][seen], memory[smallest][seen]
+            stats["changed"] = float((before != after).float().mean())
+            # Random relabelling would change a share 1 - 1/K of the labels.
+            chance = 1.0 - 1.0 / bank.num_clusters[smallest]
+            self._unsettled_epochs = (
+                self._unsettled_epochs + 1 if stats["changed"] > 0.9 * chance else 0
+            )
+            if self._unsettled_epochs >= self.patience:
+                stats["warning"] = (
+                    f"the K={bank.num_clusters[smallest]} head has reassigned about as many images "
+                    f"as chance would for {self._unsettled_epochs} epochs: the run is not settling "
+                    "(try a lower lr, a larger batch or milder augmentations)"
+                )
+        if self.labels is not None:
+            head = evaluation_head(bank.num_clusters, int(self.labels.max()) + 1)
+            stats["memory_head"] = bank.num_clusters[head]
+            stats["memory_accuracy"] = cluster_accuracy(
+                self.labels, memory[head].long().cpu().numpy()
+            )
+        return stats
+
+    @staticmethod
+    def line(epoch: int, mean_loss: float, stats: dict, num_clusters: list[int]) -> str:
+        """One log line of :meth:`summarize`'s figures.
+
+        Examples:
+            >>> EpochReport.line(3, 1.5, {"sizes": [[2, 2]], "changed": 0.25}, [2])
+            'epoch 3: loss 1.5000 | cluster size min/max K=2:2/2 | changed 25.0%'
+        """
+        sizes = " ".join(f"K={k}:{min(s)}/{max(s)}" for k, s in zip(num_clusters, stats["sizes"]))
+        line = f"epoch {epoch}: loss {mean_loss:.4f} | cluster size min/max {sizes}"
+        if "changed" in stats:
+            line += f" | changed {100 * stats['changed']:.1f}%"
+        if "memory_accuracy" in stats:
+            line += f" | memory ACC (K={stats['memory_head']}) {stats['memory_accuracy']:.4f}"
+        if "warning" in stats:
+            line += f"\nwarning: {stats['warning']}"
+        return line
+
+
+def summary_line(summary: dict) -> str:
+    """The one JSON line a run ends with, floats rounded to 4 digits.
+
+    Examples:
+        >>> summary_line({"accuracy": 0.912345, "epochs": 2})
+        '{"accuracy": 0.9123, "epochs": 2}'
+    """
+    return json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()})

@@ -1,0 +1,48 @@
+"""Process-level settings of a training run: CPU threads, and a check that ranks agree."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from secu_plugin.core import dist
+
+
+def use_cpu_cores(accelerator) -> int:
+    """On CPU, gives each local process its share of the cores; returns the thread count.
+
+    A bare ``accelerate launch`` on a machine without GPU sets OMP_NUM_THREADS=1, which runs
+    the demo at about 60% of the speed of two threads on two cores. ``SECU_NUM_THREADS``
+    overrides the choice. On an accelerator nothing changes.
+
+    Examples:
+        >>> from accelerate import Accelerator
+        >>> use_cpu_cores(Accelerator(cpu=True)) >= 1
+        True
+    """
+    if accelerator.device.type != "cpu":
+        return torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+    threads = int(os.environ.get("SECU_NUM_THREADS", "0")) or max(
+        1, (cores or 1) // local_processes
+    )
+    torch.set_num_threads(threads)
+    return threads
+
+
+def ranks_hold_identical_state(module: torch.nn.Module) -> bool:
+    """Whether every process holds exactly the same state of ``module`` (e.g. the bank).
+
+    Examples:
+        >>> from secu_plugin import SeCuCenterBank
+        >>> ranks_hold_identical_state(SeCuCenterBank(dim=4, num_clusters=[3], num_instances=5))
+        True
+    """
+    state = torch.cat([t.detach().double().flatten().cpu() for t in module.state_dict().values()])
+    weights = torch.arange(len(state), dtype=torch.float64)
+    digest = torch.stack([state.sum(), (state * weights).sum()])
+    device = next(iter(module.state_dict().values())).device
+    gathered = dist.gather_rows(digest.to(device).unsqueeze(0))
+    return bool((gathered == gathered[0]).all())
