@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from secu_plugin import SeCuCenterBank, SeCuLoss, SeCuModel
 from secu_plugin.data import ImageDataset, TwoViewDataset, byol_views, digit_views
 from secu_plugin.models import SeCuNetwork
-from secu_plugin.train.checkpoint import TrainProgress, latest_checkpoint, save_checkpoint
+from secu_plugin.train.checkpoint import TrainProgress, resume_checkpoint, save_checkpoint
 from secu_plugin.train.evaluation import evaluate_predictions, predict_dataset
 from secu_plugin.train.optim import build_optimizer, center_lr, encoder_lr
 from secu_plugin.train.presets import PRESETS, get_preset, parse_overrides
@@ -53,8 +53,10 @@ def get_args_parser(default_preset: str = "mnist5k") -> argparse.ArgumentParser:
     parser.add_argument("--push_to_hub", metavar="ORG/NAME", help="also push the model to the Hub")
     parser.add_argument("--max_steps", type=int, help="stop after this many steps (checkpointed)")
     parser.add_argument("--checkpoint_every", type=int, default=0, help="also every N steps")
+    parser.add_argument("--keep_checkpoints", type=int, default=2, help="complete ones kept")
     parser.add_argument("--skip_corrupt", action="store_true", help="skip unreadable images")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    parser.add_argument("--debug", action="store_true", help="full tracebacks for user errors")
     parser.add_argument(
         "--set",
         nargs="*",
@@ -108,6 +110,7 @@ def main(args: argparse.Namespace) -> dict:
     )
     if train_images.skipped:
         log(f"skipped {len(train_images.skipped)} unreadable images")
+    preset.check_data_size(len(train_images))
     network = SeCuNetwork(**preset.network_arguments())
     data_config = network.data_config  # input size and normalization of the backbone
     make_views = digit_views if preset.views == "digits" else byol_views
@@ -160,10 +163,8 @@ def main(args: argparse.Namespace) -> dict:
     report = EpochReport(train_images.labels)
     accelerator.register_for_checkpointing(bank, progress, report)
 
-    if args.resume:
-        state = latest_checkpoint(checkpoint_dir)
-        if state is None:
-            raise ValueError(f"--resume: no complete checkpoint in {checkpoint_dir}")
+    if args.resume:  # the newest checkpoint whose manifest verifies
+        state = resume_checkpoint(checkpoint_dir, log)
         accelerator.load_state(str(state))
         log(f"resumed from {state} (epoch {progress.epoch}, step {progress.step_in_epoch})")
 
@@ -223,7 +224,7 @@ def main(args: argparse.Namespace) -> dict:
             if at_limit or (
                 args.checkpoint_every and progress.global_step % args.checkpoint_every == 0
             ):
-                save_checkpoint(accelerator, checkpoint_dir, progress)
+                save_checkpoint(accelerator, checkpoint_dir, progress, args.keep_checkpoints)
             if at_limit:
                 stopped = True
                 break
@@ -238,7 +239,7 @@ def main(args: argparse.Namespace) -> dict:
         )
         bank.end_epoch()
         progress.next_epoch()
-        save_checkpoint(accelerator, checkpoint_dir, progress)
+        save_checkpoint(accelerator, checkpoint_dir, progress, args.keep_checkpoints)
 
     summary = {
         "epochs": progress.epoch,
@@ -309,8 +310,19 @@ def main(args: argparse.Namespace) -> dict:
 
 
 def run(default_preset: str = "mnist5k") -> None:
-    """Parses the command line, trains, prints the final JSON line."""
-    summary = main(get_args_parser(default_preset).parse_args())
+    """Parses the command line, trains, prints the final JSON line.
+
+    A user mistake (a path, data, a setting) or a failed save ends in one ``error:`` line and
+    exit code 2; ``--debug`` or ``SECU_DEBUG=1`` shows the traceback instead.
+    """
+    args = get_args_parser(default_preset).parse_args()
+    try:
+        summary = main(args)
+    except (ValueError, OSError) as error:
+        if args.debug or os.environ.get("SECU_DEBUG") == "1":
+            raise
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        sys.exit(2)
     if PartialState().is_main_process:  # the process group is gone; Accelerate keeps the rank
         print(summary_line(summary), flush=True)
 

@@ -254,15 +254,17 @@ def test_interrupted_and_resumed_run_matches_uninterrupted_run(digit_folder, tmp
 
 def test_checkpoints_are_replaced_atomically(digit_folder, tmp_path):
     out = tmp_path / "run"
-    run_recipe(["--data", str(digit_folder), "--epochs", "2", *TINY, "--output_dir", str(out)])
+    run_recipe(["--data", str(digit_folder), "--epochs", "3", *TINY, "--output_dir", str(out)])
     checkpoints = out / "checkpoints"
-    states = sorted(p.name for p in checkpoints.iterdir() if p.is_dir())
-    assert states == [(checkpoints / "latest").read_text()]  # older states removed
+    states = sorted((p.name for p in checkpoints.iterdir() if p.is_dir()), reverse=True)
+    assert len(states) == 2  # --keep_checkpoints 2: older states removed
+    assert (checkpoints / "latest").read_text() == states[0]
+    assert all((checkpoints / name / "MANIFEST.json").is_file() for name in states)
     # A save that died half-way leaves a directory that nothing points to: resume ignores it.
-    (checkpoints / "state-99999999").mkdir()
-    (checkpoints / ".latest.tmp").write_text("state-99999999")
+    (checkpoints / "state-99999999-epoch-0009").mkdir()
+    (checkpoints / ".latest.tmp").write_text("state-99999999-epoch-0009")
     _, log = run_recipe(
-        ["--data", str(digit_folder), "--epochs", "2", *TINY, "--output_dir", str(out), "--resume"]
+        ["--data", str(digit_folder), "--epochs", "3", *TINY, "--output_dir", str(out), "--resume"]
     )
     assert f"resumed from {checkpoints / states[0]}" in log.stdout
 

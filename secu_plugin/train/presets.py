@@ -74,6 +74,31 @@ class Preset:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def check_data_size(self, num_images: int) -> None:
+        """Refuses data too small for this preset, saying which setting to change.
+
+        Examples:
+            >>> get_preset("mnist5k").check_data_size(5000)
+            >>> get_preset("mnist5k").check_data_size(30)
+            Traceback (most recent call last):
+            ...
+            ValueError: 30 images, fewer than the largest head's 50 clusters: pass fewer clusters, e.g. --set num_clusters=[3,6]
+        """
+        if num_images < 2:
+            raise ValueError(f"{num_images} image(s): clustering needs at least 2 images")
+        largest = max(self.num_clusters)
+        if num_images < largest:
+            suggestion = sorted({max(2, num_images // 10), max(2, num_images // 5)})
+            raise ValueError(
+                f"{num_images} images, fewer than the largest head's {largest} clusters: pass "
+                f"fewer clusters, e.g. --set num_clusters={json.dumps(suggestion, separators=(',', ':'))}"
+            )
+        if num_images < self.batch_size:
+            raise ValueError(
+                f"{num_images} images, fewer than one batch of {self.batch_size}: pass a smaller "
+                f"batch, e.g. --set batch_size={max(2, num_images // 4)}"
+            )
+
     def network_arguments(self) -> dict:
         """The arguments of :class:`secu_plugin.models.SeCuNetwork` this preset trains.
 

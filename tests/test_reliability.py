@@ -1,0 +1,172 @@
+"""Nothing lost: real training runs killed at chosen moments, corrupted checkpoints, a full
+disk, and user mistakes that end in one clear line."""
+
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from secu_plugin.data import load_mnist5k
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ROOT / "recipes" / "train.py"
+# 48 images, batch 16: 3 steps per epoch; a step checkpoint every 3 steps falls on each
+# epoch end, the case where a save used to write into the directory `latest` named.
+TINY = [
+    "--epochs",
+    "3",
+    "--no_progress",
+    "--checkpoint_every",
+    "3",
+    "--set",
+    "backbone=secu_convnet_tiny",
+    "num_clusters=[10,20]",
+    "batch_size=16",
+    "warmup_epochs=1",
+    "num_workers=0",
+]
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("digits")
+    images, labels = load_mnist5k()
+    for i in np.random.default_rng(1).choice(len(images), size=48, replace=False):
+        (root / str(labels[i])).mkdir(exist_ok=True)
+        Image.fromarray(images[i]).save(root / str(labels[i]) / f"{i}.png")
+    return root
+
+
+def train(args, env_extra=None, preexec_fn=None, timeout=300):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **(env_extra or {}))
+    env.pop("SECU_DEBUG", None)
+    return subprocess.run(
+        [sys.executable, str(TRAIN), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=ROOT,
+        preexec_fn=preexec_fn,
+    )
+
+
+def final_state(output_dir: Path) -> dict[str, torch.Tensor]:
+    checkpoints = output_dir / "checkpoints"
+    latest = checkpoints / (checkpoints / "latest").read_text()
+    bank = torch.load(latest / "custom_checkpoint_0.pkl", weights_only=False)
+    weights = load_file(latest / "model.safetensors")
+    return {**{f"bank.{k}": v for k, v in bank.items()}, **weights}
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key, value in a.items():
+        assert torch.equal(value, b[key]), key
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(digits, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("full")
+    result = train(["--data", str(digits), "--output_dir", str(out), *TINY])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return final_state(out)
+
+
+def resume_until_done(args, out: Path) -> None:
+    for _ in range(3):
+        result = train([*args, "--resume"])
+        if result.returncode == 0:
+            return
+    raise AssertionError(result.stdout[-2000:] + result.stderr[-3000:])
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        "step:4",  # mid-epoch
+        "save_start:2",  # the end of epoch 0, right after the step checkpoint of the same step
+        "state_written:3",  # mid-save: the state is on disk, its manifest is not
+        "manifest_written:3",  # complete but not yet named by `latest`
+        "pointer_replaced:3",  # just after `latest` names the new checkpoint
+    ],
+)
+def test_a_run_killed_at_any_moment_resumes_to_the_same_result(
+    moment, digits, uninterrupted, tmp_path
+):
+    args = ["--data", str(digits), "--output_dir", str(tmp_path), *TINY]
+    killed = train(args, env_extra={"SECU_KILL_AT": moment})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    resume_until_done(args, tmp_path)
+    assert_same_state(final_state(tmp_path), uninterrupted)
+
+
+def test_a_corrupted_checkpoint_is_detected_and_an_older_one_used(digits, uninterrupted, tmp_path):
+    args = ["--data", str(digits), "--output_dir", str(tmp_path), *TINY]
+    killed = train(args, env_extra={"SECU_KILL_AT": "step:7"})  # inside epoch 2
+    assert killed.returncode == -9
+    checkpoints = tmp_path / "checkpoints"
+    latest = checkpoints / (checkpoints / "latest").read_text()
+    weights = latest / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0xFF  # one flipped bit pattern in a tensor
+    weights.write_bytes(bytes(data))
+    resumed = train([*args, "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"checkpoint {latest} is unusable (model.safetensors: sha256" in resumed.stdout
+    assert_same_state(final_state(tmp_path), uninterrupted)
+
+
+def test_a_full_disk_ends_the_run_clearly_and_keeps_the_last_checkpoint(digits, tmp_path):
+    args = ["--data", str(digits), "--output_dir", str(tmp_path), *TINY]
+    first = train([*args, "--max_steps", "3"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    checkpoints = tmp_path / "checkpoints"
+    before = (checkpoints / "latest").read_text()
+
+    def small_files():  # every file written from now on is cut at 64 KiB: a disk that fills
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    full = train([*args, "--resume"], preexec_fn=small_files)
+    assert full.returncode == 2
+    last_line = full.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error: saving checkpoint") and "still names" in last_line
+    assert "Traceback" not in full.stderr
+    assert (checkpoints / "latest").read_text() == before
+    from secu_plugin.train.checkpoint import verify_checkpoint
+
+    assert verify_checkpoint(checkpoints / before) is None
+    assert sorted(p.name for p in checkpoints.iterdir() if p.is_dir()) == [before]
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "one_image", "too_few_for_the_heads"])
+def test_user_mistakes_end_in_one_error_line(case, tmp_path):
+    data = tmp_path / "data"
+    if case != "missing":
+        data.mkdir()
+    if case == "one_image":
+        Image.new("L", (28, 28)).save(data / "a.png")
+    if case == "too_few_for_the_heads":
+        for i in range(12):
+            Image.new("L", (28, 28), color=i * 20).save(data / f"{i}.png")
+    result = train(["--data", str(data), "--output_dir", str(tmp_path / "out"), "--no_progress"])
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr and lines[-1].startswith("error: ")
+    expected = {
+        "missing": "does not exist",
+        "empty": "no images",
+        "one_image": "at least 2 images",
+        "too_few_for_the_heads": "num_clusters",
+    }
+    assert expected[case] in lines[-1]
+    debug = train(["--data", str(data), "--output_dir", str(tmp_path / "out"), "--debug"])
+    assert "Traceback" in debug.stderr
