@@ -36,7 +36,13 @@ from secu_plugin.train.checkpoint import TrainProgress, resume_checkpoint, save_
 from secu_plugin.train.evaluation import evaluate_predictions, predict_dataset
 from secu_plugin.train.optim import build_optimizer, center_lr, encoder_lr
 from secu_plugin.train.presets import PRESETS, get_preset, parse_overrides
-from secu_plugin.train.report import EpochReport, summary_line
+from secu_plugin.train.report import (
+    EpochReport,
+    StepLogger,
+    epoch_metrics,
+    summary_line,
+    tracker_config,
+)
 from secu_plugin.train.runtime import ranks_hold_identical_state, use_cpu_cores
 from secu_plugin.viz import save_cluster_montage, save_cluster_size_plot
 
@@ -57,6 +63,14 @@ def get_args_parser(default_preset: str = "mnist5k") -> argparse.ArgumentParser:
     parser.add_argument("--skip_corrupt", action="store_true", help="skip unreadable images")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     parser.add_argument("--debug", action="store_true", help="full tracebacks for user errors")
+    parser.add_argument(
+        "--report_to",
+        default="tensorboard",
+        help="Accelerate trackers: tensorboard (default, in output_dir/logs), wandb, mlflow, "
+        "..., all, or none",
+    )
+    parser.add_argument("--log_every", type=int, default=20, help="steps between tracker writes")
+    parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
     parser.add_argument(
         "--set",
         nargs="*",
@@ -97,7 +111,12 @@ def main(args: argparse.Namespace) -> dict:
     # Mixed precision, CPU/GPU and processes come from `accelerate launch` (or its config).
     # The seedable sampler makes each epoch's shuffling a function of (seed, epoch), so a
     # resumed run visits the same batches as an uninterrupted one.
-    accelerator = Accelerator(dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+    accelerator = Accelerator(
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_dir=output_dir / "logs",
+    )
     use_cpu_cores(accelerator)
     set_seed(args.seed)
     if accelerator.is_main_process:
@@ -169,6 +188,8 @@ def main(args: argparse.Namespace) -> dict:
         log(f"resumed from {state} (epoch {progress.epoch}, step {progress.step_in_epoch})")
 
     # ---- Training.
+    accelerator.init_trackers(preset.name, config=tracker_config(preset.to_dict()))
+    step_logger = StepLogger(accelerator, every=args.log_every)
     steps_per_epoch = len(loader)
     stopped = False
     while progress.epoch < preset.epochs and not stopped:
@@ -192,32 +213,28 @@ def main(args: argparse.Namespace) -> dict:
             disable=args.no_progress or not accelerator.is_main_process,
         )
         for view0, view1, indices in batches:
+            step = progress.step_in_epoch
+            lrs = {
+                "encoder": encoder_lr(
+                    preset.lr, epoch, step, steps_per_epoch, preset.epochs, preset.warmup_epochs
+                ),
+                "centers": center_lr(
+                    preset.center_lr, epoch, step, steps_per_epoch, preset.epochs,
+                    ramp=preset.center_lr_ramp,
+                ),
+            }  # fmt: skip
             for group in optimizer.param_groups:
-                if group["role"] == "centers":
-                    group["lr"] = center_lr(
-                        preset.center_lr,
-                        epoch,
-                        progress.step_in_epoch,
-                        steps_per_epoch,
-                        preset.epochs,
-                        ramp=preset.center_lr_ramp,
-                    )
-                else:
-                    group["lr"] = encoder_lr(
-                        preset.lr,
-                        epoch,
-                        progress.step_in_epoch,
-                        steps_per_epoch,
-                        preset.epochs,
-                        preset.warmup_epochs,
-                    )
-            with accelerator.autocast():
+                group["lr"] = lrs[group["role"]]
+            # With accumulation the optimizer steps every N batches; the bank still assigns
+            # and records every batch, from the state the previous batch left.
+            with accelerator.accumulate(two_views), accelerator.autocast():
                 z0, z1, p0, p1 = two_views(view0, view1)
                 loss = criterion(z0, z1, indices, p0, p1)
-            optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(loss)
-            optimizer.step()
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
             progress.record(loss)  # no read-back: on a GPU it would stall every step
+            step_logger.log(progress.global_step, loss, lrs)
             bar.update(1)
 
             at_limit = args.max_steps is not None and progress.global_step >= args.max_steps
@@ -229,6 +246,7 @@ def main(args: argparse.Namespace) -> dict:
                 stopped = True
                 break
         bar.close()
+        step_logger.flush()
         if stopped:
             log(f"stopped after {progress.global_step} steps (--max_steps)")
             break
@@ -236,6 +254,10 @@ def main(args: argparse.Namespace) -> dict:
         log(
             EpochReport.line(epoch, progress.epoch_mean_loss(), stats, preset.num_clusters)
             + f" | {time.time() - epoch_started:.1f}s"
+        )
+        accelerator.log(
+            epoch_metrics(stats, preset.num_clusters, progress.epoch_mean_loss()),
+            step=progress.global_step,
         )
         bank.end_epoch()
         progress.next_epoch()

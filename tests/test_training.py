@@ -405,3 +405,37 @@ def test_imagenet_recipe_runs_with_predictor_lars_and_byol_views(digit_folder, t
     config = json.loads((tmp_path / "model" / "config.json").read_text())
     assert config["projection_layers"] == 3 and config["predictor_hidden_dim"] == 32
     assert config["training"]["preset"]["optimizer"] == "lars"
+
+
+def test_gradient_accumulation_over_two_half_batches_matches_one_full_batch():
+    """Accelerate's accumulation gives the encoder the full batch's gradient when the halves
+    get the labels the full batch would (here: a negligible dual step, fresh memory); in general the
+    second half is assigned from the state the first half left (see the README)."""
+    from accelerate import Accelerator
+
+    from secu_plugin import SeCuCenterBank, SeCuLoss
+
+    def gradients(accumulation: int, batches: list[torch.Tensor]) -> torch.Tensor:
+        torch.manual_seed(0)
+        encoder = nn.Linear(12, 8)
+        bank = SeCuCenterBank(dim=8, num_clusters=[4, 6], num_instances=32, dual_lr=1e-9)
+        bank.start_epoch()
+        criterion = SeCuLoss(bank)
+        optimizer = torch.optim.SGD([*encoder.parameters(), *bank.centers], lr=0.0)
+        accelerator = Accelerator(cpu=True, gradient_accumulation_steps=accumulation)
+        encoder, optimizer = accelerator.prepare(encoder, optimizer)
+        for x0, x1, indices in batches:
+            with accelerator.accumulate(encoder):
+                loss = criterion(encoder(x0), encoder(x1), indices)
+                accelerator.backward(loss)
+                grad = encoder.weight.grad.clone()
+                optimizer.step()
+                optimizer.zero_grad()
+        return grad
+
+    generator = torch.Generator().manual_seed(1)
+    x0, x1 = torch.randn(16, 12, generator=generator), torch.randn(16, 12, generator=generator)
+    indices = torch.arange(16)
+    full = gradients(1, [(x0, x1, indices)])
+    halves = gradients(2, [(x0[:8], x1[:8], indices[:8]), (x0[8:], x1[8:], indices[8:])])
+    torch.testing.assert_close(halves, full, rtol=1e-5, atol=1e-6)

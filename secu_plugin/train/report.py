@@ -108,3 +108,80 @@ def summary_line(summary: dict) -> str:
         '{"accuracy": 0.9123, "epochs": 2}'
     """
     return json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()})
+
+
+class StepLogger:
+    """Per-step loss and learning rates for Accelerate's trackers, read back in batches.
+
+    Reading a loss back every step would make a GPU wait every step; the values stay on the
+    device and go to ``accelerator.log`` every ``every`` steps (and at :meth:`flush`), each
+    with its own step number.
+
+    Examples:
+        >>> from accelerate import Accelerator
+        >>> logger = StepLogger(Accelerator(cpu=True), every=2)
+        >>> logger.log(1, torch.tensor(0.5), {"encoder": 0.1})
+        >>> logger.log(2, torch.tensor(0.25), {"encoder": 0.1})  # sent to the trackers
+        >>> logger.pending
+        0
+    """
+
+    def __init__(self, accelerator, every: int = 20) -> None:
+        if every < 1:
+            raise ValueError(f"every must be at least 1 step, got {every}")
+        self.accelerator = accelerator
+        self.every = every
+        self._steps: list[int] = []
+        self._losses: list[torch.Tensor] = []
+        self._lrs: list[dict[str, float]] = []
+
+    @property
+    def pending(self) -> int:
+        """Steps recorded and not yet sent."""
+        return len(self._steps)
+
+    def log(self, step: int, loss: torch.Tensor, lrs: dict[str, float]) -> None:
+        self._steps.append(step)
+        self._losses.append(loss.detach().float())
+        self._lrs.append(dict(lrs))
+        if len(self._steps) >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._steps:
+            return
+        losses = torch.stack(self._losses).tolist()  # one read-back for the whole batch
+        for step, loss, lrs in zip(self._steps, losses, self._lrs):
+            values = {"train/loss": loss, **{f"lr/{name}": lr for name, lr in lrs.items()}}
+            self.accelerator.log(values, step=step)
+        self._steps, self._losses, self._lrs = [], [], []
+
+
+def epoch_metrics(stats: dict, num_clusters: list[int], mean_loss: float) -> dict[str, float]:
+    """The figures of :meth:`EpochReport.summarize` as flat tracker values.
+
+    Examples:
+        >>> epoch_metrics({"sizes": [[1, 3]], "changed": 0.5}, [2], 1.25)
+        {'epoch/loss': 1.25, 'epoch/changed': 0.5, 'clusters/K=2/min': 1, 'clusters/K=2/max': 3}
+    """
+    values: dict[str, float] = {"epoch/loss": mean_loss}
+    for name in ("changed", "memory_accuracy"):
+        if name in stats:
+            values[f"epoch/{name}"] = stats[name]
+    for k, sizes in zip(num_clusters, stats["sizes"]):
+        values[f"clusters/K={k}/min"] = min(sizes)
+        values[f"clusters/K={k}/max"] = max(sizes)
+    return values
+
+
+def tracker_config(preset_dict: dict) -> dict:
+    """A preset as tracker hyper-parameters: scalars kept, lists and None as text.
+
+    Examples:
+        >>> tracker_config({"lr": 0.2, "num_clusters": [10, 20], "mean": None})
+        {'lr': 0.2, 'num_clusters': '[10, 20]', 'mean': 'None'}
+    """
+    return {
+        key: value if isinstance(value, (int, float, str, bool)) else str(value)
+        for key, value in preset_dict.items()
+    }
