@@ -112,7 +112,9 @@ def main(args: argparse.Namespace) -> dict:
     # The seedable sampler makes each epoch's shuffling a function of (seed, epoch), so a
     # resumed run visits the same batches as an uninterrupted one.
     accelerator = Accelerator(
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # Whole global batches split over the processes, the last partial one dropped: 1 and
+        # N processes then train on exactly the same batches (no padding rows trained twice).
+        dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=None if args.report_to == "none" else args.report_to,
         project_dir=output_dir / "logs",
@@ -129,7 +131,7 @@ def main(args: argparse.Namespace) -> dict:
     )
     if train_images.skipped:
         log(f"skipped {len(train_images.skipped)} unreadable images")
-    preset.check_data_size(len(train_images))
+    preset.check_data_size(len(train_images), accelerator.num_processes)
     network = SeCuNetwork(**preset.network_arguments())
     data_config = network.data_config  # input size and normalization of the backbone
     make_views = digit_views if preset.views == "digits" else byol_views
@@ -143,8 +145,9 @@ def main(args: argparse.Namespace) -> dict:
     pairs = TwoViewDataset(train_images, views, seed=args.seed)
     loader = DataLoader(
         pairs,
-        batch_size=max(1, preset.batch_size // accelerator.num_processes),
+        batch_size=preset.batch_size,  # the global batch: Accelerate splits it
         shuffle=True,
+        drop_last=True,
         num_workers=preset.num_workers,
         persistent_workers=preset.num_workers > 0,
         # Its own generator: starting an epoch draws nothing from the global RNG, which

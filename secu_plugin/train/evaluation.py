@@ -111,7 +111,10 @@ def evaluate_predictions(
     head = evaluation_head(num_clusters, num_classes)
     scored = {"predict": (predictions[head], labels, split)}
     if memory is not None and has_informative_labels(memory_labels):
-        scored["memory"] = (memory[head], np.asarray(memory_labels), "train")
+        # Images not assigned yet (a dropped last batch in the only epoch) are left out.
+        assigned = memory[head] >= 0
+        truth = np.where(assigned, np.asarray(memory_labels), -1)
+        scored["memory"] = (np.where(assigned, memory[head], 0), truth, "train")
     evaluations = []
     for assignment, (assigned, truth, scored_split) in scored.items():
         evaluations.append(

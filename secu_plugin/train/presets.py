@@ -74,8 +74,9 @@ class Preset:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def check_data_size(self, num_images: int) -> None:
-        """Refuses data too small for this preset, saying which setting to change.
+    def check_data_size(self, num_images: int, num_processes: int = 1) -> None:
+        """Refuses data too small for this preset (or a batch that the processes cannot
+        share evenly), saying which setting to change.
 
         Examples:
             >>> get_preset("mnist5k").check_data_size(5000)
@@ -84,6 +85,11 @@ class Preset:
             ...
             ValueError: 30 images, fewer than the largest head's 50 clusters: pass fewer clusters, e.g. --set num_clusters=[3,6]
         """
+        if self.batch_size % num_processes:
+            raise ValueError(
+                f"batch_size {self.batch_size} is not divisible by the {num_processes} processes: "
+                "every process takes an equal share of each batch"
+            )
         if num_images < 2:
             raise ValueError(f"{num_images} image(s): clustering needs at least 2 images")
         largest = max(self.num_clusters)

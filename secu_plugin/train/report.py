@@ -76,9 +76,9 @@ class EpochReport:
         if self.labels is not None:
             head = evaluation_head(bank.num_clusters, int(self.labels.max()) + 1)
             stats["memory_head"] = bank.num_clusters[head]
-            stats["memory_accuracy"] = cluster_accuracy(
-                self.labels, memory[head].long().cpu().numpy()
-            )
+            assigned = memory[head].long().cpu().numpy()
+            truth = np.where(assigned >= 0, self.labels, -1)  # unassigned images left out
+            stats["memory_accuracy"] = cluster_accuracy(truth, np.maximum(assigned, 0))
         return stats
 
     @staticmethod
