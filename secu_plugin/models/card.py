@@ -1,8 +1,8 @@
-"""Model cards of SeCu models: rendered from ``model_cards/template.md``, parsed back for checks.
+"""Model cards of SeCu models: huggingface_hub's metadata and model-index, our template's body.
 
-:func:`render_model_card` is a pure function of a model's config, its measured results and its
-training recipe; :meth:`secu_plugin.models.SeCuModel.save_pretrained` writes its output as the
-repository's ``README.md``. The card only reports the results it is given: without results it
+:func:`model_card` is a pure function of a model's config (with its measured results and its
+training recipe); :meth:`secu_plugin.SeCuModel.save_pretrained` writes it as the repository's
+``README.md``, and ``huggingface_hub.ModelCard`` reads it back. The card only reports the results it is given: without results it
 says that the model has not been evaluated.
 
 ``results`` is one evaluation, or ``{"evaluations": [one, ...]}``; an evaluation is::
@@ -30,9 +30,12 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shlex
 from pathlib import Path
 from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 TEMPLATE_NAME = "template.md"
 METRIC_RANGES: dict[str, tuple[float, float]] = {
@@ -43,6 +46,17 @@ METRIC_RANGES: dict[str, tuple[float, float]] = {
 ASSIGNMENT_DESCRIPTIONS: dict[str, str] = {
     "memory": "training memory",
     "predict": "nearest center (model.predict)",
+}
+# The model-index task of each assignment: distinct, so that huggingface_hub's parser keeps
+# the nearest-center and the training-memory results of one split apart.
+TASK_TYPES: dict[str, str] = {
+    "predict": "image-clustering",
+    "memory": "transductive-image-clustering",
+}
+METRIC_NAMES: dict[str, str] = {
+    "accuracy": "Clustering accuracy (ACC)",
+    "nmi": "Normalized mutual information (NMI)",
+    "ari": "Adjusted Rand index (ARI)",
 }
 # Training keys with a place of their own in the card.
 _TRAINING_SPECIAL_KEYS = ("command", "dataset", "dataset_id")
@@ -68,51 +82,51 @@ def find_template() -> Path:
     )
 
 
-def render_model_card(
+def model_card(
+    card_data: ModelCardData | None,
     config: dict,
-    results: dict | None = None,
-    training: dict | None = None,
     repo_id: str | None = None,
     *,
     model_name: str | None = None,
     template: str | None = None,
-) -> str:
-    """Renders the model card (Hub README.md) of a SeCu model.
+) -> ModelCard:
+    """The model card (Hub README.md) of a SeCu model.
+
+    The metadata is huggingface_hub's: ``card_data`` (the mixin's library name, license,
+    pipeline tag and tags) completed with ``datasets`` and the measured results as
+    ``EvalResult`` entries, which huggingface_hub writes as the model-index and parses back.
+    The body is ``model_cards/template.md``.
 
     Args:
-        config: The model's config (``SeCuModel.config``: backbone, num_clusters, ...).
-        results: Measured evaluation results (see the module docstring), or None: the card
-            then states that the model has not been evaluated and reports no figure.
-        training: The training recipe (``command``, ``dataset``, ...), or None.
+        card_data: Metadata to start from (``SeCuModel`` passes the mixin's); None: empty.
+        config: The model's config (``SeCuModel.config``: backbone, num_clusters, results,
+            training, ...). Without ``results`` the card says the model was not evaluated and
+            reports no figure.
         repo_id: The Hub repository id used in the usage snippets; None: a local path.
         model_name: The card's title; default: the repository name, else ``secu-<backbone>``.
         template: Jinja2 template text; default: ``model_cards/template.md``.
-
-    Returns:
-        The card: a YAML metadata block between ``---`` lines, then Markdown.
 
     Raises:
         ValueError: ``results`` or ``training`` is malformed (the message names the field).
 
     Examples:
-        >>> config = {"backbone": "resnet18", "backbone_kwargs": None, "stem": "cifar",
-        ...           "in_chans": 3, "dim": 128, "projection_layers": 2,
-        ...           "predictor_hidden_dim": None, "num_clusters": [10, 20],
-        ...           "temperature": 0.05, "input_size": 32, "mean": [0.5, 0.5, 0.5],
-        ...           "std": [0.25, 0.25, 0.25]}
-        >>> card = render_model_card(config, {"dataset": "CIFAR-10", "split": "train",
-        ...     "num_clusters": 10, "accuracy": 0.5, "nmi": 0.4, "ari": 0.3}, repo_id="me/secu")
-        >>> metadata, body = parse_model_card(card)
-        >>> accuracy = metadata["model-index"][0]["results"][0]["metrics"][0]
-        >>> metadata["library_name"], accuracy["type"], accuracy["value"]
-        ('secu-plugin', 'accuracy', 0.5)
-        >>> "| CIFAR-10 | train |" in body
+        >>> config = {"backbone": "secu_resnet18_cifar", "in_chans": 3, "dim": 128,
+        ...           "num_clusters": [10, 20], "input_size": 32, "mean": [0.5, 0.5, 0.5],
+        ...           "std": [0.25, 0.25, 0.25], "results": {"dataset": "CIFAR-10",
+        ...           "split": "train", "num_clusters": 10, "accuracy": 0.5, "nmi": 0.4,
+        ...           "ari": 0.3}}
+        >>> card = model_card(None, config, repo_id="me/secu")
+        >>> result = ModelCard(str(card)).data.eval_results[0]
+        >>> result.metric_type, result.metric_value, result.dataset_split
+        ('accuracy', 0.5, 'train')
+        >>> "| CIFAR-10 | train |" in card.text
         True
     """
     import jinja2
 
     config = _check_config(config)
-    evaluations = _evaluations(results)
+    evaluations = _evaluations(config.get("results"))
+    training = config.get("training")
     if training is not None and not isinstance(training, dict):
         raise ValueError(f"training must be a dict or None, not {type(training).__name__}")
     training = training or {}
@@ -135,6 +149,25 @@ def render_model_card(
             datasets.append(dataset_id)
     if model_name is None:
         model_name = repo_id.rstrip("/").split("/")[-1] if repo_id else f"secu-{config['backbone']}"
+
+    data = ModelCardData(**(card_data.to_dict() if card_data is not None else {}))
+    data.datasets = datasets or None
+    data.metrics = list(METRIC_RANGES)
+    data.model_name = model_name
+    data.eval_results = [
+        EvalResult(
+            task_type=TASK_TYPES.get(e.get("assignment", "memory"), "image-clustering"),
+            task_name=f"Image clustering ({e['assignment_text']})",
+            dataset_type=e["dataset_id"],
+            dataset_name=e["dataset"],
+            dataset_split=e["split"],
+            metric_type=metric,
+            metric_name=f"{METRIC_NAMES[metric]}, head K={e['num_clusters']}",
+            metric_value=e[metric],
+        )
+        for e in evaluations
+        for metric in METRIC_RANGES
+    ] or None
     training_details = [
         (key, _describe(value))
         for key, value in training.items()
@@ -148,19 +181,18 @@ def render_model_card(
         autoescape=False,
     )
     text = template if template is not None else find_template().read_text(encoding="utf-8")
-    card = environment.from_string(text).render(
+    content = environment.from_string(text).render(
+        card_data=data.to_yaml(),
         config=config,
         evaluations=evaluations,
         training=training,
         training_details=training_details,
         command=shlex.join(command) if isinstance(command, list) else command,
-        datasets=datasets,
         model_name=model_name,
         repo_id=repo_id if repo_id else "path/to/saved-model",
         example_k=evaluations[0]["num_clusters"] if evaluations else config["num_clusters"][0],
     )
-    parse_model_card(card)  # the metadata must be valid YAML
-    return card
+    return ModelCard(content)
 
 
 def check_results(results: dict | None) -> None:
@@ -179,34 +211,6 @@ def check_results(results: dict | None) -> None:
         ValueError: results evaluation 0: accuracy must be a number in [0, 1] (a fraction, ...
     """
     _evaluations(results)
-
-
-def parse_model_card(text: str) -> tuple[dict[str, Any], str]:
-    """Splits a model card into its YAML metadata (parsed) and its Markdown body.
-
-    Raises:
-        ValueError: The card does not start with a ``---`` metadata block, or its YAML is
-            invalid or not a mapping.
-
-    Examples:
-        >>> parse_model_card("---\\nlicense: apache-2.0\\n---\\n# Title\\n")
-        ({'license': 'apache-2.0'}, '# Title\\n')
-    """
-    import yaml
-
-    text = text.replace("\r\n", "\n")
-    if not text.startswith("---\n"):
-        raise ValueError("model card must start with a YAML metadata block opened by '---'")
-    end = text.find("\n---\n", 3)
-    if end < 0:
-        raise ValueError("model card metadata block is not closed by a '---' line")
-    try:
-        metadata = yaml.safe_load(text[4:end]) or {}
-    except yaml.YAMLError as error:
-        raise ValueError(f"model card metadata is not valid YAML: {error}") from error
-    if not isinstance(metadata, dict):
-        raise ValueError(f"model card metadata must be a mapping, got {type(metadata).__name__}")
-    return metadata, text[end + len("\n---\n") :]
 
 
 def _check_config(config: dict) -> dict:
@@ -275,7 +279,10 @@ def _evaluations(results: dict | None) -> list[dict[str, Any]]:
         evaluations.append(
             {
                 **entry,
-                "dataset_id": dataset_id if dataset_id is not None else entry["dataset"],
+                # The model-index's dataset type: a Hub id, else a name (never a local path).
+                "dataset_id": dataset_id
+                if dataset_id is not None
+                else re.sub(r"[^A-Za-z0-9._-]+", "-", entry["dataset"]).strip("-").lower(),
                 "dataset_id_given": dataset_id,
                 "num_images": num_images,
                 "assignment_text": ASSIGNMENT_DESCRIPTIONS.get(assignment, assignment),

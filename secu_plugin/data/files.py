@@ -1,0 +1,149 @@
+"""Image files on disk: which files are images, how a folder is walked, how an image is
+read, and how a folder splits into train/test. Every part of the package uses these."""
+
+from __future__ import annotations
+
+import os
+
+from PIL import Image
+
+from secu_plugin.data.transforms import to_uniform_mode
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".gif",
+    ".webp",
+    ".tif",
+    ".tiff",
+)
+# Files that make a directory a Hugging Face "imagefolder" rather than a plain folder.
+HF_METADATA_FILES: tuple[str, ...] = ("metadata.csv", "metadata.jsonl", "metadata.parquet")
+# The exceptions that mean "this file is not a readable image" (PIL raises all of these).
+UNREADABLE_IMAGE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    Image.DecompressionBombError,
+)
+# Subfolder names accepted for each requested split, in order of preference.
+SPLIT_FOLDER_ALIASES: dict[str, tuple[str, ...]] = {
+    "train": ("train", "training"),
+    "test": ("test", "testing", "val", "validation", "valid"),
+    "val": ("val", "validation", "valid", "test"),
+    "validation": ("validation", "val", "valid", "test"),
+}
+
+
+def read_image(path: str) -> Image.Image:
+    """Fully decodes an image file; any failure becomes a ValueError naming the path."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return to_uniform_mode(image)
+    except UNREADABLE_IMAGE_ERRORS as error:
+        raise ValueError(f"cannot read image file {path!r}: {error}") from error
+
+
+def is_readable_image(path: str) -> bool:
+    """Checks a file with PIL's verify() and then a real decode (verify misses some damage)."""
+    try:
+        with Image.open(path) as image:
+            image.verify()
+        with Image.open(path) as image:
+            image.load()
+    except UNREADABLE_IMAGE_ERRORS:
+        return False
+    return True
+
+
+def has_image_extension(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def find_image_files(directory: str, recursive: bool = True) -> list[str]:
+    """Image files in ``directory`` (and below it), sorted; hidden files and folders skipped.
+
+    Examples:
+        >>> import tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> os.makedirs(os.path.join(folder, "sub"))
+        >>> for name in ["b.png", "sub/a.JPG", "notes.txt", ".hidden.png"]:
+        ...     open(os.path.join(folder, name), "wb").close()
+        >>> [os.path.relpath(p, folder) for p in find_image_files(folder)]
+        ['b.png', 'sub/a.JPG']
+        >>> [os.path.relpath(p, folder) for p in find_image_files(folder, recursive=False)]
+        ['b.png']
+    """
+    if not recursive:
+        return sorted(
+            entry.path
+            for entry in os.scandir(directory)
+            if entry.is_file()
+            and not entry.name.startswith(".")
+            and has_image_extension(entry.name)
+        )
+    paths = []
+    for root, dirnames, filenames in os.walk(directory, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        paths.extend(
+            os.path.join(root, name)
+            for name in filenames
+            if not name.startswith(".") and has_image_extension(name)
+        )
+    return sorted(paths)
+
+
+def subfolders(directory: str) -> list[str]:
+    return sorted(
+        entry.name
+        for entry in os.scandir(directory)
+        if entry.is_dir() and not entry.name.startswith(".")
+    )
+
+
+def split_folder(directory: str, split: str) -> str | None:
+    """The subfolder of ``directory`` that holds ``split``, or None without a split layout.
+
+    A directory has a split layout when every subfolder is named like a split (train,
+    training, test, testing, val, validation, valid): such folders are splits, never classes.
+    An evaluation split that is missing (``ROOT/train/`` alone) falls back to ``train``.
+
+    Examples:
+        >>> import tempfile
+        >>> root = tempfile.mkdtemp()
+        >>> os.makedirs(os.path.join(root, "train", "cat"))
+        >>> split_folder(root, "train"), split_folder(root, "test")
+        ('train', 'train')
+        >>> os.makedirs(os.path.join(root, "val", "cat"))
+        >>> split_folder(root, "test")
+        'val'
+    """
+    names = set(subfolders(directory))
+    split_names = {name for aliases in SPLIT_FOLDER_ALIASES.values() for name in aliases}
+    if not names or not names <= split_names:
+        return None
+    for name in SPLIT_FOLDER_ALIASES.get(split, (split,)):
+        if name in names:
+            return name
+    if split != "train":
+        return split_folder(directory, "train")
+    raise ValueError(
+        f"split {split!r} not found in {directory!r}: it has split subfolders {sorted(names)}"
+    )
+
+
+def is_hf_imagefolder(directory: str) -> bool:
+    """True when ``directory`` (or one of its subfolders) holds an imagefolder metadata file."""
+    candidates = [directory] + [os.path.join(directory, d) for d in subfolders(directory)]
+    return any(
+        os.path.isfile(os.path.join(folder, name))
+        for folder in candidates
+        for name in HF_METADATA_FILES
+    )
+
+
+def is_parquet_source(source: str) -> bool:
+    return source.lower().endswith(".parquet")
