@@ -5,7 +5,10 @@ folder written by ``save_pretrained``), reads every image file under a folder (r
 any size; grey, RGB, RGBA or palette), and writes one CSV row ``path,cluster,confidence`` per
 readable image (``path`` starts with the folder as given), optionally with a montage of each
 cluster's members and a cluster-size chart.
-Unreadable files are reported on stderr and skipped.
+Unreadable files are reported on stderr and skipped. Rows are written (and flushed) batch by
+batch, so an interrupted run keeps what it did, and ``--resume`` does only the files not yet in
+the CSV. File names that are not valid UTF-8 are written as their original bytes (lossless;
+read such a CSV with ``encoding="utf-8", errors="surrogateescape"``).
 
 Exit codes: 0 success; 1 no image could be read; 2 bad arguments (unknown model, missing
 folder, no head with the requested number of clusters, ...).
@@ -23,13 +26,15 @@ from typing import TYPE_CHECKING, TextIO
 import numpy as np
 from PIL import Image
 
+from secu_plugin.data.files import UNREADABLE_IMAGE_ERRORS, find_image_files
+from secu_plugin.data.transforms import ConvertMode
+
 if TYPE_CHECKING:
     import torch
 
     from secu_plugin.models import SeCuModel
 
 PROGRAM = "secu-cluster"
-_UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 class _UsageError(Exception):
@@ -42,8 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     Examples:
         >>> args = build_parser().parse_args(["--model", "org/name", "--images", "photos",
         ...                                   "--out", "clusters.csv"])
-        >>> args.head, args.batch_size
-        (None, 64)
+        >>> args.num_clusters, args.batch_size, args.resume
+        (None, 64, False)
     """
     parser = argparse.ArgumentParser(
         prog=PROGRAM,
@@ -55,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--images", required=True, help="folder of images, searched recursively")
     parser.add_argument(
-        "--head",
+        "--num-clusters",
         type=int,
         default=None,
         metavar="K",
@@ -73,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="torch device, e.g. cpu or cuda (default: cuda if available, else cpu)",
     )
+    parser.add_argument(
+        "--resume", action="store_true", help="keep the rows of --out and do only the rest"
+    )
+    parser.add_argument("--debug", action="store_true", help="tracebacks for usage errors")
     return parser
 
 
@@ -101,33 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run(args, sys.stderr)
     except _UsageError as error:
+        if args.debug or os.environ.get("SECU_DEBUG") == "1":
+            raise
         print(f"{PROGRAM}: error: {error}", file=sys.stderr)
         return 2
-
-
-def find_image_files(folder: str) -> list[str]:
-    """Image files under ``folder``, recursively and sorted; hidden files and folders skipped.
-
-    Examples:
-        >>> import tempfile
-        >>> folder = tempfile.mkdtemp()
-        >>> os.makedirs(os.path.join(folder, "sub"))
-        >>> for name in ["b.png", "sub/a.JPG", "notes.txt", ".hidden.png"]:
-        ...     open(os.path.join(folder, name), "wb").close()
-        >>> [os.path.relpath(p, folder) for p in find_image_files(folder)]
-        ['b.png', 'sub/a.JPG']
-    """
-    from secu_plugin.data.images import IMAGE_EXTENSIONS
-
-    paths = []
-    for root, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        paths.extend(
-            os.path.join(root, name)
-            for name in filenames
-            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
-        )
-    return sorted(paths)
 
 
 def _run(args: argparse.Namespace, stderr: TextIO) -> int:
@@ -149,40 +135,45 @@ def _run(args: argparse.Namespace, stderr: TextIO) -> int:
     except (OSError, ValueError) as error:
         raise _UsageError(f"--model: {error}") from error
     try:
-        head = 0 if args.head is None else model.head_index(args.head)
+        head = 0 if args.num_clusters is None else model.head_index(args.num_clusters)
     except ValueError as error:
-        raise _UsageError(f"--head {args.head}: {error}") from error
+        raise _UsageError(f"--num-clusters {args.num_clusters}: {error}") from error
     num_clusters = model.num_clusters[head]
     paths = find_image_files(args.images)
     if not paths:
         raise _UsageError(f"no image files under {args.images!r}")
+    done = _rows(args.out) if args.resume else {}
+    todo = [path for path in paths if path not in done]
     model.to(device).eval()
 
-    readable: list[str] = []
-    cluster_ids: list[np.ndarray] = []
-    skipped = 0
+    skipped: list[str] = []
     _ensure_parent(args.out)
-    with open(args.out, "w", newline="", encoding="utf-8") as out_file:
-        writer = csv.writer(out_file)
-        writer.writerow(["path", "cluster", "confidence"])
-        for batch_paths, batch, unreadable in _batches(model, paths, args.batch_size, stderr):
+    # Names that are not valid UTF-8 are written as their original bytes (surrogateescape):
+    # lossless, the same bytes as on disk; read such a CSV back with errors="surrogateescape".
+    mode = "a" if done else "w"
+    with open(args.out, mode, newline="", encoding="utf-8", errors="surrogateescape") as file:
+        writer = csv.writer(file)
+        if not done:
+            writer.writerow(["path", "cluster", "confidence"])
+        for batch_paths, batch, unreadable in _batches(model, todo, args.batch_size, stderr):
             skipped += unreadable
-            if not batch_paths:
-                continue
-            ids, confidence = model.predict(batch, head=head)
-            ids_np, confidence_np = ids.cpu().numpy(), confidence.cpu().numpy()
-            writer.writerows(
-                (path, int(cluster), f"{float(conf):.6f}")
-                for path, cluster, conf in zip(batch_paths, ids_np, confidence_np)
-            )
-            readable.extend(batch_paths)
-            cluster_ids.append(ids_np)
+            if batch_paths:
+                ids, confidence = model.predict(batch, head=head)
+                writer.writerows(
+                    (path, int(cluster), f"{float(conf):.6f}")
+                    for path, cluster, conf in zip(batch_paths, ids.tolist(), confidence.tolist())
+                )
+            file.flush()  # an interrupted run keeps every finished batch
     if skipped:
-        print(f"{PROGRAM}: skipped {skipped} unreadable file(s) of {len(paths)}", file=stderr)
-    if not readable:
+        shown = ", ".join(skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+        print(f"{PROGRAM}: skipped {len(skipped)} unreadable file(s) of {len(paths)}: {shown}",
+              file=stderr)  # fmt: skip
+    rows = _rows(args.out)
+    if not rows:
         print(f"{PROGRAM}: error: none of the {len(paths)} image files could be read", file=stderr)
         return 1
-    ids_all = np.concatenate(cluster_ids)
+    readable = list(rows)
+    ids_all = np.array([rows[path] for path in readable], dtype=np.int64)
     _save_pictures(args, readable, ids_all, num_clusters)
     used = len(np.unique(ids_all))
     print(
@@ -193,10 +184,22 @@ def _run(args: argparse.Namespace, stderr: TextIO) -> int:
     return 0
 
 
+def _rows(csv_path: str) -> dict[str, int]:
+    """The ``path -> cluster`` rows of a CSV written by this command (none if it is absent)."""
+    if not os.path.isfile(csv_path):
+        return {}
+    with open(csv_path, newline="", encoding="utf-8", errors="surrogateescape") as file:
+        rows = list(csv.reader(file))
+    if not rows or rows[0] != ["path", "cluster", "confidence"]:
+        raise _UsageError(f"--resume: {csv_path!r} is not a CSV written by {PROGRAM}")
+    # A row cut by an interruption has fewer fields: it is redone.
+    return {row[0]: int(row[1]) for row in rows[1:] if len(row) == 3 and row[2]}
+
+
 def _batches(
     model: SeCuModel, paths: list[str], batch_size: int, stderr: TextIO
-) -> Iterator[tuple[list[str], torch.Tensor | None, int]]:
-    """Yields (paths, preprocessed batch, number of unreadable files) per batch of files."""
+) -> Iterator[tuple[list[str], torch.Tensor | None, list[str]]]:
+    """Yields (paths, preprocessed batch, unreadable paths) per batch of files."""
     import torch
     from tqdm.auto import tqdm
 
@@ -205,14 +208,14 @@ def _batches(
     )
     try:
         for start in range(0, len(paths), batch_size):
-            batch_paths, tensors, unreadable = [], [], 0
+            batch_paths, tensors, unreadable = [], [], []
             for path in paths[start : start + batch_size]:
                 try:
                     with Image.open(path) as image:
                         image.load()
                         tensors.append(model.preprocess([image])[0])
-                except _UNREADABLE as error:
-                    unreadable += 1
+                except UNREADABLE_IMAGE_ERRORS as error:
+                    unreadable.append(path)
                     progress.write(
                         f"{PROGRAM}: skipping unreadable image {path}: {error}", file=stderr
                     )
@@ -235,8 +238,6 @@ class _ImagesOnDisk(Sequence):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> Image.Image:  # type: ignore[override]
-        from secu_plugin.data.images import ConvertMode
-
         with Image.open(self.paths[index]) as image:
             image.load()
             return ConvertMode("RGB")(image)
