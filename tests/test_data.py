@@ -9,15 +9,19 @@ import pytest
 import torch
 from PIL import Image
 
-from secu_plugin.data.images import (
+from secu_plugin.data import (
     ImageDataset,
     TransformedDataset,
     TwoViewDataset,
-    byol_view_transforms,
-    digit_view_transforms,
+    byol_views,
+    digit_views,
     eval_transform,
     load_mnist5k,
 )
+
+GREY_28 = {"input_size": (1, 28, 28), "interpolation": "bilinear", "mean": (0.1307,),
+           "std": (0.3081,), "crop_pct": 1.0, "crop_mode": "center"}  # fmt: skip
+RGB_32 = {**GREY_28, "input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.25,) * 3}
 
 
 @pytest.fixture(scope="module")
@@ -233,8 +237,7 @@ def test_hf_column_detection_and_errors() -> None:
 def test_two_view_dataset(mnist) -> None:
     images, labels = mnist
     dataset = ImageDataset.from_arrays(images[:8], labels[:8])
-    view1, view2 = digit_view_transforms(erase_prob=0.0)
-    pairs = TwoViewDataset(dataset, view1, view2)
+    pairs = TwoViewDataset(dataset, digit_views(erase_prob=0.0))
     torch.manual_seed(0)
     a, b, index = pairs[5]
     assert index == 5 and len(pairs) == 8
@@ -245,36 +248,145 @@ def test_two_view_dataset(mnist) -> None:
 def test_byol_views_of_grey_image(mnist) -> None:
     images, _ = mnist
     image = Image.fromarray(images[0])
-    view1, view2 = byol_view_transforms(32, min_scale=0.2, mean=(0.5,), std=(0.5,))
     torch.manual_seed(0)
-    a, b = view1(image), view2(image)
+    a, b = byol_views(32, min_scale=0.2, mean=(0.5,), std=(0.5,))(image)
     assert a.shape == b.shape == (3, 32, 32)
-    grey_view1, _ = byol_view_transforms(32, min_scale=0.2, grayscale_input=True)
-    assert grey_view1(image).shape == (3, 32, 32)
+    grey_view0, _ = byol_views(32, min_scale=0.2, grayscale_input=True)(image)
+    assert grey_view0.shape == (3, 32, 32)
     with pytest.raises(ValueError, match="min_scale"):
-        byol_view_transforms(32, min_scale=0.0)
+        byol_views(32, min_scale=0.0)
 
 
 def test_digit_view_parameters() -> None:
     with pytest.raises(ValueError, match="translate"):
-        digit_view_transforms(translate=1.5)
-    plain, _ = digit_view_transforms(
+        digit_views(translate=1.5)
+    plain = digit_views(
         rotation=0, translate=0, scale=(1.0, 1.0), shear=0, min_scale=1.0, erase_prob=0
     )
     image = Image.fromarray(np.arange(28 * 28, dtype=np.uint8).reshape(28, 28) % 255)
     # Without any randomness left the views equal the evaluation transform.
-    expected = eval_transform(28, (0.1307,), (0.3081,), channels=1)(image)
-    assert torch.allclose(plain(image), expected, atol=1e-6)
+    expected = eval_transform(GREY_28, in_chans=1)(image)
+    for view in plain(image):
+        assert torch.allclose(view, expected, atol=1e-6)
 
 
 def test_transformed_dataset_and_eval_transform(mnist) -> None:
     images, labels = mnist
     dataset = TransformedDataset(
-        ImageDataset.from_arrays(images[:4], labels[:4]), eval_transform(32, channels=3)
+        ImageDataset.from_arrays(images[:4], labels[:4]), eval_transform(RGB_32, in_chans=3)
     )
     x, label, index = dataset[2]
     assert x.shape == (3, 32, 32) and label == labels[2] and index == 2
-    with pytest.raises(ValueError, match="channels"):
-        eval_transform(32, channels=2)
+    with pytest.raises(ValueError, match="in_chans"):
+        eval_transform(RGB_32, in_chans=2)
+    from secu_plugin.models import SeCuNetwork
+
     with pytest.raises(ValueError, match="mean"):
-        eval_transform(32, mean=(0.1, 0.2), channels=3)
+        SeCuNetwork("secu_convnet_tiny", mean=(0.1, 0.2))
+
+
+# ---- Every documented layout gives the right classes (known files, known labels).
+
+
+def _write(path: Path, image: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
+
+
+def _digits(mnist, per_class: int = 3, classes=(0, 3, 7)):
+    images, labels = mnist
+    return [(c, images[np.flatnonzero(labels == c)[i]]) for c in classes for i in range(per_class)]
+
+
+def _label_of(dataset: ImageDataset, path: Path) -> str:
+    return dataset.classes[dataset.labels[dataset.paths.index(str(path))]]
+
+
+def test_class_folders_give_their_labels(mnist, tmp_path: Path) -> None:
+    for digit, image in _digits(mnist):
+        _write(tmp_path / f"digit{digit}" / f"{digit}-{image.sum()}.png", image)
+    dataset = ImageDataset.from_source(str(tmp_path))
+    assert dataset.classes == ["digit0", "digit3", "digit7"] and dataset.split == "train"
+    for path in sorted(tmp_path.rglob("*.png")):
+        assert _label_of(dataset, path) == path.parent.name
+
+
+@pytest.mark.parametrize("eval_folder", [None, "test", "val"])
+def test_split_folders_are_splits_not_classes(mnist, tmp_path: Path, eval_folder) -> None:
+    for digit, image in _digits(mnist):
+        _write(tmp_path / "train" / str(digit) / f"{image.sum()}.png", image)
+    if eval_folder:
+        for digit, image in _digits(mnist, per_class=2, classes=(3, 7)):
+            _write(tmp_path / eval_folder / str(digit) / f"e{image.sum()}.png", image)
+    train = ImageDataset.from_source(str(tmp_path), split="train")
+    test = ImageDataset.from_source(str(tmp_path), split="test")
+    assert train.classes == ["0", "3", "7"] and len(train) == 9 and train.split == "train"
+    for path in (tmp_path / "train").rglob("*.png"):
+        assert _label_of(train, path) == path.parent.name
+    if eval_folder is None:  # no evaluation split: evaluation uses the training images
+        assert test.split == "train" and test.paths == train.paths
+    else:
+        assert test.split == ("test" if eval_folder == "test" else "validation")
+        assert test.classes == ["3", "7"] and len(test) == 4
+        for path in (tmp_path / eval_folder).rglob("*.png"):
+            assert _label_of(test, path) == path.parent.name
+
+
+def test_flat_folder_has_no_labels_and_one_class_warns(mnist, tmp_path: Path) -> None:
+    for i, (_, image) in enumerate(_digits(mnist)):
+        _write(tmp_path / "flat" / f"{i}.png", image)
+    flat = ImageDataset.from_source(str(tmp_path / "flat"))
+    assert flat.labels is None and flat.classes is None and len(flat) == 9
+    for i, (_, image) in enumerate(_digits(mnist, classes=(5,))):
+        _write(tmp_path / "one" / "fives" / f"{i}.png", image)
+    with pytest.warns(UserWarning, match="same class"):
+        ImageDataset.from_source(str(tmp_path / "one"))
+
+
+def test_imagefolder_and_parquet_layouts(mnist, tmp_path: Path, offline_hf) -> None:
+    import datasets
+
+    digits = _digits(mnist)
+    for digit, image in digits:
+        _write(tmp_path / "hf" / "train" / f"{digit}-{image.sum()}.png", image)
+    rows = [f"{digit}-{image.sum()}.png,{digit}" for digit, image in digits]
+    (tmp_path / "hf" / "train" / "metadata.csv").write_text("file_name,label\n" + "\n".join(rows))
+    hf = ImageDataset.from_source(str(tmp_path / "hf"))
+    assert sorted(hf.labels.tolist()) == sorted(d for d, _ in digits)
+    table = datasets.Dataset.from_dict(
+        {"image": [Image.fromarray(im) for _, im in digits], "label": [d for d, _ in digits]},
+        features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}),
+    )
+    table.to_parquet(str(tmp_path / "digits.parquet"))
+    parquet = ImageDataset.from_source(str(tmp_path / "digits.parquet"))
+    assert parquet.labels.tolist() == [d for d, _ in digits]
+    first, label = parquet[4]
+    assert label == digits[4][0] and np.array_equal(np.asarray(first), digits[4][1])
+
+
+def test_hugging_face_sets_that_cannot_be_clustered_say_what_to_do() -> None:
+    import datasets
+
+    table = datasets.Dataset.from_dict(
+        {"image": [Image.new("L", (4, 4))] * 2, "label": [0, 1]},
+        features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}),
+    )
+    with pytest.raises(ValueError, match="streaming=False"):
+        ImageDataset.from_hf(table.to_iterable_dataset())
+    with pytest.raises(ValueError, match="pass the raw data set"):
+        ImageDataset.from_hf(table.with_transform(lambda batch: batch))
+    with pytest.raises(ValueError, match="ImageDataset.from_hf"):
+        TwoViewDataset(table, digit_views())
+    assert len(TwoViewDataset(ImageDataset.from_hf(table), digit_views())) == 2
+
+
+def test_views_survive_pickling_for_spawned_workers(mnist) -> None:
+    import pickle
+
+    images, labels = mnist
+    pairs = TwoViewDataset(
+        ImageDataset.from_arrays(images[:4], labels[:4] * 0 + np.arange(4)), byol_views(32), seed=3
+    )
+    copy = pickle.loads(pickle.dumps(pairs))
+    for index in range(4):
+        assert all(torch.equal(a, b) for a, b in zip(pairs[index][:2], copy[index][:2]))
