@@ -14,12 +14,10 @@ from factories import tiny_digit_model
 from PIL import Image
 from torch import nn
 
-from secu_plugin.models.secu_model import (
-    PretrainedModelNotFoundError,
-    SeCuModel,
-    load_reference_training_state,
-)
-from secu_plugin.models.card import parse_model_card
+from huggingface_hub import ModelCard
+
+from secu_plugin.models import PretrainedModelNotFoundError, SeCuModel
+from secu_plugin.models.reference import load_reference_training_state
 
 SMALL_RESNET = {"channels": [8, 16, 32, 64], "layers": [1, 1, 1, 1]}
 
@@ -75,7 +73,7 @@ def test_three_layer_projection_head_matches_imagenet_layout():
         ({"num_clusters": []}, "num_clusters"),
         ({"num_clusters": [10, 1]}, "num_clusters"),
         ({"num_clusters": 10}, "num_clusters"),
-        ({"mean": [0.1, 0.2, 0.3]}, "mean must have 1 values"),
+        ({"mean": [0.1, 0.2, 0.3]}, "mean must have 1 or 1 values"),
         ({"std": [0.0]}, "std must be positive"),
         ({"temperature": 0.0}, "temperature"),
         ({"projection_layers": 4}, "projection_layers"),
@@ -155,7 +153,7 @@ def test_rgb_model_accepts_grey_images():
     model = SeCuModel(backbone="secu_convnet_tiny", input_size=32, dim=8, num_clusters=[3]).eval()
     batch = model.preprocess([Image.new("L", (40, 50), 128), Image.new("RGBA", (8, 8))])
     assert batch.shape == (2, 3, 32, 32)
-    assert model.config["mean"] == [0.485, 0.456, 0.406]
+    assert model.config["mean"] == [0.1307] * 3  # the backbone's statistic, per channel
     ids, _ = model.predict([Image.new("L", (40, 50), 128)])
     assert ids.shape == (1,)
 
@@ -185,40 +183,47 @@ def test_head_index():
         model.head_index(7)
 
 
-# ---------------------------------------------------------------------- set_centers
+# ---------------------------------------------------------------------- from_network
 
 
-def test_set_centers_copies_trained_centers():
-    model = tiny_digit_model()
+def test_from_network_takes_the_networks_weights_and_the_trained_centers():
+    from secu_plugin.models import SeCuNetwork
+
+    torch.manual_seed(0)
+    network = SeCuNetwork("secu_convnet_tiny", in_chans=1, dim=16, predictor_hidden_dim=8)
+    randomize_batchnorm(network)
     trained = [torch.randn(10, 16) * 3, torch.randn(5, 16, dtype=torch.float64)]
-    model.set_centers(trained)
+    model = SeCuModel.from_network(network, trained, temperature=0.2, training={"epochs": 1})
     torch.testing.assert_close(model.centers[0].data, trained[0])
     torch.testing.assert_close(model.centers[1].data, trained[1].float())
-    assert model.centers[1].dtype == torch.float32
+    assert model.centers[1].dtype == torch.float32 and model.num_clusters == [10, 5]
+    assert model.config["temperature"] == 0.2 and model.training_recipe == {"epochs": 1}
+    for key, value in network.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    x = torch.randn(3, 1, 28, 28)
+    network.eval(), model.eval()
+    assert torch.equal(network(x), model(x))
     # From a ParameterList (e.g. SeCuCenterBank.centers) too.
-    model.set_centers(nn.ParameterList([nn.Parameter(-t.float()) for t in trained]))
+    model = SeCuModel.from_network(
+        network, nn.ParameterList([nn.Parameter(-t.float()) for t in trained])
+    )
     torch.testing.assert_close(model.centers[0].data, -trained[0])
 
 
 @pytest.mark.parametrize(
     ("centers", "message"),
     [
-        ([torch.randn(10, 16)], "expected centers for 2 heads"),
-        ([torch.randn(10, 16), torch.randn(5, 16), torch.randn(3, 16)], "expected centers for 2"),
-        ([torch.randn(10, 16), torch.randn(6, 16)], r"centers\[1\] must be a tensor of shape"),
-        ([torch.randn(10, 16), torch.randn(5, 15)], r"centers\[1\]"),
-        ([torch.randn(10, 16), [[0.0] * 16] * 5], r"centers\[1\]"),
+        ([], "centers must be"),
+        ([torch.randn(10, 16), torch.randn(5, 15)], "centers must be"),
+        ([torch.randn(10, 16), torch.randn(5)], "centers must be"),
         ([torch.randn(10, 16), torch.full((5, 16), float("nan"))], "NaN"),
     ],
 )
-def test_set_centers_errors_leave_the_model_unchanged(centers, message):
-    model = tiny_digit_model()
-    before = {key: value.clone() for key, value in model.state_dict().items()}
+def test_from_network_refuses_bad_centers(centers, message):
+    from secu_plugin.models import SeCuNetwork
+
     with pytest.raises(ValueError, match=message):
-        model.set_centers(centers)
-    after = model.state_dict()
-    for key, value in before.items():
-        assert torch.equal(value, after[key]), key  # head 0 was valid but is not copied either
+        SeCuModel.from_network(SeCuNetwork("secu_convnet_tiny", in_chans=1, dim=16), centers)
 
 
 # ---------------------------------------------------------------------- save / load
@@ -227,9 +232,8 @@ def test_set_centers_errors_leave_the_model_unchanged(centers, message):
 def every_argument_changed() -> dict:
     """A value different from the default for every SeCuModel argument."""
     return {
-        "backbone": "resnet34",
+        "backbone": "secu_resnet34_cifar",
         "backbone_kwargs": SMALL_RESNET,
-        "stem": "cifar",
         "in_chans": 1,
         "dim": 12,
         "projection_layers": 3,
@@ -265,7 +269,6 @@ def test_round_trip_keeps_every_init_argument_weights_and_predictions(tmp_path):
     torch.manual_seed(1)
     model = SeCuModel(**arguments)
     randomize_batchnorm(model)
-    model.set_centers([torch.randn(k, 12) for k in arguments["num_clusters"]])
     model.eval()
     assert model.config == arguments
 
@@ -305,9 +308,10 @@ def test_default_model_config_round_trips(tmp_path):
 def test_saved_card_is_ours_and_reports_only_given_results(tmp_path):
     model = tiny_digit_model()
     model.save_pretrained(tmp_path / "plain", repo_id="someone/secu-digits")
-    metadata, body = parse_model_card((tmp_path / "plain" / "README.md").read_text())
-    assert metadata["library_name"] == "secu-plugin"
-    assert "model-index" not in metadata
+    card = ModelCard.load(tmp_path / "plain" / "README.md")
+    body = card.text
+    assert card.data.library_name == "secu-plugin"
+    assert card.data.eval_results is None
     assert "has not been evaluated" in body
     assert 'SeCuModel.from_pretrained("someone/secu-digits")' in body
 
@@ -321,9 +325,9 @@ def test_saved_card_is_ours_and_reports_only_given_results(tmp_path):
     }
     evaluated = tiny_digit_model(results=results)
     evaluated.save_pretrained(tmp_path / "plain")  # replaces the previous card
-    metadata, body = parse_model_card((tmp_path / "plain" / "README.md").read_text())
-    values = [m["value"] for m in metadata["model-index"][0]["results"][0]["metrics"]]
-    assert values == [0.875, 0.75, 0.625]
+    card = ModelCard.load(tmp_path / "plain" / "README.md")
+    body = card.text
+    assert [r.metric_value for r in card.data.eval_results] == [0.875, 0.75, 0.625]
     assert "| Digits | train |" in body and "87.50%" in body
     assert 'from_pretrained("path/to/saved-model")' in body
     card = evaluated.generate_model_card(repo_id="org/x")
@@ -342,7 +346,8 @@ def test_from_pretrained_errors_are_clear(tmp_path):
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     config["dim"] = 8
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="do not match the model built from its config"):
+    # Checked against the weights' header before anything is built.
+    with pytest.raises(ValueError, match="does not match the weights"):
         SeCuModel.from_pretrained(tmp_path / "m")
 
 
@@ -445,14 +450,13 @@ def test_import_official_cifar_checkpoint_with_shortcut_naming(tmp_path):
 
     model = SeCuModel.from_reference_checkpoint(
         path,
-        backbone="resnet18",
-        stem="cifar",
+        backbone="secu_resnet18_cifar",
         backbone_kwargs={"channels": widths},
         mean=[0.4914, 0.4822, 0.4465],
         std=[0.2023, 0.1994, 0.2010],
     )
     assert model.num_clusters == num_clusters and model.dim == dim
-    assert model.input_size == 32 and model.predictor is None
+    assert model.config["input_size"] == 32 and model.predictor is None
     assert model.config["projection_layers"] == 2
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
@@ -506,11 +510,11 @@ def test_import_official_imagenet_checkpoint_with_predictor_and_downsample(tmp_p
     save_official_checkpoint(official, path)
 
     model = SeCuModel.from_reference_checkpoint(
-        path, backbone="resnet26", stem=None, backbone_kwargs=SMALL_RESNET
+        path, backbone="resnet26", backbone_kwargs=SMALL_RESNET
     )
     assert model.config["projection_layers"] == 3
     assert model.config["predictor_hidden_dim"] == 40
-    assert model.config["num_clusters"] == num_clusters and model.input_size == 224
+    assert model.config["num_clusters"] == num_clusters and model.config["input_size"] == 224
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(model(x), backbone(x), rtol=1e-4, atol=1e-5)

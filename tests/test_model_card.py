@@ -9,13 +9,13 @@ import pytest
 import yaml
 from huggingface_hub import ModelCard
 
-from secu_plugin.models.card import find_template, parse_model_card, render_model_card
+from secu_plugin.models import SeCuModel
+from secu_plugin.models.card import find_template, model_card
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG = {
-    "backbone": "resnet18",
+    "backbone": "secu_resnet18_cifar",
     "backbone_kwargs": None,
-    "stem": "cifar",
     "in_chans": 3,
     "dim": 128,
     "projection_layers": 2,
@@ -40,6 +40,19 @@ RESULT = {
     "num_images": 50000,
 }
 PERCENT_FIGURE = re.compile(r"\d+\.\d+\s*%")
+# The metadata the Hub mixin gives every SeCuModel card (library, license, tags).
+MIXIN_DATA = super(SeCuModel, SeCuModel("secu_convnet_tiny", in_chans=1)).generate_model_card().data
+
+
+def render_model_card(config, results, training, repo_id) -> str:
+    return str(model_card(MIXIN_DATA, {**config, "results": results, "training": training},
+                          repo_id))  # fmt: skip
+
+
+def parse_model_card(text: str) -> tuple[dict, str]:
+    """The metadata (huggingface_hub's parse) and the body of a card."""
+    card = ModelCard(text)
+    return card.data.to_dict(), card.text
 
 
 def metric_values(metadata: dict) -> list[list[float]]:
@@ -64,13 +77,10 @@ def test_card_metadata_is_valid_hub_yaml():
     assert metadata["library_name"] == "secu-plugin"
     assert metadata["license"] == "apache-2.0"
     assert metadata["pipeline_tag"] == "image-feature-extraction"
-    assert metadata["tags"] == [
-        "secu",
-        "deep-clustering",
-        "image-clustering",
-        "self-supervised",
-        "timm",
-    ]
+    # Ours and the mixin's own tags.
+    assert set(metadata["tags"]) == {"secu", "deep-clustering", "image-clustering",
+                                     "self-supervised", "timm", "model_hub_mixin",
+                                     "pytorch_model_hub_mixin"}  # fmt: skip
     assert metadata["metrics"] == ["accuracy", "nmi", "ari"]
     assert metadata["datasets"] == ["uoft-cs/cifar10"]
     # huggingface_hub's own parser reads the model-index.
@@ -102,6 +112,21 @@ def test_results_in_the_card_are_exactly_the_given_ones():
         [RESULT["accuracy"], RESULT["nmi"], RESULT["ari"]],
         [0.5, 0.25, 0.75],
     ]
+    # Same split, one scored from the memory and one by the model: still two results.
+    same_split = dict(second, split="train")
+    parsed = ModelCard(
+        render_model_card(CONFIG, {"evaluations": [RESULT, same_split]}, None, "o/m")
+    )
+    assert [(r.task_type, r.dataset_split, r.metric_type, r.metric_value)
+            for r in parsed.data.eval_results] == [
+        ("transductive-image-clustering", "train", "accuracy", RESULT["accuracy"]),
+        ("transductive-image-clustering", "train", "nmi", RESULT["nmi"]),
+        ("transductive-image-clustering", "train", "ari", RESULT["ari"]),
+        ("image-clustering", "train", "accuracy", 0.5),
+        ("image-clustering", "train", "nmi", 0.25),
+        ("image-clustering", "train", "ari", 0.75),
+    ]  # fmt: skip
+    assert len(yaml.safe_load(str(parsed).split("---\n")[1])["model-index"][0]["results"]) == 2
     section = evaluation_section(body)
     assert (
         "| CIFAR-10 | train | 50000 | 10 | training memory | 12.35% | 9.88% | -1.23% |" in section
@@ -119,8 +144,8 @@ def test_results_in_the_card_are_exactly_the_given_ones():
 def test_without_results_the_card_claims_no_figure():
     card = render_model_card(CONFIG, None, None, None)
     metadata, body = parse_model_card(card)
-    assert "model-index" not in metadata
-    assert "datasets" not in metadata
+    assert metadata.get("model-index") is None and metadata.get("eval_results") is None
+    assert metadata.get("datasets") is None
     section = evaluation_section(body)
     assert "has not been evaluated" in section
     assert PERCENT_FIGURE.findall(body) == []
@@ -161,10 +186,16 @@ def test_card_sections_and_training_recipe():
 
 def test_strings_with_yaml_syntax_stay_valid():
     result = dict(RESULT, dataset='a: "tricky" #name', dataset_id="org/with: colon")
-    metadata, _ = parse_model_card(render_model_card(CONFIG, result, None, "o/n"))
-    dataset = metadata["model-index"][0]["results"][0]["dataset"]
-    assert dataset["name"] == 'a: "tricky" #name'
-    assert dataset["type"] == "org/with: colon"
+    card = ModelCard(render_model_card(CONFIG, result, None, "o/n"))
+    assert card.data.eval_results[0].dataset_name == 'a: "tricky" #name'
+    assert card.data.eval_results[0].dataset_type == "org/with: colon"
+
+
+def test_a_local_folder_never_becomes_the_dataset_type():
+    card = ModelCard(render_model_card(CONFIG, dict(RESULT, dataset="/home/me/My Photos",
+                                                    dataset_id=None), None, "o/n"))  # fmt: skip
+    assert card.data.eval_results[0].dataset_type == "home-me-my-photos"
+    assert card.data.datasets is None
 
 
 @pytest.mark.parametrize(
@@ -186,20 +217,11 @@ def test_malformed_results_raise_value_error(results, message):
 
 def test_malformed_config_or_training_raise_value_error():
     with pytest.raises(ValueError, match="config lacks"):
-        render_model_card({"backbone": "resnet18"}, None, None, None)
+        render_model_card({"backbone": "secu_resnet18_cifar"}, None, None, None)
     with pytest.raises(ValueError, match="command"):
         render_model_card(CONFIG, None, {"command": 3}, None)
     with pytest.raises(ValueError, match="repo_id"):
         render_model_card(CONFIG, None, None, "")
-
-
-def test_parse_model_card_rejects_cards_without_metadata():
-    with pytest.raises(ValueError, match="must start with a YAML metadata block"):
-        parse_model_card("# just markdown\n")
-    with pytest.raises(ValueError, match="not closed"):
-        parse_model_card("---\nlicense: mit\n")
-    with pytest.raises(ValueError, match="not valid YAML"):
-        parse_model_card("---\nkey: [unclosed\n---\nbody")
 
 
 def test_published_mnist5k_card_reports_the_measured_run():
@@ -208,12 +230,15 @@ def test_published_mnist5k_card_reports_the_measured_run():
     import json
 
     text = (REPO_ROOT / "model_cards" / "secu-mnist5k.md").read_text(encoding="utf-8")
-    metadata, body = parse_model_card(text)
-    assert metadata["library_name"] == "secu-plugin"
+    card = ModelCard(text)
+    body = card.text
+    assert card.data.library_name == "secu-plugin"
     measured = json.loads((REPO_ROOT / "docs" / "mnist5k_results.json").read_text())
-    reported = [{m["type"]: m["value"] for m in result["metrics"]}
-                for result in metadata["model-index"][0]["results"]]
-    expected = [{k: e[k] for k in ("accuracy", "nmi", "ari")} for e in measured["evaluations"]]
+    reported = sorted((r.metric_type, r.metric_value) for r in card.data.eval_results)
+    expected = sorted(
+        (k, e[k]) for e in measured["evaluations"] for k in ("accuracy", "nmi", "ari")
+    )
     assert reported == expected
     assert "has not been evaluated" not in evaluation_section(body)
-    assert f"{100 * expected[0]['accuracy']:.2f}%" in evaluation_section(body)
+    first = measured["evaluations"][0]["accuracy"]
+    assert f"{100 * first:.2f}%" in evaluation_section(body)

@@ -97,8 +97,8 @@ def _register_small_image_resnet(arch: str, stem: str) -> None:
     def entrypoint(pretrained: bool = False, **kwargs) -> ResNet:
         if pretrained:
             raise ValueError(f"{name} has no pretrained weights")
-        model = build_model_with_cfg(ResNet, name, pretrained, block=block, layers=layers,
-                                     **kwargs)  # fmt: skip
+        kwargs.setdefault("layers", layers)
+        model = build_model_with_cfg(ResNet, name, pretrained, block=block, **kwargs)
         _replace_resnet_stem(model, stem, kwargs.get("in_chans", 3))
         return model
 

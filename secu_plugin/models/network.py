@@ -26,7 +26,7 @@ from secu_plugin.models.heads import build_predictor, build_projection_head
 BACKBONE_KWARGS: frozenset[str] = frozenset({
     "drop_rate", "drop_path_rate", "proj_drop_rate", "attn_drop_rate", "global_pool",
     "norm", "output_stride", "img_size", "patch_size", "class_token", "reg_tokens",
-    "dynamic_img_size", "widths",
+    "dynamic_img_size", "widths", "layers", "channels",
 })  # fmt: skip
 
 
@@ -65,9 +65,11 @@ def _positive_int(name: str, value: Any) -> int:
     return value
 
 
-def _channel_values(name: str, values: Sequence[float], channels: int) -> tuple[float, ...]:
-    """Per-channel statistics: one value per channel (a single value is repeated; three are
-    averaged for a grey input)."""
+def _channel_values(
+    name: str, values: Sequence[float], channels: int, average_rgb: bool = False
+) -> tuple[float, ...]:
+    """Per-channel statistics: one value per channel (a single value is repeated; with
+    ``average_rgb``, a backbone's RGB statistics are averaged for a grey input)."""
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
         raise ValueError(f"{name} must be a list of {channels} floats, got {values!r}")
     floats = tuple(float(v) for v in values)
@@ -75,7 +77,7 @@ def _channel_values(name: str, values: Sequence[float], channels: int) -> tuple[
         raise ValueError(f"{name} must be finite, got {list(floats)}")
     if len(floats) == 1:
         floats = floats * channels
-    elif len(floats) == 3 and channels == 1:
+    elif len(floats) == 3 and channels == 1 and average_rgb:
         floats = (sum(floats) / 3,)
     if len(floats) != channels:
         raise ValueError(f"{name} must have 1 or {channels} values, got {len(values)}")
@@ -168,7 +170,7 @@ class SeCuNetwork(nn.Module):
         _, height, width = config["input_size"]
         config["input_size"] = (self.in_chans, height, width)
         for name in ("mean", "std"):
-            config[name] = _channel_values(name, config[name], self.in_chans)
+            config[name] = _channel_values(name, config[name], self.in_chans, average_rgb=True)
         return config
 
     @property
