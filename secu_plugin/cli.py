@@ -142,6 +142,8 @@ def _run(args: argparse.Namespace, stderr: TextIO) -> int:
     paths = find_image_files(args.images)
     if not paths:
         raise _UsageError(f"no image files under {args.images!r}")
+    if args.resume and os.path.isfile(args.out):
+        _drop_partial_last_line(args.out)  # a row an interruption cut is redone
     done = _rows(args.out) if args.resume else {}
     todo = [path for path in paths if path not in done]
     model.to(device).eval()
@@ -184,6 +186,14 @@ def _run(args: argparse.Namespace, stderr: TextIO) -> int:
     return 0
 
 
+def _drop_partial_last_line(csv_path: str) -> None:
+    """Cuts a last line an interruption left unfinished, so that appended rows start clean."""
+    with open(csv_path, "rb+") as file:
+        data = file.read()
+        if data and not data.endswith(b"\n"):
+            file.truncate(data.rfind(b"\n") + 1)
+
+
 def _rows(csv_path: str) -> dict[str, int]:
     """The ``path -> cluster`` rows of a CSV written by this command (none if it is absent)."""
     if not os.path.isfile(csv_path):
@@ -192,8 +202,7 @@ def _rows(csv_path: str) -> dict[str, int]:
         rows = list(csv.reader(file))
     if not rows or rows[0] != ["path", "cluster", "confidence"]:
         raise _UsageError(f"--resume: {csv_path!r} is not a CSV written by {PROGRAM}")
-    # A row cut by an interruption has fewer fields: it is redone.
-    return {row[0]: int(row[1]) for row in rows[1:] if len(row) == 3 and row[2]}
+    return {row[0]: int(row[1]) for row in rows[1:]}
 
 
 def _batches(

@@ -141,7 +141,19 @@ def test_predictions_match_the_model(model_dir, image_folder, tmp_path):
     folder, readable, _ = image_folder
     out = tmp_path / "clusters.csv"
     assert (
-        main(["--model", model_dir, "--images", str(folder), "--out", str(out), "--head", "4"]) == 0
+        main(
+            [
+                "--model",
+                model_dir,
+                "--images",
+                str(folder),
+                "--out",
+                str(out),
+                "--num-clusters",
+                "4",
+            ]
+        )
+        == 0
     )
     rows = {row["path"]: row for row in check_clusters_csv(out, readable, num_clusters=4)}
     model = SeCuModel.from_pretrained(model_dir)
@@ -154,7 +166,7 @@ def test_predictions_match_the_model(model_dir, image_folder, tmp_path):
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        (["--head", "7"], "no head has 7 clusters; this model's heads have [10, 4]"),
+        (["--num-clusters", "7"], "no head has 7 clusters; this model's heads have [10, 4]"),
         (["--batch-size", "0"], "expected a positive integer"),
         (["--device", "no-such-device"], "is not a torch device"),
     ],
@@ -238,7 +250,7 @@ def test_console_script(model_dir, image_folder, tmp_path):
             str(out),
             "--montage",
             str(tmp_path / "m.png"),
-            "--head",
+            "--num-clusters",
             "10",
         ],
         capture_output=True,
@@ -261,7 +273,7 @@ def test_console_script(model_dir, image_folder, tmp_path):
             str(folder),
             "--out",
             str(out),
-            "--head",
+            "--num-clusters",
             "3",
         ],
         capture_output=True,
@@ -272,3 +284,41 @@ def test_console_script(model_dir, image_folder, tmp_path):
     )
     assert bad.returncode == 2
     assert "no head has 3 clusters" in bad.stderr
+
+
+def test_names_that_are_not_utf8_are_written_losslessly(model_dir, tmp_path, capsys):
+    images, _ = load_mnist5k()
+    folder = tmp_path / "latin1"
+    folder.mkdir()
+    odd = os.path.join(os.fsencode(folder), b"caf\xe9-\xff.png")  # Latin-1 bytes, not UTF-8
+    Image.fromarray(images[0]).save(os.fsdecode(odd), format="PNG")
+    Image.fromarray(images[1]).save(folder / "plain.png")
+    out = tmp_path / "c.csv"
+    assert main(["--model", model_dir, "--images", str(folder), "--out", str(out)]) == 0
+    with open(out, newline="", encoding="utf-8", errors="surrogateescape") as file:
+        paths = [row["path"] for row in csv.DictReader(file)]
+    assert sorted(os.fsencode(p) for p in paths) == sorted([odd, os.fsencode(folder / "plain.png")])
+
+
+def test_rows_are_kept_and_resume_does_only_the_rest(model_dir, image_folder, tmp_path, capsys):
+    folder, readable, corrupt = image_folder
+    out = tmp_path / "c.csv"
+    arguments = ["--model", model_dir, "--images", str(folder), "--out", str(out),
+                 "--batch-size", "8"]  # fmt: skip
+    assert main(arguments) == 0
+    complete = out.read_text()
+    err = capsys.readouterr().err
+    assert f"skipped 1 unreadable file(s) of {len(readable) + 1}: {corrupt}" in err
+    # An interrupted run: 13 rows done, the 14th cut in the middle of its line.
+    lines = complete.splitlines(keepends=True)
+    out.write_text("".join(lines[:14]) + lines[14][:10])
+    assert main([*arguments, "--resume"]) == 0
+    resumed = read_rows(out)[1]
+    assert sorted(row["path"] for row in resumed) == readable  # each file exactly once
+    assert {r["path"]: r["cluster"] for r in resumed} == {
+        r["path"]: r["cluster"] for r in read_rows_text(complete)
+    }
+
+
+def read_rows_text(text: str) -> list[dict]:
+    return list(csv.DictReader(text.splitlines()))

@@ -24,10 +24,10 @@ import pytest
 import torch
 import yaml
 from factories import tiny_digit_model
+from huggingface_hub import ModelCard
 from safetensors.torch import load as load_safetensors
 
 from secu_plugin.models import SeCuModel
-from secu_plugin.models.card import parse_model_card
 
 REPO_ID = "secu-tests/secu-digits"
 COMMIT = "3f1c0c4e2a9b8d7e6f5a4b3c2d1e0f9a8b7c6d5e"
@@ -79,7 +79,9 @@ def tiny_model() -> SeCuModel:
     model = tiny_digit_model(
         num_clusters=[10, 4], training={"command": "secu-train --data mnist5k", "epochs": 2}
     )
-    model.set_centers([torch.randn(10, 16), torch.randn(4, 16)])
+    with torch.no_grad():  # trained-looking centers, not the initial normalized ones
+        for centers in model.centers:
+            centers.copy_(torch.randn_like(centers) * 2)
     return model
 
 
@@ -284,7 +286,7 @@ class FakeHub:
                 elif path == "/api/validate-yaml":
                     content = json.loads(body)["content"]
                     try:
-                        parse_model_card(content)
+                        ModelCard(content)
                     except ValueError as error:
                         self._reply(400, {"errors": [{"message": str(error)}]})
                     else:

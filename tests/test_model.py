@@ -11,10 +11,9 @@ import timm
 import torch
 import torch.nn.functional as F
 from factories import tiny_digit_model
+from huggingface_hub import ModelCard
 from PIL import Image
 from torch import nn
-
-from huggingface_hub import ModelCard
 
 from secu_plugin.models import PretrainedModelNotFoundError, SeCuModel
 from secu_plugin.models.reference import load_reference_training_state
