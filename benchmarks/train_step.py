@@ -39,7 +39,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere, without ins
     sys.path.insert(0, str(REPO_ROOT))
 
 from secu_plugin import SeCuCenterBank, SeCuLoss
-from secu_plugin.models.secu_model import build_predictor, build_projection_head
+from secu_plugin.models import build_predictor, build_projection_head
 
 IMAGENET_HEADS = list(range(1000, 10001, 1000))
 IMAGENET_SIZE = 1_281_167

@@ -43,7 +43,7 @@ from secu_plugin.train.report import (
     summary_line,
     tracker_config,
 )
-from secu_plugin.train.runtime import ranks_hold_identical_state, use_cpu_cores
+from secu_plugin.train.runtime import check_launch, ranks_hold_identical_state, use_cpu_cores
 from secu_plugin.viz import save_cluster_montage, save_cluster_size_plot
 
 
@@ -119,6 +119,7 @@ def main(args: argparse.Namespace) -> dict:
         log_with=None if args.report_to == "none" else args.report_to,
         project_dir=output_dir / "logs",
     )
+    check_launch(accelerator)
     use_cpu_cores(accelerator)
     set_seed(args.seed)
     if accelerator.is_main_process:

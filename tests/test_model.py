@@ -553,3 +553,31 @@ def test_import_rejects_unknown_missing_and_inconsistent_keys(tmp_path):
     torch.save({"state_dict": no_centers}, tmp_path / "no_centers.pth.tar")
     with pytest.raises(ValueError, match="not a SeCu checkpoint"):
         SeCuModel.from_reference_checkpoint(tmp_path / "no_centers.pth.tar", **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"dim": 1_000_000_000_000}, "does not match the weights"),
+        ({"num_clusters": [10_000_000_000, 5]}, "does not match the weights"),
+        ({"num_clusters": [10, 5, 7]}, "the weights hold 2 heads"),
+        ({"backbone_kwargs": {"pretrained": True}}, "key 'pretrained' is not allowed"),
+        ({"backbone_kwargs": {"checkpoint_path": "/etc/passwd"}}, "'checkpoint_path' is not"),
+        ({"backbone_kwargs": {"pretrained_cfg_overlay": {"url": "http://x"}}}, "not allowed"),
+        ({"backbone_kwargs": {"drop_rate": {"nested": 1}}}, "JSON scalar"),
+    ],
+)
+def test_a_hostile_config_is_refused_before_anything_is_allocated(tmp_path, change, message):
+    import resource
+    import time
+
+    tiny_digit_model().save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, **change}))
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.perf_counter()
+    with pytest.raises(ValueError, match=message):
+        SeCuModel.from_pretrained(tmp_path)
+    assert time.perf_counter() - started < 10
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before
+    assert grown_kib < 200_000  # nowhere near what the config asked for

@@ -204,7 +204,8 @@ def digit_folder(tmp_path_factory) -> Path:
 
 
 def run_recipe(args, launcher=None, timeout=300):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    # No GPU here: Accelerate's CPU flag next to --multi_gpu makes the processes one run.
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", ACCELERATE_USE_CPU="1")
     command = [*(launcher or [sys.executable]), str(TRAIN), "--no_progress", *args]
     result = subprocess.run(
         command, env=env, capture_output=True, text=True, timeout=timeout, check=False, cwd=ROOT
@@ -442,3 +443,18 @@ def test_gradient_accumulation_over_two_half_batches_matches_one_full_batch():
     full = gradients(1, [(x0, x1, indices)])
     halves = gradients(2, [(x0[:8], x1[:8], indices[:8]), (x0[8:], x1[8:], indices[8:])])
     torch.testing.assert_close(halves, full, rtol=1e-5, atol=1e-6)
+
+
+def test_a_launch_whose_processes_would_run_alone_is_refused(digit_folder, tmp_path):
+    """--multi_gpu without GPUs and without the CPU flag: N separate runs, refused."""
+    launch = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu",
+              "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+              "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-q"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
+    result = subprocess.run(
+        [*launch, str(TRAIN), "--data", str(digit_folder), "--output_dir", str(tmp_path), *TINY],
+        env=dict(env, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300,
+        check=False, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "error: 2 processes were launched but Accelerate runs 1" in result.stderr

@@ -222,7 +222,6 @@ def _check_config(config: dict) -> dict:
         raise ValueError(f"config lacks {missing} (pass SeCuModel.config)")
     defaults = {
         "backbone_kwargs": None,
-        "stem": None,
         "projection_layers": 2,
         "predictor_hidden_dim": None,
         "temperature": 0.05,

@@ -32,6 +32,26 @@ def use_cpu_cores(accelerator) -> int:
     return threads
 
 
+def check_launch(accelerator) -> None:
+    """Refuses a launch whose processes do not form one run.
+
+    ``accelerate launch --multi_gpu --num_processes N`` on a machine without GPUs starts N
+    processes that each believe they are alone (N separate runs writing the same files) unless
+    the CPU flag is set.
+
+    Examples:
+        >>> from accelerate import Accelerator
+        >>> check_launch(Accelerator(cpu=True))  # one process, as launched
+    """
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:
+        raise ValueError(
+            f"{launched} processes were launched but Accelerate runs {accelerator.num_processes}: "
+            "without GPUs set the CPU flag (ACCELERATE_USE_CPU=1, or use_cpu: true in the "
+            "accelerate config) next to --multi_gpu"
+        )
+
+
 def ranks_hold_identical_state(module: torch.nn.Module) -> bool:
     """Whether every process holds exactly the same state of ``module`` (e.g. the bank).
 
