@@ -43,7 +43,12 @@ from secu_plugin.train.report import (
     summary_line,
     tracker_config,
 )
-from secu_plugin.train.runtime import check_launch, ranks_hold_identical_state, use_cpu_cores
+from secu_plugin.train.runtime import (
+    check_launch,
+    ranks_hold_identical_state,
+    run_or_exit,
+    use_cpu_cores,
+)
 from secu_plugin.viz import save_cluster_montage, save_cluster_size_plot
 
 
@@ -341,14 +346,7 @@ def run(default_preset: str = "mnist5k") -> None:
     A user mistake (a path, data, a setting) or a failed save ends in one ``error:`` line and
     exit code 2; ``--debug`` or ``SECU_DEBUG=1`` shows the traceback instead.
     """
-    args = get_args_parser(default_preset).parse_args()
-    try:
-        summary = main(args)
-    except (ValueError, OSError) as error:
-        if args.debug or os.environ.get("SECU_DEBUG") == "1":
-            raise
-        print(f"error: {error}", file=sys.stderr, flush=True)
-        sys.exit(2)
+    summary = run_or_exit(main, get_args_parser(default_preset).parse_args())
     if PartialState().is_main_process:  # the process group is gone; Accelerate keeps the rank
         print(summary_line(summary), flush=True)
 
