@@ -38,6 +38,12 @@ def check_reports(out_dir: Path) -> None:
         # Sharded or not, the same trajectory.
         assert report["padded"]["sharded"]["state"] == report["padded"]["replicated"]["state"]
         assert report["reshard"] == {path.stem: two for path, two, _ in RESHARD}
+        for deferred in report["deferred"].values():
+            assert deferred["unchanged"] and deferred["labelled"] == 8
+    for memory in ("replicated", "sharded"):
+        # Both ranks masked rank 1's bad step and raise at the next call.
+        assert "another rank had NaN" in reports[0]["deferred"][memory]["message"]
+        assert "z1 contains NaN" in reports[1]["deferred"][memory]["message"]
     assert reports[0]["padded"]["replicated"]["steps"] == reports[1]["padded"]["sharded"]["steps"]
 
 
@@ -102,3 +108,29 @@ def test_sharded_memory_on_4_processes_and_resumes_2_to_4_to_1(tmp_path):
                 epochs_by_argument=True,
             )
             assert steps > 0
+
+
+def test_two_process_accelerate_launch(tmp_path):
+    accelerate = Path(sys.executable).parent / "accelerate"
+    run(
+        [
+            str(accelerate),
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(free_port()),
+            str(SCRIPT),
+            str(tmp_path),
+            "accelerate",
+        ],
+        tmp_path,
+    )
+    check_reports(tmp_path)

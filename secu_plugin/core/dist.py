@@ -146,7 +146,7 @@ def mean_gradient_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
     again: the mean of equal values, the same up to rounding (bit for bit on 2 ranks, where
     (g + g) / 2 = g), for one more all-reduce of the centers' gradient per step; there,
     ``SeCuLoss(..., sync_center_gradients=False)`` leaves the averaging to DDP alone.
-    ``tests/test_ddp.py`` checks both against the single-process gradient.
+    ``tests/test_distributed.py`` checks both against the single-process gradient.
 
     Examples:
         >>> centers = torch.randn(3, 2, requires_grad=True)

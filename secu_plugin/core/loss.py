@@ -10,6 +10,7 @@ from torch import nn
 
 from secu_plugin.core import dist
 from secu_plugin.core.bank import SeCuCenterBank, epoch_number
+from secu_plugin.core.checks import check_inputs
 
 
 class SeCuLossTerms(NamedTuple):
@@ -68,24 +69,36 @@ class SeCuLoss(nn.Module):
     so no epoch hooks are needed; explicit ``start_epoch()`` / ``end_epoch()`` work as well.
 
     **Checks.** Shapes, dtypes and devices are checked on the host (ValueError, nothing
-    changed). With ``check_values`` the values are checked too, without waiting for the device:
-    indices on the CPU (what a DataLoader yields) are range-checked there before they are
-    copied to the features' device; features on the CPU are checked at once. On an accelerator,
-    non-finite features and indices already on the device are flagged on the device: that
-    step's update of memory, counts and duals is masked (they keep their values; out-of-range
-    indices are clamped so that nothing reads out of bounds), and the ValueError is raised by the
-    next recording call of the loss, or by ``bank.start_epoch()`` / ``end_epoch()`` / an epoch
-    switch, whichever comes first (see :mod:`secu_plugin.core.checks`). The centers' and
-    features' gradients of such a step are not finite (so AMP's GradScaler skips it). Calls that
-    do not record check values only where that is free (CPU tensors).
+    changed). With ``check_values`` the values are checked too, and the default step never
+    waits for the device (no host-device synchronization, also on CUDA; under
+    ``torch.distributed`` the ranks' batch sizes are exchanged, one small read-back per step):
+
+    - indices on the CPU (what a DataLoader yields) are range-checked on the host before they
+      are copied (asynchronously) to the features' device: ValueError at once, nothing changed;
+    - features on the CPU are checked at once (ValueError, nothing changed);
+    - on an accelerator, non-finite features and indices already on the device (Lightning moves
+      the whole batch there) are flagged on the device. The flags mask that step's update
+      (``torch.where``: memory, counts and duals keep their values; out-of-range indices are
+      clamped so that nothing is read out of bounds) and reach the host asynchronously; the
+      ValueError, naming the bad input, is raised by the next recording call of the loss (which
+      waits for an event of the bad step, not for the device's queue) or by
+      ``bank.start_epoch()`` / ``bank.end_epoch()`` / an epoch switch, whichever comes first,
+      before that call changes anything. Under ``torch.distributed`` every rank masks the step
+      and raises (the flags travel with the labels). The gradients of a step with non-finite
+      features are not finite either (AMP's GradScaler skips it; a plain optimizer step would
+      write them into the centers before the error is raised).
+
+    ``check_values="deferred"`` flags values on the device on a CPU too (what an accelerator
+    does); ``False`` checks only shapes, dtypes and devices. Calls that do not record check
+    values where that is free (host tensors) and nothing on an accelerator.
 
     Args:
         bank: The center bank holding centers and state.
         temperature_x: Temperature of the representation loss.
         temperature_c: Temperature of the center loss.
         label_weight: Weight of the stored one-hot label in the soft target.
-        check_values: Check that indices are in range and features finite (above); ``False``
-            checks only shapes, dtypes and devices.
+        check_values: ``True``, ``"deferred"`` or ``False``: how indices and features are
+            checked (above).
         update: Whether training steps record their assignment (``False``: a loss that only
             reads the bank, e.g. for validation).
         sync_center_gradients: Average the centers' gradient over ranks inside the loss. Needed
@@ -112,7 +125,7 @@ class SeCuLoss(nn.Module):
         temperature_x: float = 0.05,
         temperature_c: float = 0.05,
         label_weight: float = 0.2,
-        check_values: bool = True,
+        check_values: bool | str = True,
         update: bool = True,
         sync_center_gradients: bool = True,
     ) -> None:
@@ -131,7 +144,11 @@ class SeCuLoss(nn.Module):
         self.temperature_x = float(temperature_x)
         self.temperature_c = float(temperature_c)
         self.label_weight = float(label_weight)
-        self.check_values = bool(check_values)
+        if check_values not in (True, False, "deferred"):
+            raise ValueError(
+                f"check_values must be True, False or 'deferred', got {check_values!r}"
+            )
+        self.check_values = check_values
         self.update = bool(update)
         self.sync_center_gradients = bool(sync_center_gradients)
         self._buffers_by_name: dict[str, torch.Tensor] = {}  # scratch space, not state
@@ -185,7 +202,9 @@ class SeCuLoss(nn.Module):
         """Like :meth:`forward`, returning the two losses and the labels as well."""
         bank = self.bank
         record = self.records(update)
-        views, indices, flags = self._check_inputs(z0, z1, indices, p0, p1, record)
+        views, indices, flags = check_inputs(
+            bank, self.check_values, record, z0, z1, indices, p0, p1
+        )
         if epoch is not None:
             epoch = epoch_number(epoch)
         if record:
@@ -319,61 +338,3 @@ class SeCuLoss(nn.Module):
         bank.update(global_indices, gathered[:, :-1].T, previous=stored_global, skip=skip)
         names = ["z0", "z1", "p0", "p1"][: len(flags) - 1] + ["indices", "other ranks"]
         bank.deferred_errors.push(torch.cat([flags, (skip & ~bad)[None]]), names)
-
-    def _check_inputs(
-        self, z0, z1, indices, p0, p1, record: bool
-    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None]:
-        """Checks the inputs; returns the views, the indices (int64, on the views' device) and,
-        for values checked on an accelerator, the device-side flags (one per input)."""
-        bank = self.bank
-        if (p0 is None) != (p1 is None):
-            raise ValueError("p0 and p1 must be given together (predictor outputs of both views)")
-        named = {"z0": z0, "z1": z1}
-        if p0 is not None:
-            named.update(p0=p0, p1=p1)
-        for name, value in named.items():
-            bank._check_features(value, name)
-        batch = z0.shape[0]
-        if batch == 0:
-            raise ValueError("the batch is empty")
-        device = z0.device
-        for name, value in named.items():
-            if value.shape[0] != batch:
-                raise ValueError(
-                    f"{name} has {value.shape[0]} rows but z0 has {batch}: views must match"
-                )
-            if value.device != device:
-                raise ValueError(f"{name} is on {value.device} but z0 on {device}")
-        if not isinstance(indices, torch.Tensor):
-            raise ValueError(f"indices must be a torch.Tensor, got {type(indices).__name__}")
-        if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
-            raise ValueError(f"indices must be an integer tensor, got {indices.dtype}")
-        if indices.ndim != 1 or indices.shape[0] != batch:
-            raise ValueError(
-                f"indices must have shape ({batch},) to match the views, got {tuple(indices.shape)}"
-            )
-        if indices.device != device and indices.device.type != "cpu":
-            raise ValueError(f"indices are on {indices.device} but the views on {device}")
-        views = list(named.values())
-        if not self.check_values:
-            return views, indices.to(device, torch.long, non_blocking=True), None
-        if indices.device.type == "cpu":  # checked on the host, before the copy
-            low, high = torch.stack([indices.min().long(), indices.max().long()]).tolist()
-            if low < 0 or high >= bank.num_instances:
-                raise ValueError(
-                    f"indices must be in [0, {bank.num_instances}) (num_instances), got "
-                    f"range [{low}, {high}]"
-                )
-        if device.type == "cpu":
-            finite = torch.stack([torch.isfinite(v.detach()).all() for v in views]).tolist()
-            for name, is_finite in zip(named, finite):
-                if not is_finite:
-                    raise ValueError(f"{name} contains NaN or infinite values")
-        indices = indices.to(device, torch.long, non_blocking=True)
-        if device.type == "cpu" or not record:
-            return views, indices, None
-        # On the device: flags, no read-back (raised by a later call, the update masked).
-        flags = [~torch.isfinite(value.detach()).all() for value in views]
-        out_of_range = (indices < 0) | (indices >= bank.num_instances)
-        flags.append(out_of_range.any())
-        return views, indices.clamp(0, bank.num_instances - 1), torch.stack(flags)

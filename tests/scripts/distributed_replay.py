@@ -97,6 +97,9 @@ def main() -> None:
             for memory in ("replicated", "sharded")
         }
         report["reshard"] = reshard_phase(out_dir, world, rank, previous=None)
+        report["deferred"] = {
+            memory: deferred_bad_step(rank, memory) for memory in ("replicated", "sharded")
+        }
     elif mode == "reshard":
         report["reshard"] = reshard_phase(out_dir, world, rank, previous=None)
     else:
@@ -136,6 +139,36 @@ def reshard_phase(out_dir: Path, world: int, rank: int, previous: int | None) ->
             epochs_by_argument=True,
         )
     return steps
+
+
+def deferred_bad_step(rank: int, memory: str) -> dict:
+    """Rank 1 feeds NaN features in step 1, flagged on the device ("deferred" checks): both
+    ranks mask the update and both raise at the next call, naming what happened."""
+    torch.manual_seed(0)
+    bank = SeCuCenterBank(dim=4, num_clusters=[3], num_instances=16, memory=memory)
+    criterion = SeCuLoss(bank, check_values="deferred")
+    generator = torch.Generator().manual_seed(rank)
+    indices = torch.arange(rank, 16, 2)[:4]
+
+    def step(bad: bool = False):
+        z0 = torch.randn(4, 4, generator=generator)
+        z1 = torch.full((4, 4), float("nan")) if bad else torch.randn(4, 4, generator=generator)
+        criterion(z0, z1, indices, epoch=0)
+
+    step()
+    before = bank.gather_memory(), bank.stacked_counts.clone(), bank.stacked_duals.clone()
+    step(bad=rank == 1)
+    after = bank.gather_memory(), bank.stacked_counts.clone(), bank.stacked_duals.clone()
+    try:
+        step()
+        message = None
+    except ValueError as error:
+        message = str(error)
+    return {
+        "unchanged": all(torch.equal(a, b) for a, b in zip(before, after)),
+        "labelled": int((before[0] >= 0).sum()),
+        "message": message,
+    }
 
 
 def padded_entropy_training(world: int, rank: int, memory: str) -> dict:
