@@ -281,11 +281,15 @@ def main(args: argparse.Namespace) -> dict:
 
     # ---- Export: the model gets the bank's centers once, then evaluation and pictures.
     if not stopped:
-        data_name = preset.data if not os.path.exists(preset.data) else Path(preset.data).name
+        # The card names a local folder by its name, never its path; a Hub data set by its id.
+        local = preset.data == "mnist5k" or os.path.exists(preset.data)
+        data_name = Path(preset.data).name if local else preset.data
+        hub_id = None if local else preset.data
         training = {
             "preset": preset.to_dict(),
             "seed": args.seed,
             "dataset": data_name,
+            "dataset_id": hub_id,
             "command": shlex.join(["accelerate", "launch", *sys.argv]),
         }
         model = SeCuModel.from_network(
@@ -308,6 +312,7 @@ def main(args: argparse.Namespace) -> dict:
             split=getattr(eval_images, "split", "test"),
             memory=bank.memory.long().cpu().numpy(),
             memory_labels=train_images.labels,
+            dataset_id=hub_id,
         )
         if not results:
             log("the data has no class labels: no ACC/NMI/ARI reported")
