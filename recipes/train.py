@@ -310,7 +310,7 @@ def main(args: argparse.Namespace) -> dict:
             preset.num_clusters,
             data_name,
             split=getattr(eval_images, "split", "test"),
-            memory=bank.memory.long().cpu().numpy(),
+            memory=None if bank.memory_sharded else bank.memory.long().cpu().numpy(),
             memory_labels=train_images.labels,
             dataset_id=hub_id,
         )
