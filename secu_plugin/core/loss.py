@@ -326,15 +326,17 @@ class SeCuLoss(nn.Module):
     def _record(self, labels, global_indices, stored_global, sizes, flags) -> None:
         """Every rank records the whole global batch, so all ranks keep identical state."""
         bank = self.bank
+        # Labels travel as int32 (half the bytes of int64; gloo and NCCL gather no int16),
+        # with the bad-step flag as one more column: every rank masks the same steps.
+        payload = labels.T.to(torch.int32)
+        if flags is not None:
+            bad = flags.any()
+            payload = torch.cat([payload, bad.to(torch.int32).expand(labels.shape[1], 1)], dim=1)
+        gathered = dist.gather_rows(payload, sizes).long()
         if flags is None:
-            global_labels = dist.gather_rows(labels.T, sizes).T
-            bank.update(global_indices, global_labels, previous=stored_global)
+            bank.update(global_indices, gathered.T, previous=stored_global)
             return
-        # The bad-step flag travels with the labels: every rank masks the same steps.
-        bad = flags.any()
-        payload = torch.cat([labels.T, bad.long().expand(labels.shape[1], 1)], dim=1)
-        gathered = dist.gather_rows(payload, sizes)
-        skip = gathered[:, -1].any()
+        skip = gathered[:, -1].bool().any()
         bank.update(global_indices, gathered[:, :-1].T, previous=stored_global, skip=skip)
         names = ["z0", "z1", "p0", "p1"][: len(flags) - 1] + ["indices", "other ranks"]
         bank.deferred_errors.push(torch.cat([flags, (skip & ~bad)[None]]), names)
