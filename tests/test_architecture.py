@@ -11,14 +11,18 @@ HEAVY = ("timm", "huggingface_hub", "accelerate", "torchvision", "lightly", "dat
 
 def modules_loaded_by(statement: str) -> list[str]:
     code = f"import json, sys; {statement}; print(json.dumps(sorted(sys.modules)))"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
     return json.loads(result.stdout)
 
 
 def test_core_imports_torch_alone():
-    for statement in ("import secu_plugin.core", "import secu_plugin",
-                      "import secu_plugin.train.presets"):
+    for statement in (
+        "import secu_plugin.core",
+        "import secu_plugin",
+        "import secu_plugin.train.presets",
+    ):
         loaded = modules_loaded_by(statement)
         heavy = sorted(m for m in loaded if m.split(".")[0] in HEAVY)
         assert heavy == [], f"{statement!r} loads {heavy}"
@@ -33,6 +37,8 @@ def test_core_sources_import_nothing_above_the_core():
 
 
 def test_modules_stay_small():
-    sizes = {path.relative_to(PACKAGE): len(path.read_text().splitlines())
-             for path in PACKAGE.rglob("*.py")}
+    sizes = {
+        path.relative_to(PACKAGE): len(path.read_text().splitlines())
+        for path in PACKAGE.rglob("*.py")
+    }
     assert {path: n for path, n in sizes.items() if n > 420} == {}
