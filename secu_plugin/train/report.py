@@ -164,15 +164,15 @@ def epoch_metrics(stats: dict, num_clusters: list[int], mean_loss: float) -> dic
 
     Examples:
         >>> epoch_metrics({"sizes": [[1, 3]], "changed": 0.5}, [2], 1.25)
-        {'epoch/loss': 1.25, 'epoch/changed': 0.5, 'clusters/K=2/min': 1, 'clusters/K=2/max': 3}
+        {'epoch/loss': 1.25, 'epoch/changed': 0.5, 'clusters/K2/min': 1, 'clusters/K2/max': 3}
     """
     values: dict[str, float] = {"epoch/loss": mean_loss}
     for name in ("changed", "memory_accuracy"):
         if name in stats:
             values[f"epoch/{name}"] = stats[name]
     for k, sizes in zip(num_clusters, stats["sizes"]):
-        values[f"clusters/K={k}/min"] = min(sizes)
-        values[f"clusters/K={k}/max"] = max(sizes)
+        values[f"clusters/K{k}/min"] = min(sizes)
+        values[f"clusters/K{k}/max"] = max(sizes)
     return values
 
 
