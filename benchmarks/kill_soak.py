@@ -5,7 +5,8 @@ that every run ends bit for bit equal to an uninterrupted one (no unusable check
 
 Each trial starts `recipes/train.py` (a tiny network on 50 MNIST-5k digits, a checkpoint every
 3 steps and at each epoch end), kills its whole process group at a uniformly random moment of
-an uninterrupted run's duration, then resumes with `--resume` until it finishes.
+an uninterrupted run's duration, then resumes with `--resume` until it finishes (or starts
+again if it was killed before its first checkpoint).
 """
 
 from __future__ import annotations
@@ -85,7 +86,10 @@ def main() -> None:
         process.wait()
         resumes = 0
         while True:
-            resumed = start([*data, "--output_dir", str(out), *ARGS, "--resume"])
+            # Killed before its first checkpoint: nothing was saved, so start again.
+            saved = (out / "checkpoints" / "latest").is_file()
+            resume = ["--resume"] if saved else []
+            resumed = start([*data, "--output_dir", str(out), *ARGS, *resume])
             code = resumed.wait()
             resumes += 1
             if code == 0 or resumes == 3:
