@@ -565,6 +565,8 @@ def test_import_rejects_unknown_missing_and_inconsistent_keys(tmp_path):
         ({"backbone_kwargs": {"checkpoint_path": "/etc/passwd"}}, "'checkpoint_path' is not"),
         ({"backbone_kwargs": {"pretrained_cfg_overlay": {"url": "http://x"}}}, "not allowed"),
         ({"backbone_kwargs": {"drop_rate": {"nested": 1}}}, "JSON scalar"),
+        ({"backbone": "hf-hub:someone/model"}, "unknown timm model"),
+        ({"backbone": "local-dir:/etc"}, "unknown timm model"),
     ],
 )
 def test_a_hostile_config_is_refused_before_anything_is_allocated(tmp_path, change, message):
