@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from secu_plugin import SeCuCenterBank, SeCuLoss, SeCuModel
 from secu_plugin.data import ImageDataset, TwoViewDataset, byol_views, digit_views
 from secu_plugin.models import SeCuNetwork
+from secu_plugin.models.pretrained import describe_weights, load_pretrained_backbone
 from secu_plugin.train.checkpoint import TrainProgress, resume_checkpoint, save_checkpoint
 from secu_plugin.train.evaluation import evaluate_predictions, predict_dataset
 from secu_plugin.train.optim import build_optimizer, center_lr, encoder_lr
@@ -59,6 +60,10 @@ def get_args_parser(default_preset: str = "mnist5k") -> argparse.ArgumentParser:
     parser.add_argument("--output_dir", default=None, help="default: outputs/<preset>")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--backbone", help="any timm model name")
+    parser.add_argument(
+        "--pretrained", action="store_true", help="fine-tune: start from timm's pretrained weights"
+    )
+    parser.add_argument("--pretrained_file", help="fine-tune: start from this local weights file")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--push_to_hub", metavar="ORG/NAME", help="also push the model to the Hub")
@@ -139,6 +144,11 @@ def main(args: argparse.Namespace) -> dict:
         log(f"skipped {len(train_images.skipped)} unreadable images")
     preset.check_data_size(len(train_images), accelerator.num_processes)
     network = SeCuNetwork(**preset.network_arguments())
+    pretrained = None
+    if args.pretrained or args.pretrained_file:  # fine-tuning: timm loads (and adapts) them
+        load_pretrained_backbone(network.backbone, preset.backbone, args.pretrained_file)
+        pretrained = describe_weights(preset.backbone, args.pretrained_file)
+        log(f"backbone weights: {pretrained['source']}")
     data_config = network.data_config  # input size and normalization of the backbone
     make_views = digit_views if preset.views == "digits" else byol_views
     views = make_views(
@@ -185,6 +195,8 @@ def main(args: argparse.Namespace) -> dict:
         bank.centers,
         weight_decay=preset.weight_decay,
         momentum=preset.momentum,
+        # Its own lr groups only when it learns at another rate (the golden runs' groups).
+        backbone=network.backbone if preset.backbone_lr_factor != 1 else None,
     )
     two_views, optimizer, loader = accelerator.prepare(TwoViewNetwork(network), optimizer, loader)
     progress = TrainProgress()
@@ -232,6 +244,8 @@ def main(args: argparse.Namespace) -> dict:
                     ramp=preset.center_lr_ramp,
                 ),
             }  # fmt: skip
+            if preset.backbone_lr_factor != 1:
+                lrs["backbone"] = lrs["encoder"] * preset.backbone_lr_factor
             for group in optimizer.param_groups:
                 group["lr"] = lrs[group["role"]]
             # With accumulation the optimizer steps every N batches; the bank still assigns
@@ -287,6 +301,7 @@ def main(args: argparse.Namespace) -> dict:
         hub_id = None if local else preset.data
         training = {
             "preset": preset.to_dict(),
+            "pretrained_backbone": pretrained,
             "seed": args.seed,
             "dataset": data_name,
             "dataset_id": hub_id,

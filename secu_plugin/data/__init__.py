@@ -1,20 +1,32 @@
 """Image data: sources (MNIST-5k, folders, Hugging Face data sets), views and transforms."""
 
+from secu_plugin.data.feature_cache import FeatureCache, dataset_fingerprint
 from secu_plugin.data.files import UNREADABLE_IMAGE_ERRORS, find_image_files, read_image
 from secu_plugin.data.sources import ImageDataset, load_mnist5k
 from secu_plugin.data.transforms import ConvertMode, eval_transform
-from secu_plugin.data.views import TransformedDataset, TwoViewDataset, byol_views, digit_views
+from secu_plugin.data.views import (
+    MultiViewDataset,
+    TransformedDataset,
+    TwoViewDataset,
+    byol_views,
+    digit_views,
+    seeded_random,
+)
 
 __all__ = [
     "UNREADABLE_IMAGE_ERRORS",
     "ConvertMode",
+    "FeatureCache",
     "ImageDataset",
+    "MultiViewDataset",
     "TransformedDataset",
     "TwoViewDataset",
     "byol_views",
+    "dataset_fingerprint",
     "digit_views",
     "eval_transform",
     "find_image_files",
     "load_mnist5k",
     "read_image",
+    "seeded_random",
 ]

@@ -81,3 +81,29 @@ def eval_transform(
         ConvertMode("L" if in_chans == 1 else "RGB"),
         create_transform(**data_config, is_training=False),
     ])  # fmt: skip
+
+
+def augment_transform(
+    data_config: dict[str, Any], in_chans: int, min_scale: float = 0.5
+) -> Callable[[Image.Image], torch.Tensor]:
+    """A random view for a pretrained model: mode conversion, then timm's training transform
+    of its data config (random resized crop of at least ``min_scale`` of the image, flip,
+    colour jitter, normalization), as timm fine-tunes that model.
+
+    Examples:
+        >>> config = {"input_size": (3, 32, 32), "interpolation": "bilinear",
+        ...           "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+        >>> augment_transform(config, in_chans=3)(Image.new("L", (40, 40))).shape
+        torch.Size([3, 32, 32])
+    """
+    if in_chans not in (1, 3):
+        raise ValueError(f"in_chans must be 1 or 3 for PIL images, got {in_chans}")
+    if not 0 < min_scale <= 1:
+        raise ValueError(f"min_scale must be in (0, 1], got {min_scale}")
+    timm_config = {
+        k: v for k, v in data_config.items() if k in ("input_size", "interpolation", "mean", "std")
+    }
+    return T.Compose([
+        ConvertMode("L" if in_chans == 1 else "RGB"),
+        create_transform(**timm_config, is_training=True, scale=(min_scale, 1.0)),
+    ])  # fmt: skip

@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -80,19 +81,71 @@ class TwoViewDataset(Dataset):
         image, _ = self.dataset[index]
         if self.seed is None:
             return (*self._views(image), index)
-        item_seed = hash((self.seed, int(self._epoch), int(index))) % (2**31)
-        python_state, numpy_state = random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=[]):
-            # The CPU generator only: torch.manual_seed would also seed every accelerator,
-            # 30 times slower per image.
-            torch.default_generator.manual_seed(item_seed)
-            np.random.seed(item_seed)
-            random.seed(item_seed)
-            try:
-                return (*self._views(image), index)
-            finally:
-                random.setstate(python_state)
-                np.random.set_state(numpy_state)
+        with seeded_random(self.seed, int(self._epoch), int(index)):
+            return (*self._views(image), index)
+
+
+@contextlib.contextmanager
+def seeded_random(*key: int) -> Iterator[None]:
+    """Seeds the random generators of torch (CPU), numpy and ``random`` from ``key`` for the
+    block, and restores them afterwards: augmentations drawn inside are a function of ``key``
+    alone (whatever the workers, the prefetching or a resume).
+
+    Examples:
+        >>> with seeded_random(0, 1, 2):
+        ...     a = torch.rand(1)
+        >>> with seeded_random(0, 1, 2):
+        ...     b = torch.rand(1)
+        >>> bool(a == b)
+        True
+    """
+    item_seed = hash(tuple(key)) % (2**31)
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        # The CPU generator only: torch.manual_seed would also seed every accelerator,
+        # 30 times slower per image.
+        torch.default_generator.manual_seed(item_seed)
+        np.random.seed(item_seed)
+        random.seed(item_seed)
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+
+class MultiViewDataset(Dataset):
+    """Several views of each image, stacked, and its index: what a feature cache embeds.
+
+    Item ``i`` is ``(torch.stack([transforms[0](image), ...]), i)``. View ``v`` of image ``i``
+    is drawn with :func:`seeded_random` from ``(seed, v, i)``, so an interrupted extraction
+    that starts again computes the same views.
+
+    Examples:
+        >>> from secu_plugin.data import ImageDataset
+        >>> views = MultiViewDataset(ImageDataset.mnist5k(), [T.ToTensor(), T.ToTensor()])
+        >>> stacked, index = views[3]
+        >>> stacked.shape, index
+        (torch.Size([2, 1, 28, 28]), 3)
+    """
+
+    def __init__(self, dataset: Dataset, transforms: Sequence[Callable], seed: int = 0) -> None:
+        if not transforms or not all(callable(t) for t in transforms):
+            raise ValueError("transforms must be a non-empty list of callables")
+        self.dataset = dataset
+        self.transforms = list(transforms)
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, _ = self.dataset[index]
+        views = []
+        for view, transform in enumerate(self.transforms):
+            with seeded_random(self.seed, view, int(index)):
+                views.append(transform(image))
+        return torch.stack(views), index
 
 
 class TransformedDataset(Dataset):

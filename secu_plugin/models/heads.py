@@ -10,6 +10,7 @@ def build_projection_head(
 ) -> nn.Sequential:
     """The SeCu projection MLP, with the layer indices of the paper's code.
 
+    - 1 layer: Linear(in, out) (SeCu heads on frozen features can be linear).
     - 2 layers (CIFAR/STL): Linear(in, hidden)-BN-ReLU-Linear(hidden, out).
     - 3 layers (ImageNet): Linear(in, hidden)-BN-ReLU-Linear(hidden, hidden)-BN-ReLU-
       Linear(hidden, out)-BN(out).
@@ -25,12 +26,19 @@ def build_projection_head(
         torch.Size([4, 128])
         >>> len(build_projection_head(64, 32, 16, num_layers=3))
         8
+        >>> build_projection_head(64, 32, 16, num_layers=1)
+        Sequential(
+          (0): Linear(in_features=64, out_features=16, bias=True)
+        )
     """
-    if num_layers not in (2, 3):
-        raise ValueError(f"projection_layers must be 2 or 3, got {num_layers}")
+    if num_layers not in (1, 2, 3):
+        raise ValueError(f"projection_layers must be 1, 2 or 3, got {num_layers}")
     for name, value in (("in_dim", in_dim), ("hidden_dim", hidden_dim), ("out_dim", out_dim)):
         if value < 1:
             raise ValueError(f"projection head {name} must be positive, got {value}")
+
+    if num_layers == 1:
+        return nn.Sequential(nn.Linear(in_dim, out_dim))
 
     def norm(width: int) -> nn.Module:
         return nn.BatchNorm1d(width) if batchnorm else nn.Identity()

@@ -56,9 +56,16 @@ def center_lr(
 
 
 def parameter_groups(
-    encoder: nn.Module, centers: nn.ParameterList, weight_decay: float, split_by_dim: bool
+    encoder: nn.Module,
+    centers: nn.ParameterList,
+    weight_decay: float,
+    split_by_dim: bool,
+    backbone: nn.Module | None = None,
 ) -> list[dict]:
     """Parameter groups: the encoder's, then the centers' (last: their lr is set apart).
+
+    With ``backbone`` (a part of ``encoder``), its parameters get groups of their own with
+    role "backbone", so that fine-tuning can give pretrained weights a smaller lr.
 
     With ``split_by_dim`` (LARS, as in the paper's ImageNet code), parameters with one dimension
     (biases, norm weights) form a group without weight decay, which lightly's LARS also leaves
@@ -66,21 +73,29 @@ def parameter_groups(
     gets both.
     """
     trainable = [p for p in encoder.parameters() if p.requires_grad]
+    in_backbone = {id(p) for p in backbone.parameters()} if backbone is not None else set()
     center_group = {"params": list(centers), "weight_decay": weight_decay, "role": "centers"}
-    if not split_by_dim:
-        return [
-            {"params": trainable, "weight_decay": weight_decay, "role": "encoder"},
-            center_group,
-        ]
-    return [
-        {
-            "params": [p for p in trainable if p.ndim > 1],
-            "weight_decay": weight_decay,
-            "role": "encoder",
-        },
-        {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0, "role": "encoder"},
-        center_group,
-    ]
+    groups = []
+    for role, members in (
+        ("backbone", [p for p in trainable if id(p) in in_backbone]),
+        ("encoder", [p for p in trainable if id(p) not in in_backbone]),
+    ):
+        if not members:
+            continue
+        if not split_by_dim:
+            groups.append({"params": members, "weight_decay": weight_decay, "role": role})
+            continue
+        groups.append(
+            {
+                "params": [p for p in members if p.ndim > 1],
+                "weight_decay": weight_decay,
+                "role": role,
+            }
+        )
+        groups.append(
+            {"params": [p for p in members if p.ndim <= 1], "weight_decay": 0.0, "role": role}
+        )
+    return [*groups, center_group]
 
 
 def build_optimizer(
@@ -89,11 +104,13 @@ def build_optimizer(
     centers: nn.ParameterList,
     weight_decay: float,
     momentum: float = 0.9,
+    backbone: nn.Module | None = None,
 ) -> torch.optim.Optimizer:
     """SGD (CIFAR/STL recipes) or lightly's LARS (ImageNet recipe) over encoder and centers.
 
     Learning rates are set every step from :func:`encoder_lr` and :func:`center_lr` by group
-    ``role``.
+    ``role`` ("encoder", "centers", and "backbone" when ``backbone`` is given: see
+    :func:`parameter_groups`).
 
     Examples:
         >>> encoder = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
@@ -103,11 +120,11 @@ def build_optimizer(
         [('encoder', 1, 1e-06), ('encoder', 3, 0.0), ('centers', 1, 1e-06)]
     """
     if name == "sgd":
-        groups = parameter_groups(encoder, centers, weight_decay, split_by_dim=False)
+        groups = parameter_groups(encoder, centers, weight_decay, False, backbone)
         return torch.optim.SGD(groups, lr=0.0, momentum=momentum, weight_decay=weight_decay)
     if name == "lars":
         from lightly.utils.lars import LARS
 
-        groups = parameter_groups(encoder, centers, weight_decay, split_by_dim=True)
+        groups = parameter_groups(encoder, centers, weight_decay, True, backbone)
         return LARS(groups, lr=0.0, momentum=momentum, weight_decay=weight_decay)
     raise ValueError(f"optimizer must be 'sgd' or 'lars', got {name!r}")

@@ -15,8 +15,59 @@ from dataclasses import dataclass, field
 CIFAR100_MEAN, CIFAR100_STD = [0.5071, 0.4867, 0.4408], [0.2675, 0.2565, 0.2761]
 
 
+class RunSettings:
+    """What every settings dataclass of a recipe can do (``--set`` overrides, JSON, checks)."""
+
+    name: str
+    batch_size: int
+    num_clusters: list[int]
+
+    def replace(self, **changes):
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"unknown preset settings: {sorted(unknown)}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def check(self) -> None:
+        """Refuses settings that cannot run (subclasses add their rules)."""
+
+    def check_data_size(self, num_images: int, num_processes: int = 1) -> None:
+        """Refuses data too small for this preset (or a batch that the processes cannot
+        share evenly), saying which setting to change.
+
+        Examples:
+            >>> get_preset("mnist5k").check_data_size(5000)
+            >>> get_preset("mnist5k").check_data_size(30)
+            Traceback (most recent call last):
+            ...
+            ValueError: 30 images, fewer than the largest head's 50 clusters: pass fewer clusters, e.g. --set num_clusters=[3,6]
+        """
+        if self.batch_size % num_processes:
+            raise ValueError(
+                f"batch_size {self.batch_size} is not divisible by the {num_processes} processes: "
+                "every process takes an equal share of each batch"
+            )
+        if num_images < 2:
+            raise ValueError(f"{num_images} image(s): clustering needs at least 2 images")
+        largest = max(self.num_clusters)
+        if num_images < largest:
+            suggestion = sorted({max(2, num_images // 10), max(2, num_images // 5)})
+            raise ValueError(
+                f"{num_images} images, fewer than the largest head's {largest} clusters: pass "
+                f"fewer clusters, e.g. --set num_clusters={json.dumps(suggestion, separators=(',', ':'))}"
+            )
+        if num_images < self.batch_size:
+            raise ValueError(
+                f"{num_images} images, fewer than one batch of {self.batch_size}: pass a smaller "
+                f"batch, e.g. --set batch_size={max(2, num_images // 4)}"
+            )
+
+
 @dataclass(frozen=True)
-class Preset:
+class Preset(RunSettings):
     """Every setting of a SeCu training run. ``--set name=value`` overrides any field.
 
     Examples:
@@ -54,6 +105,8 @@ class Preset:
     warmup_epochs: int = 11
     center_lr: float = 1.2
     center_lr_ramp: bool = False
+    # the backbone's lr relative to the encoder's (below 1 when fine-tuning pretrained weights)
+    backbone_lr_factor: float = 1.0
     # SeCu
     num_clusters: list[int] = field(default_factory=lambda: list(range(10, 101, 10)))
     assigner: str = "size"
@@ -64,46 +117,6 @@ class Preset:
     temperature_c: float = 0.05
     label_weight: float = 0.2
     num_workers: int = 4
-
-    def replace(self, **changes) -> Preset:
-        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
-        if unknown:
-            raise ValueError(f"unknown preset settings: {sorted(unknown)}")
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def check_data_size(self, num_images: int, num_processes: int = 1) -> None:
-        """Refuses data too small for this preset (or a batch that the processes cannot
-        share evenly), saying which setting to change.
-
-        Examples:
-            >>> get_preset("mnist5k").check_data_size(5000)
-            >>> get_preset("mnist5k").check_data_size(30)
-            Traceback (most recent call last):
-            ...
-            ValueError: 30 images, fewer than the largest head's 50 clusters: pass fewer clusters, e.g. --set num_clusters=[3,6]
-        """
-        if self.batch_size % num_processes:
-            raise ValueError(
-                f"batch_size {self.batch_size} is not divisible by the {num_processes} processes: "
-                "every process takes an equal share of each batch"
-            )
-        if num_images < 2:
-            raise ValueError(f"{num_images} image(s): clustering needs at least 2 images")
-        largest = max(self.num_clusters)
-        if num_images < largest:
-            suggestion = sorted({max(2, num_images // 10), max(2, num_images // 5)})
-            raise ValueError(
-                f"{num_images} images, fewer than the largest head's {largest} clusters: pass "
-                f"fewer clusters, e.g. --set num_clusters={json.dumps(suggestion, separators=(',', ':'))}"
-            )
-        if num_images < self.batch_size:
-            raise ValueError(
-                f"{num_images} images, fewer than one batch of {self.batch_size}: pass a smaller "
-                f"batch, e.g. --set batch_size={max(2, num_images // 4)}"
-            )
 
     def network_arguments(self) -> dict:
         """The arguments of :class:`secu_plugin.models.SeCuNetwork` this preset trains.
@@ -197,16 +210,20 @@ PRESETS["imagenet-entropy"] = PRESETS["imagenet"].replace(
 )
 
 
-def get_preset(name: str, **overrides) -> Preset:
-    """The preset ``name`` with ``overrides`` applied.
+def get_preset(name: str, presets: dict | None = None, **overrides) -> Preset:
+    """The preset ``name`` of ``presets`` (default: :data:`PRESETS`) with ``overrides``
+    applied and checked.
 
     Examples:
         >>> get_preset("mnist5k", epochs=2).epochs
         2
     """
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
-    return PRESETS[name].replace(**overrides)
+    presets = PRESETS if presets is None else presets
+    if name not in presets:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(presets)}")
+    preset = presets[name].replace(**overrides)
+    preset.check()
+    return preset
 
 
 def parse_overrides(items: list[str]) -> dict:

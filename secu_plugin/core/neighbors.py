@@ -1,0 +1,69 @@
+"""Exact k nearest neighbours by cosine similarity, in blocks: never an N x N matrix."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+
+def nearest_neighbors(
+    features: torch.Tensor,
+    k: int,
+    block_size: int = 4096,
+    device: torch.device | str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """The ``k`` nearest other rows of every row of ``features`` (cosine similarity).
+
+    Exact: each block of ``block_size`` queries is compared with every row (one
+    ``block_size x N`` product at a time), so memory stays ``O(block_size * N)``. ``features``
+    may be a memory-mapped float16 tensor on the CPU; blocks are moved to ``device`` (default:
+    the features' device) and computed in float32.
+
+    Args:
+        features: (N, D) features, not necessarily normalized.
+        k: Neighbours per row, ``1 <= k < N``. A row is never its own neighbour.
+        block_size: Query rows per block.
+        device: Where the products run (e.g. "cuda" for a cache on the CPU).
+        progress: Called with the number of rows done after each block.
+
+    Returns:
+        (N, k) int64 indices on the CPU, nearest first.
+
+    Examples:
+        >>> points = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+        >>> nearest_neighbors(points, k=1, block_size=3).flatten().tolist()
+        [1, 0, 3, 2]
+    """
+    if features.ndim != 2:
+        raise ValueError(f"features must be (N, D), got shape {tuple(features.shape)}")
+    rows = features.shape[0]
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < rows:
+        raise ValueError(f"k must be an int in [1, {rows - 1}] for {rows} rows, got {k!r}")
+    if block_size < 1:
+        raise ValueError(f"block_size must be positive, got {block_size}")
+    device = torch.device(device) if device is not None else features.device
+    keys = _normalized_blocks(features, block_size, device)
+    result = torch.empty(rows, k, dtype=torch.long)
+    for start in range(0, rows, block_size):
+        stop = min(start + block_size, rows)
+        queries = keys[start:stop]
+        similarity = queries @ keys.T
+        # A row is not its own neighbour (duplicates of it still are).
+        similarity[torch.arange(stop - start), torch.arange(start, stop)] = -float("inf")
+        result[start:stop] = similarity.topk(k, dim=1).indices.cpu()
+        if progress is not None:
+            progress(stop)
+    return result
+
+
+def _normalized_blocks(features: torch.Tensor, block_size: int, device: torch.device):
+    """All rows L2-normalized in float32 on ``device``, converted block by block (a float16
+    memory map is never copied whole in float32 on the host)."""
+    out = torch.empty(features.shape, dtype=torch.float32, device=device)
+    for start in range(0, features.shape[0], block_size):
+        block = features[start : start + block_size].to(device=device, dtype=torch.float32)
+        out[start : start + block_size] = F.normalize(block, dim=1)
+    return out

@@ -1,0 +1,135 @@
+"""Embedding a data set once with a frozen backbone, into a :class:`FeatureCache`."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from secu_plugin.core.neighbors import nearest_neighbors
+from secu_plugin.data.feature_cache import FeatureCache, dataset_fingerprint
+from secu_plugin.data.views import MultiViewDataset
+from secu_plugin.train.checkpoint import fault_point
+
+
+def default_cache_root() -> Path:
+    """``$SECU_CACHE`` if set, else ``~/.cache/secu-plugin/features``."""
+    return Path(os.environ.get("SECU_CACHE", Path.home() / ".cache" / "secu-plugin" / "features"))
+
+
+def cache_key(
+    backbone: str, weights: dict, transforms: list[Callable], dataset: Any, seed: int
+) -> dict[str, Any]:
+    """What cached features depend on: the backbone and where its weights came from, every
+    view's transform (its ``repr``: sizes, crops, normalization), the data and the seed."""
+    return {
+        "backbone": backbone,
+        "weights": weights,
+        "transforms": [repr(t) for t in transforms],
+        "data": dataset_fingerprint(dataset),
+        "seed": seed,
+    }
+
+
+@torch.no_grad()
+def extract_features(
+    accelerator,
+    backbone: nn.Module,
+    images: MultiViewDataset,
+    cache: FeatureCache,
+    batch_size: int,
+    num_workers: int = 0,
+    show_progress: bool = True,
+) -> None:
+    """Fills the chunks of ``cache`` that are not written yet with ``backbone``'s features of
+    every view of ``images``; each process takes every N-th missing chunk. Returns when the
+    cache is complete on every process.
+
+    Examples:
+        >>> import tempfile, timm
+        >>> from accelerate import Accelerator
+        >>> from torchvision import transforms as T
+        >>> from secu_plugin.data import ImageDataset
+        >>> from torch.utils.data import Subset
+        >>> data = Subset(ImageDataset.mnist5k(), range(6))
+        >>> views = MultiViewDataset(data, [T.ToTensor()])
+        >>> cache = FeatureCache.open(tempfile.mkdtemp(), {"demo": 1}, 6, 1, 8, chunk_size=4)
+        >>> net = nn.Sequential(nn.Flatten(), nn.Linear(784, 8))
+        >>> extract_features(Accelerator(cpu=True), net, views, cache, 4, show_progress=False)
+        >>> cache.complete, cache.features.shape
+        (True, torch.Size([6, 1, 8]))
+    """
+    missing = cache.missing_chunks()
+    mine = missing[accelerator.process_index :: accelerator.num_processes]
+    bar = tqdm(
+        total=sum(len(cache.chunk_rows(c)) for c in missing),
+        desc="features",
+        unit="img",
+        file=sys.stderr,
+        disable=not (show_progress and accelerator.is_main_process and missing),
+        dynamic_ncols=True,
+        mininterval=1.0,
+    )
+    if mine:
+        backbone.eval()
+        on_cpu = accelerator.device.type == "cpu"
+        if on_cpu:  # convolutions run about 2x faster channels-last on CPUs
+            backbone.to(memory_format=torch.channels_last)
+        # Batches never cross a chunk: a resumed extraction computes every chunk with the
+        # same batches as an uninterrupted one (bit-identical features).
+        batches = [
+            list(cache.chunk_rows(chunk))[start : start + batch_size]
+            for chunk in mine
+            for start in range(0, len(cache.chunk_rows(chunk)), batch_size)
+        ]
+        loader = DataLoader(images, batch_sampler=batches, num_workers=num_workers)
+        pending: list[torch.Tensor] = []
+        chunks = iter(mine)
+        chunk = next(chunks)
+        for views, _ in loader:
+            batch, num_views = views.shape[:2]
+            flat = views.flatten(0, 1).to(accelerator.device)
+            if on_cpu:
+                flat = flat.contiguous(memory_format=torch.channels_last)
+            with accelerator.autocast():
+                features = backbone(flat)
+            pending.append(features.float().reshape(batch, num_views, -1).cpu())
+            if sum(len(p) for p in pending) == len(cache.chunk_rows(chunk)):
+                cache.write_chunk(chunk, torch.cat(pending))
+                fault_point("feature_chunk")  # the fault tests kill a run here
+                bar.update(len(cache.chunk_rows(chunk)) * accelerator.num_processes)
+                pending, chunk = [], next(chunks, None)
+        if on_cpu:
+            backbone.to(memory_format=torch.contiguous_format)
+    bar.close()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process and not cache.complete:
+        cache.mark_complete()
+    accelerator.wait_for_everyone()
+
+
+def cached_neighbors(
+    accelerator, cache: FeatureCache, k: int, log: Callable[[str], None] = print
+) -> torch.Tensor:
+    """The (N, k) nearest neighbours of the plain views in ``cache``, computed once (by the
+    main process, on its device) and stored next to the features."""
+    path = cache.directory / f"neighbors-{k}.npy"
+    if accelerator.is_main_process and not path.exists():
+        log(f"finding the {k} nearest neighbours of {cache.num_images} images")
+        neighbors = nearest_neighbors(cache.features[:, 0], k, device=accelerator.device)
+        temporary = path.with_suffix(".tmp.npy")
+        np.save(temporary, neighbors.numpy())
+        os.replace(temporary, path)
+    accelerator.wait_for_everyone()
+    neighbors = torch.from_numpy(np.load(path))
+    if neighbors.shape != (cache.num_images, k):
+        raise ValueError(f"{path} has shape {tuple(neighbors.shape)}, delete it")
+    return neighbors

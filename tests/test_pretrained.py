@@ -1,0 +1,202 @@
+"""Pretrained backbones: the feature cache, the pairs, the frozen-backbone recipe and its model,
+fine-tuning, and the real EfficientNet-Lite0 weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file, save_file
+
+from secu_plugin import SeCuModel
+from secu_plugin.core.neighbors import nearest_neighbors
+from secu_plugin.data import ImageDataset
+from secu_plugin.data.feature_pairs import CachedPairs
+from tests.launch import ROOT, TRAIN, write_digit_folder
+
+TRAIN_HEAD = ROOT / "recipes" / "train_head.py"
+TINY_HEADS = ["--set", "num_clusters=[10,20]", "batch_size=32", "epochs=3", "warmup_epochs=1"]
+
+
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory) -> Path:
+    """'Pretrained' weights of timm's tiny test_efficientnet in a local file (random but fixed)."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "test_efficientnet.safetensors"
+    save_file(timm.create_model("test_efficientnet", num_classes=0).state_dict(), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> Path:
+    return write_digit_folder(tmp_path_factory.mktemp("digits"), count=120)
+
+
+def run_recipe(script: Path, *args: str, env: dict | None = None, check: bool = True):
+    command = [sys.executable, str(script), "--no_progress", "--report_to", "none", *args]
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "SECU_NUM_THREADS": "1", **(env or {})}
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, env=environment, check=False
+    )
+    if check:
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return result
+
+
+def head_args(tmp_path: Path, digits: Path, weights: Path, *extra: str) -> list[str]:
+    return [
+        "--data", str(digits), "--backbone", "test_efficientnet", "--pretrained_file",
+        str(weights), "--input_size", "32", "--cache_dir", str(tmp_path / "cache"),
+        "--output_dir", str(tmp_path / "out"), *TINY_HEADS, *extra,
+    ]  # fmt: skip
+
+
+def test_nearest_neighbors_are_exact_in_any_block_size():
+    features = torch.randn(50, 8)
+    normalized = torch.nn.functional.normalize(features, dim=1)
+    similarity = normalized @ normalized.T
+    similarity.fill_diagonal_(-float("inf"))
+    expected = similarity.topk(4, dim=1).indices
+    for block_size in (1, 7, 50, 64):
+        assert torch.equal(nearest_neighbors(features.half().float(), 4, block_size), expected)
+    with pytest.raises(ValueError, match="k must be"):
+        nearest_neighbors(features, 50)
+
+
+def test_pairs_draw_neighbors_or_two_different_views_reproducibly():
+    features = torch.randn(30, 4, 6)
+    neighbors = nearest_neighbors(features[:, 0], 3)
+    pairs = CachedPairs(features, "neighbors", neighbors, seed=1)
+    pairs.set_epoch(2)
+    x0, x1 = pairs(torch.arange(30))
+    assert torch.equal(x0, features[:, 0])
+    # each second input is the plain view of one of the image's neighbours
+    matches = (x1[:, None, :] == features[neighbors, 0]).all(-1).any(-1)
+    assert matches.all()
+    views = CachedPairs(features, "views", seed=1)
+    views.set_epoch(0)
+    a, b = views(torch.arange(30))
+    first = (a[:, None, :] == features[:, 1:]).all(-1).float().argmax(1)
+    second = (b[:, None, :] == features[:, 1:]).all(-1).float().argmax(1)
+    assert (first != second).all()  # two different augmented views, never the plain one
+    again = CachedPairs(features, "views", seed=1)
+    again.set_epoch(0)
+    assert torch.equal(again(torch.arange(30))[1], b)
+    with pytest.raises(ValueError, match="at least 2 augmented views"):
+        CachedPairs(features[:, :2], "views")
+
+
+def test_frozen_backbone_recipe_exports_a_working_model(tmp_path, digits, weights_file):
+    result = run_recipe(TRAIN_HEAD, *head_args(tmp_path, digits, weights_file))
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert 0 <= summary["accuracy"] <= 1 and "kmeans_accuracy" in summary
+    assert "embedding 120 images x 1 views" in result.stdout
+
+    # The model: the file's backbone weights untouched, config and card say where they came from.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    model = SeCuModel.from_pretrained(summary["model_dir"])
+    pretrained = load_file(str(weights_file))
+    for name, tensor in model.backbone.state_dict().items():
+        assert torch.equal(tensor, pretrained[name]), name
+    frozen = model.training_recipe["frozen_backbone"]
+    assert frozen["source"] == "file:test_efficientnet.safetensors" and len(frozen["sha256"]) == 64
+    card = (Path(summary["model_dir"]) / "README.md").read_text()
+    assert "frozen `test_efficientnet`" in card
+    assert model.config["input_size"] == 32 and model.num_clusters == [10, 20]
+
+    # secu-cluster on the folder gives the clusters the run evaluated.
+    out = tmp_path / "clusters.csv"
+    cli = Path(sys.executable).parent / "secu-cluster"
+    subprocess.run(
+        [str(cli), "--model", summary["model_dir"], "--images", str(digits),
+         "--num-clusters", "10", "--out", str(out)],
+        check=True, capture_output=True, env={**os.environ, "SECU_NUM_THREADS": "1"},
+    )  # fmt: skip
+    rows = out.read_text().splitlines()[1:]
+    assert len(rows) == 120
+
+    # A second run reuses the cache and trains the same heads.
+    again = run_recipe(TRAIN_HEAD, *head_args(tmp_path, digits, weights_file))
+    assert "reusing the cached features" in again.stdout
+    assert json.loads(again.stdout.strip().splitlines()[-1])["accuracy"] == summary["accuracy"]
+
+
+def test_killed_extraction_resumes_with_identical_features(tmp_path, digits, weights_file):
+    chunks = ["cache_chunk_size=25"]
+    killed = run_recipe(
+        TRAIN_HEAD, *head_args(tmp_path, digits, weights_file, *chunks),
+        env={"SECU_KILL_AT": "feature_chunk:2"}, check=False,
+    )  # fmt: skip
+    assert killed.returncode != 0
+    (cache_dir,) = (tmp_path / "cache").iterdir()
+    assert len(list((cache_dir / "chunks").iterdir())) == 2
+    resumed = run_recipe(TRAIN_HEAD, *head_args(tmp_path, digits, weights_file, *chunks))
+    assert "(3 chunks)" in resumed.stdout  # 5 chunks of 25 images, 2 already written
+    fresh = tmp_path / "fresh"
+    run_recipe(TRAIN_HEAD, *head_args(fresh, digits, weights_file, *chunks))
+    (fresh_dir,) = (fresh / "cache").iterdir()
+    assert np.array_equal(np.load(cache_dir / "features.npy"), np.load(fresh_dir / "features.npy"))
+
+
+def test_view_pairs_and_a_corrupt_image(tmp_path, digits, weights_file):
+    broken = tmp_path / "digits"
+    subprocess.run(["cp", "-r", str(digits), str(broken)], check=True)
+    (broken / "3" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    refused = run_recipe(TRAIN_HEAD, *head_args(tmp_path, broken, weights_file), check=False)
+    assert refused.returncode == 2 and "broken.png" in refused.stderr
+    views = ["pairs=views", "augmented_views=2"]
+    result = run_recipe(
+        TRAIN_HEAD, *head_args(tmp_path, broken, weights_file, *views), "--skip_corrupt"
+    )
+    assert "skipped 1 unreadable images" in result.stdout
+    assert "120 images x 3 views" in result.stdout
+
+
+def test_fine_tuning_starts_from_the_pretrained_file(tmp_path, digits, weights_file):
+    """Grey digits, a 3-channel pretrained file: timm adapts the first convolution. One epoch
+    (the memory-filling epoch, encoder lr 0) leaves the convolution weights as loaded."""
+    run_recipe(
+        TRAIN,
+        "--data", str(digits), "--output_dir", str(tmp_path / "out"), "--epochs", "1",
+        "--backbone", "test_efficientnet", "--pretrained_file", str(weights_file),
+        "--set", "input_size=32", "num_clusters=[10]", "batch_size=32", "backbone_lr_factor=0.1",
+    )  # fmt: skip
+    model = SeCuModel.from_pretrained(tmp_path / "out" / "model")
+    pretrained = load_file(str(weights_file))
+    stem = model.backbone.conv_stem.weight
+    assert stem.shape[1] == 1
+    assert torch.allclose(stem[:, 0], pretrained["conv_stem.weight"].sum(1))
+    conv = model.backbone.blocks[1][0].conv_exp.weight
+    assert torch.equal(conv, pretrained["blocks.1.0.conv_exp.weight"])
+    assert model.training_recipe["pretrained_backbone"]["source"].startswith("file:")
+
+
+def test_efficientnet_lite0_weights_give_real_features(tmp_path):
+    """The packaged ImageNet weights, converted for timm: strict load, and digits whose
+    nearest neighbour in feature space mostly shares their class."""
+    from secu_plugin.models.pretrained import (
+        efficientnet_lite0_state_dict,
+        load_pretrained_backbone,
+    )
+
+    path = tmp_path / "lite0.safetensors"
+    save_file(efficientnet_lite0_state_dict(), str(path))
+    backbone = timm.create_model("tf_efficientnet_lite0", num_classes=0)
+    load_pretrained_backbone(backbone, "tf_efficientnet_lite0", path)
+    config = timm.data.resolve_model_data_config(backbone)
+    transform = timm.data.create_transform(**{**config, "input_size": (3, 64, 64)})
+    data = ImageDataset.mnist5k()
+    rows = np.random.default_rng(0).choice(len(data), 300, replace=False)
+    with torch.no_grad():
+        images = torch.stack([transform(data[i][0].convert("RGB")) for i in rows])
+        features = backbone.eval()(images)
+    neighbor = nearest_neighbors(features, 1)[:, 0]
+    labels = data.labels[rows]
+    assert (labels[neighbor.numpy()] == labels).mean() > 0.7
