@@ -4,7 +4,9 @@ A LightningModule with a backbone, a projection head and the SeCu criterion, as 
 ``benchmarks/imagenet/resnet50/swav.py`` has for SwaV, here on the 5000 MNIST digits bundled with
 secu_plugin so that it runs anywhere. What SeCu needs beyond a lightly loss:
 
-- the dataset yields each image's index: SeCu keeps a label per training instance;
+- the dataset yields each image's index: SeCu keeps a label per training instance. lightly's
+  ``LightlyDataset`` with a ``MultiViewTransform``, wrapped by ``with_indices``, yields
+  ``(views, target, fname, index)`` (the target stays for lightly's kNN/online classifiers);
 - the center bank (``SeCuCenterBank``) is a submodule: its centers are trained, and checkpoints
   carry its state (assignment memory, counts, duals, epoch);
 - the criterion receives ``epoch=self.current_epoch`` and switches epochs itself (no hooks);
@@ -25,34 +27,21 @@ import argparse
 from pathlib import Path
 
 import torch
+from lightly.data import LightlyDataset
 from lightly.models.modules import BYOLProjectionHead
+from lightly.transforms.multi_view_transform import MultiViewTransform
 from lightly.utils.scheduler import cosine_warmup_schedule
 from pytorch_lightning import LightningModule, Trainer, seed_everything
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Subset
 from torchvision import transforms as T
 
 from secu_plugin import SeCuCenterBank, SeCuLoss
-from secu_plugin.data import ImageDataset
+from secu_plugin.data import ImageDataset, with_indices
 
 NUM_TRAIN = 4000  # images 0..3999 train; 4000..4255 validate (their memory stays empty)
 NUM_VAL = 256
-
-
-class IndexedViews(Dataset):
-    """Two augmented views of image ``i`` and ``i`` itself (SeCu's memory is indexed by it)."""
-
-    def __init__(self, images: Dataset, indices: range, transform: T.Compose) -> None:
-        self.images, self.indices, self.transform = images, indices, transform
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, item: int) -> tuple[list[Tensor], int]:
-        index = self.indices[item]
-        image, _ = self.images[index]
-        return [self.transform(image), self.transform(image)], index
 
 
 def small_backbone() -> nn.Module:
@@ -92,15 +81,15 @@ class SeCu(LightningModule):
     def project(self, x: Tensor) -> Tensor:
         return self.projection_head(self.forward(x))
 
-    def training_step(self, batch: tuple[list[Tensor], Tensor], batch_idx: int) -> Tensor:
-        views, indices = batch
+    def training_step(self, batch: tuple, batch_idx: int) -> Tensor:
+        views, _targets, _fnames, indices = batch
         z0, z1 = (self.project(view) for view in views)
         loss = self.criterion(z0, z1, indices, epoch=self.current_epoch)
         self.log("train_loss", loss, prog_bar=True, sync_dist=True, batch_size=len(indices))
         return loss
 
-    def validation_step(self, batch: tuple[list[Tensor], Tensor], batch_idx: int) -> Tensor:
-        views, indices = batch
+    def validation_step(self, batch: tuple, batch_idx: int) -> Tensor:
+        views, _targets, _fnames, indices = batch
         z0, z1 = (self.project(view) for view in views)
         # Eval mode and inference mode: the loss reads the bank and records nothing.
         loss = self.criterion(z0, z1, indices)
@@ -166,8 +155,12 @@ def main() -> None:
     transform = T.Compose(
         [T.RandomResizedCrop(28, scale=(0.6, 1.0)), T.ToTensor(), T.Normalize((0.1307,), (0.3081,))]
     )
-    train = IndexedViews(images, range(NUM_TRAIN), transform)
-    val = IndexedViews(images, range(NUM_TRAIN, NUM_TRAIN + NUM_VAL), transform)
+    # Index the whole set once, then take subsets: every image keeps its one memory index.
+    dataset = with_indices(
+        LightlyDataset.from_torch_dataset(images, MultiViewTransform([transform, transform]))
+    )
+    train = Subset(dataset, range(NUM_TRAIN))
+    val = Subset(dataset, range(NUM_TRAIN, NUM_TRAIN + NUM_VAL))
     loader = {"batch_size": args.batch_size_per_device, "num_workers": args.num_workers}
     model = SeCu(batch_size_per_device=args.batch_size_per_device, num_instances=len(images))
     model.hparams.bank_out = args.bank_out

@@ -390,3 +390,23 @@ def test_views_survive_pickling_for_spawned_workers(mnist) -> None:
     copy = pickle.loads(pickle.dumps(pairs))
     for index in range(4):
         assert all(torch.equal(a, b) for a, b in zip(pairs[index][:2], copy[index][:2]))
+
+
+def test_with_indices_keeps_every_field_of_torchvision_lightly_and_hf_items():
+    import datasets
+    from lightly.data import LightlyDataset
+    from torchvision import datasets as tv_datasets
+
+    from secu_plugin.data import with_indices
+
+    torchvision_set = tv_datasets.FakeData(6, image_size=(3, 8, 8), num_classes=3)
+    image, target, index = with_indices(torchvision_set)[4]
+    assert target == torchvision_set[4][1] and index == 4
+    lightly_set = LightlyDataset.from_torch_dataset(torchvision_set)
+    _, target, fname, index = with_indices(lightly_set)[5]
+    assert (target, fname, index) == (torchvision_set[5][1], "5", 5)
+    hf_set = datasets.Dataset.from_dict({"label": [3, 1, 2]})
+    assert with_indices(hf_set)[2] == {"label": 2, "index": 2}
+    streaming = datasets.IterableDataset.from_generator(lambda: iter([{"label": 1}]))
+    with pytest.raises(ValueError, match="streaming=False"):
+        with_indices(streaming)

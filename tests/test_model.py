@@ -583,3 +583,28 @@ def test_a_hostile_config_is_refused_before_anything_is_allocated(tmp_path, chan
     assert time.perf_counter() - started < 10
     grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before
     assert grown_kib < 200_000  # nowhere near what the config asked for
+
+
+def test_from_modules_turns_a_lightly_swav_encoder_into_a_secu_model(tmp_path):
+    """A timm backbone + lightly's SwaVProjectionHead (first Linear without bias) and
+    SwaVPrototypes: the SeCuModel predicts the prototype that SwaV scores highest, also after
+    a save/load round trip; a non-timm backbone is refused."""
+    import timm
+    from lightly.models.modules import SwaVProjectionHead, SwaVPrototypes
+
+    torch.manual_seed(0)
+    backbone = timm.create_model("test_resnet", num_classes=0).eval()
+    head = SwaVProjectionHead(backbone.num_features, 32, 16).eval()
+    prototypes = SwaVPrototypes(16, n_prototypes=[7, 12])
+    model = SeCuModel.from_modules(backbone, head, prototypes, input_size=32)
+    model.save_pretrained(tmp_path / "swav")
+    loaded = SeCuModel.from_pretrained(tmp_path / "swav").eval()
+    images = torch.randn(6, 3, 32, 32)
+    with torch.no_grad():
+        z = torch.nn.functional.normalize(head(backbone(images)), dim=1)
+        for index, prototype in enumerate(prototypes.heads):
+            scores = z @ torch.nn.functional.normalize(prototype.weight, dim=1).T
+            ids, _ = loaded.predict(images, head=index)
+            assert torch.equal(ids, scores.argmax(1))
+    with pytest.raises(ValueError, match="not a timm model"):
+        SeCuModel.from_modules(torch.nn.Conv2d(3, 8, 3), head, prototypes)

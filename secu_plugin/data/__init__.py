@@ -2,6 +2,7 @@
 
 from secu_plugin.data.feature_cache import FeatureCache, dataset_fingerprint
 from secu_plugin.data.files import UNREADABLE_IMAGE_ERRORS, find_image_files, read_image
+from secu_plugin.data.indexed import IndexedDataset, with_indices
 from secu_plugin.data.sources import ImageDataset, load_mnist5k
 from secu_plugin.data.transforms import ConvertMode, eval_transform
 from secu_plugin.data.views import (
@@ -18,6 +19,7 @@ __all__ = [
     "ConvertMode",
     "FeatureCache",
     "ImageDataset",
+    "IndexedDataset",
     "MultiViewDataset",
     "TransformedDataset",
     "TwoViewDataset",
@@ -29,4 +31,5 @@ __all__ = [
     "load_mnist5k",
     "read_image",
     "seeded_random",
+    "with_indices",
 ]

@@ -100,6 +100,8 @@ class ImageDataset(Dataset):
         skipped: Paths dropped as unreadable by ``from_folder(..., skip_corrupt=True)``.
         description: Where the data came from, for logs.
         split: The split loaded ("train" where the source has a single split).
+        transform: None, or a callable applied to every image (torchvision's convention:
+            lightly's ``LightlyDataset.from_torch_dataset(dataset, transform)`` sets it).
 
     Examples:
         >>> dataset = ImageDataset.mnist5k()
@@ -135,6 +137,7 @@ class ImageDataset(Dataset):
         self.skipped = skipped if skipped is not None else []
         self.description = description
         self.split = split
+        self.transform: Any = None  # applied to each image, as torchvision data sets do
         known = labels[labels >= 0] if labels is not None else None
         if known is not None and len(known) and len(np.unique(known)) == 1:
             warnings.warn(
@@ -151,7 +154,8 @@ class ImageDataset(Dataset):
             raise IndexError(f"index {index} out of range for {len(self)} images")
         index = int(index) % len(self)
         label = -1 if self.labels is None else int(self.labels[index])
-        return self._source.load(index), label
+        image = self._source.load(index)
+        return (image if self.transform is None else self.transform(image)), label
 
     def __repr__(self) -> str:
         return (

@@ -25,6 +25,12 @@ from torch import nn
 from secu_plugin.core.nearest import center_probabilities, nearest_center
 from secu_plugin.models import hub
 from secu_plugin.models.card import check_results, model_card
+from secu_plugin.models.modules import (
+    backbone_architecture,
+    centers_of,
+    copy_projection,
+    projection_layout,
+)
 from secu_plugin.models.network import SeCuNetwork
 
 DEFAULT_NUM_CLUSTERS: tuple[int, ...] = tuple(range(10, 101, 10))
@@ -240,6 +246,54 @@ class SeCuModel(
         state.update(network.state_dict())
         model.load_state_dict(state, strict=True)  # SyncBatchNorm has BatchNorm's keys
         return model.to(next(network.parameters()).device)
+
+    @classmethod
+    def from_modules(
+        cls,
+        backbone: nn.Module,
+        projection_head: nn.Module,
+        centers: Any,
+        in_chans: int = 3,
+        **kwargs: Any,
+    ) -> SeCuModel:
+        """A model from parts trained elsewhere: a timm ``backbone`` (``num_classes=0``), a
+        projection head (SeCu's, or a lightly ``ProjectionHead`` such as
+        ``SwaVProjectionHead``), and the centers (a ``SeCuCenterBank``, lightly's
+        ``SwaVPrototypes``, or a list of (K, dim) tensors). ``kwargs``: ``input_size``, ``mean``,
+        ``std`` (default: the backbone's pretrained_cfg) and :meth:`from_network`'s.
+
+        Examples:
+            >>> import timm
+            >>> from lightly.models.modules import SwaVProjectionHead, SwaVPrototypes
+            >>> backbone = timm.create_model("test_resnet", num_classes=0)
+            >>> head = SwaVProjectionHead(backbone.num_features, 64, 16)
+            >>> model = SeCuModel.from_modules(backbone, head, SwaVPrototypes(16, [10, 20]))
+            >>> model.num_clusters, model.config["projection_layers"]
+            ([10, 20], 2)
+            >>> images = torch.randn(2, 3, 32, 32)
+            >>> _ = backbone.eval(), head.eval(), model.eval()
+            >>> torch.allclose(model(images), head(backbone(images)), atol=1e-6)
+            True
+        """
+        layout, layers = projection_layout(projection_head)
+        network_kwargs = {k: kwargs.pop(k) for k in ("input_size", "mean", "std") if k in kwargs}
+        network = SeCuNetwork(
+            backbone_architecture(backbone),
+            in_chans=in_chans,
+            dim=layout["out_dim"],
+            projection_layers=layout["num_layers"],
+            projection_batchnorm=layout["batchnorm"],
+            projection_hidden_dim=layout["hidden_dim"],
+            **network_kwargs,
+        )
+        network.backbone.load_state_dict(backbone.state_dict())
+        if network.feature_dim != layout["in_dim"]:
+            raise ValueError(
+                f"the projection head takes {layout['in_dim']} features, the backbone gives "
+                f"{network.feature_dim}"
+            )
+        copy_projection(layers, network.projection_head)
+        return cls.from_network(network, centers_of(centers), **kwargs)
 
     # ------------------------------------------------------------------ the Hub
 
