@@ -400,7 +400,7 @@ def test_with_indices_keeps_every_field_of_torchvision_lightly_and_hf_items():
     from secu_plugin.data import with_indices
 
     torchvision_set = tv_datasets.FakeData(6, image_size=(3, 8, 8), num_classes=3)
-    image, target, index = with_indices(torchvision_set)[4]
+    _image, target, index = with_indices(torchvision_set)[4]
     assert target == torchvision_set[4][1] and index == 4
     lightly_set = LightlyDataset.from_torch_dataset(torchvision_set)
     _, target, fname, index = with_indices(lightly_set)[5]
