@@ -44,6 +44,9 @@ class Preset:
     # views
     views: str = "byol"  # "byol" (lightly's BYOL pair) or "digits"
     min_scale: float = 0.3
+    # further keyword arguments of the view function (digit_views: rotation, translate, scale,
+    # shear, erase_prob; byol_views: grayscale_input); None: its defaults
+    view_kwargs: dict | None = None
     # optimization
     epochs: int = 401
     batch_size: int = 128  # in total, over all processes
@@ -64,6 +67,9 @@ class Preset:
     temperature_c: float = 0.05
     label_weight: float = 0.2
     num_workers: int = 4
+    # what the settings were derived from (the auto preset: the data's description and the
+    # step budget); None for the named presets
+    resolved_from: dict | None = None
 
     def replace(self, **changes) -> Preset:
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
@@ -197,15 +203,30 @@ PRESETS["imagenet-entropy"] = PRESETS["imagenet"].replace(
 )
 
 
+# The preset derived from the data (secu_plugin/train/auto.py): what the recipe trains with
+# when --data is given and no --preset is named.
+AUTO = "auto"
+PRESET_CHOICES: list[str] = sorted([*PRESETS, AUTO])
+
+
 def get_preset(name: str, **overrides) -> Preset:
     """The preset ``name`` with ``overrides`` applied.
+
+    ``"auto"`` derives the settings from the data named by ``overrides["data"]`` (default
+    MNIST-5k): :func:`secu_plugin.train.auto.resolve_auto_preset`, which reads a sample of it.
 
     Examples:
         >>> get_preset("mnist5k", epochs=2).epochs
         2
+        >>> get_preset("auto", data="mnist5k").resolved_from["data"]["num_images"]
+        5000
     """
+    if name == AUTO:
+        from secu_plugin.train.auto import resolve_auto_preset  # reads images: not at import
+
+        return resolve_auto_preset(**overrides)
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+        raise ValueError(f"unknown preset {name!r}; choose from {PRESET_CHOICES}")
     return PRESETS[name].replace(**overrides)
 
 
