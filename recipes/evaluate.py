@@ -14,6 +14,7 @@ from secu_plugin import SeCuModel
 from secu_plugin.data import ImageDataset
 from secu_plugin.train.evaluation import evaluate_predictions, predict_dataset
 from secu_plugin.train.report import summary_line
+from secu_plugin.train.runtime import run_or_exit
 
 parser = argparse.ArgumentParser(description="ACC / NMI / ARI of a trained SeCu model.")
 parser.add_argument("--model", required=True, help="a model directory or a Hub id")
@@ -21,6 +22,7 @@ parser.add_argument("--data", default="mnist5k", help="mnist5k, a folder, parque
 parser.add_argument("--split", default="test", help="evaluation split (MNIST-5k has one)")
 parser.add_argument("--batch_size", type=int, default=256)
 parser.add_argument("--skip_corrupt", action="store_true")
+parser.add_argument("--debug", action="store_true", help="full tracebacks for user errors")
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -45,6 +47,6 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    summary = main(parser.parse_args())
+    summary = run_or_exit(main, parser.parse_args())
     if PartialState().is_main_process:
         print(summary_line(summary))

@@ -43,7 +43,12 @@ from secu_plugin.train.report import (
     summary_line,
     tracker_config,
 )
-from secu_plugin.train.runtime import check_launch, ranks_hold_identical_state, use_cpu_cores
+from secu_plugin.train.runtime import (
+    check_launch,
+    ranks_hold_identical_state,
+    run_or_exit,
+    use_cpu_cores,
+)
 from secu_plugin.viz import save_cluster_montage, save_cluster_size_plot
 
 
@@ -276,11 +281,15 @@ def main(args: argparse.Namespace) -> dict:
 
     # ---- Export: the model gets the bank's centers once, then evaluation and pictures.
     if not stopped:
-        data_name = preset.data if not os.path.exists(preset.data) else Path(preset.data).name
+        # The card names a local folder by its name, never its path; a Hub data set by its id.
+        local = preset.data == "mnist5k" or os.path.exists(preset.data)
+        data_name = Path(preset.data).name if local else preset.data
+        hub_id = None if local else preset.data
         training = {
             "preset": preset.to_dict(),
             "seed": args.seed,
             "dataset": data_name,
+            "dataset_id": hub_id,
             "command": shlex.join(["accelerate", "launch", *sys.argv]),
         }
         model = SeCuModel.from_network(
@@ -301,8 +310,9 @@ def main(args: argparse.Namespace) -> dict:
             preset.num_clusters,
             data_name,
             split=getattr(eval_images, "split", "test"),
-            memory=bank.memory.long().cpu().numpy(),
+            memory=None if bank.memory_sharded else bank.memory.long().cpu().numpy(),
             memory_labels=train_images.labels,
+            dataset_id=hub_id,
         )
         if not results:
             log("the data has no class labels: no ACC/NMI/ARI reported")
@@ -341,14 +351,7 @@ def run(default_preset: str = "mnist5k") -> None:
     A user mistake (a path, data, a setting) or a failed save ends in one ``error:`` line and
     exit code 2; ``--debug`` or ``SECU_DEBUG=1`` shows the traceback instead.
     """
-    args = get_args_parser(default_preset).parse_args()
-    try:
-        summary = main(args)
-    except (ValueError, OSError) as error:
-        if args.debug or os.environ.get("SECU_DEBUG") == "1":
-            raise
-        print(f"error: {error}", file=sys.stderr, flush=True)
-        sys.exit(2)
+    summary = run_or_exit(main, get_args_parser(default_preset).parse_args())
     if PartialState().is_main_process:  # the process group is gone; Accelerate keeps the rank
         print(summary_line(summary), flush=True)
 

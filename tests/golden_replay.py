@@ -7,12 +7,13 @@ distributed tests. Every comparison is float64 with relative tolerance 1e-8.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from secu_plugin import SeCuCenterBank, SeCuLoss
+from secu_plugin import SeCuCenterBank, SeCuLoss, SeCuLossTerms
 from secu_plugin.core import dist
 
 GOLDEN_DIR = Path(__file__).parent / "fixtures" / "golden"
@@ -40,8 +41,22 @@ def replay(
     world_size: int = 1,
     device: str = "cpu",
     head_reductions: str = "auto",
+    memory: str = "auto",
+    steps: tuple[int, int | None] = (0, None),
+    load: Callable[[SeCuCenterBank], None] | None = None,
+    save: Callable[[SeCuCenterBank], None] | None = None,
+    epochs_by_argument: bool = False,
+    loss_options: dict | None = None,
+    wrap: Callable[[SeCuLoss], Callable[..., SeCuLossTerms]] | None = None,
 ) -> int:
     """Replays ``path``; with world_size > 1 this process holds chunk ``rank`` of every batch.
+
+    ``steps = (first, stop)`` replays only those steps: ``load`` restores the bank saved
+    (by ``save``, after the last step) by a replay that stopped at ``first``, which may have run
+    on another number of processes. ``epochs_by_argument`` passes ``epoch=`` to the loss
+    instead of calling ``start_epoch`` / ``end_epoch``. ``loss_options`` go to ``SeCuLoss``;
+    ``wrap(criterion)`` returns what computes the terms instead of ``criterion.terms`` (e.g. a
+    DistributedDataParallel module that holds the bank), built once the bank is restored.
 
     Returns the number of steps checked; raises AssertionError on the first mismatch.
     """
@@ -58,25 +73,35 @@ def replay(
             lower_bound_ratio=config["lratio"],
             alpha=config["alpha"],
             head_reductions=head_reductions,
+            memory=memory,
         )
         .double()
         .to(device)
     )
     criterion = SeCuLoss(
-        bank, temperature_x=config["tx"], temperature_c=config["tw"], label_weight=config["tau"]
+        bank,
+        temperature_x=config["tx"],
+        temperature_c=config["tw"],
+        label_weight=config["tau"],
+        **(loss_options or {}),
     )
     with torch.no_grad():
         for i in heads:
             bank.centers[i].copy_(torch.from_numpy(data[f"h{i}_init_centers"].T).to(device))
+    if load is not None:
+        load(bank)
+    compute_terms = criterion.terms if wrap is None else wrap(criterion)
     has_predictor = "p1" in data
     epochs = data["epoch"]
     starts = np.concatenate([[0], np.cumsum(data["batch_sizes"])])
+    first, stop = steps[0], len(epochs) if steps[1] is None else steps[1]
     visited = np.zeros(config["num_instances"], dtype=bool)
-    for step, epoch in enumerate(epochs):
-        if step == 0 or epochs[step - 1] != epoch:
+    visited[data["idx"][: starts[first]]] = True
+    for step in range(first, stop):
+        epoch = int(epochs[step])
+        if not epochs_by_argument and (step == 0 or epochs[step - 1] != epoch):
             bank.start_epoch()
         for i in heads:
-            close(bank.frozen_targets(i), data[f"h{i}_pre_centers"][step].T, f"targets h{i} {step}")
             close(bank.centers[i].detach(), data[f"h{i}_centers_before"][step].T, f"centers {step}")
         rows = np.array_split(np.arange(starts[step], starts[step + 1]), world_size)[rank]
 
@@ -89,10 +114,15 @@ def replay(
         indices = torch.from_numpy(data["idx"][rows]).to(device)
         for center in bank.centers:
             center.grad = None
-        terms = criterion.terms(indices=indices, **inputs)
+        epoch_argument = {"epoch": epoch} if epochs_by_argument else {}
+        terms = compute_terms(indices=indices, **inputs, **epoch_argument)
         terms.loss.backward()
 
         where = f"{path.name} step {step}"
+        for i in heads:  # after the call: with epoch=, the loss itself freezes them
+            close(
+                bank.frozen_targets(i), data[f"h{i}_pre_centers"][step].T, f"targets h{i} {where}"
+            )
         close(mean_over_ranks(terms.representation_loss), data["loss_x"][step], f"loss_x {where}")
         close(mean_over_ranks(terms.center_loss), data["loss_c"][step], f"loss_c {where}")
         names = {"z0": "grad_z1", "z1": "grad_z2", "p0": "grad_p1", "p1": "grad_p2"}
@@ -101,6 +131,7 @@ def replay(
             # gradient of the global mean (equal chunks).
             close(tensor.grad / world_size, data[names[name]][rows], f"{names[name]} {where}")
         visited[data["idx"][starts[step] : starts[step + 1]]] = True
+        full_memory = bank.gather_memory()  # a sharded memory: from every rank
         for i in heads:
             close(bank.centers[i].grad.T, data[f"h{i}_grad_centers"][step], f"grad c{i} {where}")
             np.testing.assert_array_equal(
@@ -108,7 +139,7 @@ def replay(
                 data[f"h{i}_batch_labels"][rows],
                 f"labels h{i} {where}",
             )
-            memory = bank.memory[i].long().cpu().numpy()
+            memory = full_memory[i].long().cpu().numpy()
             expected = data[f"h{i}_labels_after"][step]
             np.testing.assert_array_equal(memory[visited], expected[visited], f"memory {where}")
             assert (memory[~visited] == -1).all(), f"unvisited instances labelled, {where}"
@@ -121,6 +152,9 @@ def replay(
         with torch.no_grad():
             for center in bank.centers:
                 center -= config["center_lr"] * center.grad
-        if step + 1 == len(epochs) or epochs[step + 1] != epoch:
+        last_of_epoch = step + 1 == len(epochs) or epochs[step + 1] != epoch
+        if last_of_epoch and not epochs_by_argument:
             bank.end_epoch()
-    return len(epochs)
+    if save is not None:
+        save(bank)
+    return stop - first

@@ -143,3 +143,33 @@ def test_train_step_smoke(tmp_path):
     assert [row["mode"] for row in results["modes"]] == ["A", "B", "C"]
     assert "With check_values=False SeCu adds" in stdout
     assert all(row["images_per_s"] > 0 for row in results["modes"])
+
+
+def test_memory_table_smoke(tmp_path):
+    """Real banks on 2 gloo processes: the measured shard sizes equal the table's formulas
+    (the script asserts it) and the table prints."""
+    output = tmp_path / "memory.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "benchmarks" / "memory_table.py"),
+            "--smoke",
+            "--json",
+            str(output),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "| N | ranks | replicated / rank | sharded / rank |" in result.stdout
+    rows = json.loads(output.read_text())["rows"]
+    measured = [row for row in rows if row["sharded_measured"]]
+    assert {row["world_size"] for row in measured} == {2}
+    for row in measured:
+        assert row["sharded_bytes"] == 2 * 10 * (-(-row["num_instances"] // 2) + 1)
+        assert row["replicated_bytes"] == 2 * 10 * row["num_instances"]

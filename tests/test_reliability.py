@@ -7,41 +7,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from launch import ROOT, TINY, TRAIN, write_digit_folder
 from PIL import Image
 from safetensors.torch import load_file
 
-from secu_plugin.data import load_mnist5k
-
-ROOT = Path(__file__).resolve().parents[1]
-TRAIN = ROOT / "recipes" / "train.py"
-# 48 images, batch 16: 3 steps per epoch; a step checkpoint every 3 steps falls on each
-# epoch end, the case where a save used to write into the directory `latest` named.
-TINY = [
-    "--epochs",
-    "3",
-    "--no_progress",
-    "--checkpoint_every",
-    "3",
-    "--set",
-    "backbone=secu_convnet_tiny",
-    "num_clusters=[10,20]",
-    "batch_size=16",
-    "warmup_epochs=1",
-    "num_workers=0",
-]
+# 50 images, batch 16: 3 steps per epoch; a step checkpoint every 3 steps falls on each epoch
+# end, the case where a save used to write into the directory `latest` named.
+RUN = ["--epochs", "3", "--no_progress", "--checkpoint_every", "3", "--report_to", "none", *TINY]
 
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("digits")
-    images, labels = load_mnist5k()
-    for i in np.random.default_rng(1).choice(len(images), size=48, replace=False):
-        (root / str(labels[i])).mkdir(exist_ok=True)
-        Image.fromarray(images[i]).save(root / str(labels[i]) / f"{i}.png")
-    return root
+    return write_digit_folder(tmp_path_factory.mktemp("digits"), seed=1)
 
 
 def train(args, env_extra=None, preexec_fn=None, timeout=300):
@@ -76,7 +55,7 @@ def assert_same_state(a: dict, b: dict) -> None:
 @pytest.fixture(scope="module")
 def uninterrupted(digits, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("full")
-    result = train(["--data", str(digits), "--output_dir", str(out), *TINY])
+    result = train(["--data", str(digits), "--output_dir", str(out), *RUN])
     assert result.returncode == 0, result.stderr[-3000:]
     return final_state(out)
 
@@ -102,7 +81,7 @@ def resume_until_done(args, out: Path) -> None:
 def test_a_run_killed_at_any_moment_resumes_to_the_same_result(
     moment, digits, uninterrupted, tmp_path
 ):
-    args = ["--data", str(digits), "--output_dir", str(tmp_path), *TINY]
+    args = ["--data", str(digits), "--output_dir", str(tmp_path), *RUN]
     killed = train(args, env_extra={"SECU_KILL_AT": moment})
     assert killed.returncode == -9, killed.stderr[-2000:]
     resume_until_done(args, tmp_path)
@@ -110,7 +89,7 @@ def test_a_run_killed_at_any_moment_resumes_to_the_same_result(
 
 
 def test_a_corrupted_checkpoint_is_detected_and_an_older_one_used(digits, uninterrupted, tmp_path):
-    args = ["--data", str(digits), "--output_dir", str(tmp_path), *TINY]
+    args = ["--data", str(digits), "--output_dir", str(tmp_path), *RUN]
     killed = train(args, env_extra={"SECU_KILL_AT": "step:7"})  # inside epoch 2
     assert killed.returncode == -9
     checkpoints = tmp_path / "checkpoints"
@@ -126,7 +105,7 @@ def test_a_corrupted_checkpoint_is_detected_and_an_older_one_used(digits, uninte
 
 
 def test_a_full_disk_ends_the_run_clearly_and_keeps_the_last_checkpoint(digits, tmp_path):
-    args = ["--data", str(digits), "--output_dir", str(tmp_path), *TINY]
+    args = ["--data", str(digits), "--output_dir", str(tmp_path), *RUN]
     first = train([*args, "--max_steps", "3"])
     assert first.returncode == 0, first.stderr[-3000:]
     checkpoints = tmp_path / "checkpoints"
@@ -170,3 +149,38 @@ def test_user_mistakes_end_in_one_error_line(case, tmp_path):
     assert expected[case] in lines[-1]
     debug = train(["--data", str(data), "--output_dir", str(tmp_path / "out"), "--debug"])
     assert "Traceback" in debug.stderr
+
+
+def test_evaluate_reports_a_missing_model_in_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "evaluate.py"), "--model", str(tmp_path / "no"),
+         "--data", "mnist5k"],
+        capture_output=True, text=True, timeout=120, check=False, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_two_processes_killed_during_a_save_resume_to_the_same_result(digits, tmp_path):
+    from launch import accelerate_launch
+
+    no_bn = ['backbone_kwargs={"norm":"none"}', "projection_batchnorm=false"]
+    args = ["--data", str(digits), *RUN, *no_bn]
+    env = {"ACCELERATE_USE_CPU": "1"}
+
+    def launch(out, extra=(), kill_at=None):
+        command = [*accelerate_launch(2), "-q", str(TRAIN), *args, "--output_dir", str(out),
+                   *extra]  # fmt: skip
+        run_env = dict(os.environ, OMP_NUM_THREADS="1", **env)
+        if kill_at:
+            run_env["SECU_KILL_AT"] = kill_at
+        return subprocess.run(command, env=run_env, capture_output=True, text=True,
+                              timeout=300, check=False, cwd=ROOT)  # fmt: skip
+
+    full = launch(tmp_path / "full")
+    assert full.returncode == 0, full.stderr[-3000:]
+    killed = launch(tmp_path / "cut", kill_at="state_written:2")
+    assert killed.returncode != 0
+    resumed = launch(tmp_path / "cut", extra=["--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_state(final_state(tmp_path / "cut"), final_state(tmp_path / "full"))

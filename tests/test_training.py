@@ -2,30 +2,17 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from launch import ROOT, TINY, TRAIN, accelerate_launch, write_digit_folder
 from torch import nn
 
-from secu_plugin.data import load_mnist5k
 from secu_plugin.train.optim import build_optimizer, center_lr, encoder_lr
 from secu_plugin.train.presets import PRESETS, get_preset
-
-ROOT = Path(__file__).resolve().parents[1]
-TRAIN = ROOT / "recipes" / "train.py"
-TINY = [
-    "--set",
-    "backbone=secu_convnet_tiny",
-    "num_clusters=[10,20]",
-    "batch_size=16",
-    "warmup_epochs=1",
-    "num_workers=0",
-]
 
 
 def test_presets_resolve_to_the_papers_numbers():
@@ -191,16 +178,7 @@ def digit_folder(tmp_path_factory) -> Path:
     """50 real MNIST-5k digits as PNG files in class subfolders (labels for evaluation).
 
     50 is not a multiple of the tests' batch of 16: each epoch drops a partial last batch."""
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("digits")
-    images, labels = load_mnist5k()
-    rng = np.random.default_rng(0)
-    for i in rng.choice(len(images), size=50, replace=False):
-        folder = root / str(labels[i])
-        folder.mkdir(exist_ok=True)
-        Image.fromarray(images[i]).save(folder / f"{i}.png")
-    return root
+    return write_digit_folder(tmp_path_factory.mktemp("digits"))
 
 
 def run_recipe(args, launcher=None, timeout=300):
@@ -284,12 +262,6 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
     assert result.returncode != 0 and "no complete checkpoint" in result.stderr
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_two_process_accelerate_launch_matches_one_process(digit_folder, tmp_path):
     # No BatchNorm: then a batch split over two processes gives the network the same outputs
     # as the whole batch in one (SyncBatchNorm exists only on CUDA). 50 images, batches of 16:
@@ -303,21 +275,7 @@ def test_two_process_accelerate_launch_matches_one_process(digit_folder, tmp_pat
         'backbone_kwargs={"norm":"none"}',
         "projection_batchnorm=false",
     ]
-    launch = [
-        str(Path(sys.executable).parent / "accelerate"),
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(free_port()),
-    ]
+    launch = accelerate_launch(2)
     two, _ = run_recipe([*args, "--output_dir", str(tmp_path / "two")], launcher=launch)
     one, _ = run_recipe([*args, "--output_dir", str(tmp_path / "one")])
     assert two["num_processes"] == 2 and one["num_processes"] == 1
@@ -346,6 +304,11 @@ def test_shortened_demo_run(tmp_path):
     }
     assert summary["epochs"] == 2 and 0.0 <= summary["accuracy"] <= 1.0
     assert "epoch 1: loss" in log.stdout and "cluster size min/max K=10:" in log.stdout
+    # Accelerate's TensorBoard tracker wrote the run's scalars under output_dir/logs.
+    events = b"".join(p.read_bytes() for p in (tmp_path / "logs").rglob("events.out.tfevents.*"))
+    for tag in (b"train/loss", b"lr/encoder", b"lr/centers", b"epoch/changed",
+                b"epoch/memory_accuracy", b"clusters/K=10/min"):  # fmt: skip
+        assert tag in events, tag
     for name in (
         "cluster_sizes.png",
         "montage.png",
@@ -447,9 +410,7 @@ def test_gradient_accumulation_over_two_half_batches_matches_one_full_batch():
 
 def test_a_launch_whose_processes_would_run_alone_is_refused(digit_folder, tmp_path):
     """--multi_gpu without GPUs and without the CPU flag: N separate runs, refused."""
-    launch = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu",
-              "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-              "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-q"]  # fmt: skip
+    launch = [*accelerate_launch(2), "-q"]
     env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
     result = subprocess.run(
         [*launch, str(TRAIN), "--data", str(digit_folder), "--output_dir", str(tmp_path), *TINY],

@@ -8,30 +8,41 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from secu_plugin.core import dist
 from secu_plugin.core.assign import (
     ConstrainedAssigner,
     EntropyConstrainedAssigner,
     SizeConstrainedAssigner,
 )
+from secu_plugin.core.checks import DeferredErrors
 from secu_plugin.core.layout import HeadLayout
+from secu_plugin.core.memory import AssignmentMemory, memory_dtype
 from secu_plugin.core.nearest import nearest_center
+from secu_plugin.core.state import BankState, epoch_number
 
 DEFAULT_NUM_CLUSTERS = tuple(range(10, 101, 10))
 
 
-def _memory_dtype(num_clusters: Sequence[int]) -> torch.dtype:
-    # -1 marks "no label yet", so int16 holds up to 32767 clusters: 2 bytes per instance and head.
-    return torch.int16 if max(num_clusters) <= torch.iinfo(torch.int16).max else torch.int32
-
-
-class SeCuCenterBank(nn.Module):
+class SeCuCenterBank(BankState):
     """Centers of several clustering heads, with the state SeCu keeps across steps.
 
     Per head i: ``K_i`` learnable centers (``centers[i]``, shape (K_i, dim), raw: the loss
     normalizes them), their L2-normalized copy frozen at the start of each epoch (the targets
     of the representation loss), the cluster counts and dual variables of the constrained
     assigner, and one row of the assignment memory: the label of every training instance
-    (-1 until the instance is first assigned).
+    (-1 until the instance is first assigned), 2 bytes per instance and head.
+
+    Epochs: :meth:`start_epoch` / :meth:`end_epoch` around each epoch, or an epoch number per
+    step (:meth:`set_epoch`, which ``SeCuLoss(..., epoch=e)`` calls): a new number ends the
+    previous epoch and starts the new one, the same number again does nothing. The current
+    epoch is saved in the ``state_dict``, so a restored bank resumes mid-epoch without
+    re-freezing its targets.
+
+    Under DistributedDataParallel: the centers are parameters; targets, counts and duals are
+    buffers (identical on every rank, so DDP's broadcasts change nothing); the memory and the
+    epoch are not buffers but have their own ``state_dict`` entries (``memory``, and
+    ``memory_shard`` when sharded; ``epoch``): DDP would broadcast 2 bytes x H x N per step,
+    cannot broadcast int16, and would overwrite the shards.
 
     Args:
         dim: Dimension of the projections and centers.
@@ -47,6 +58,9 @@ class SeCuCenterBank(nn.Module):
             the largest: a few kernels, best for small heads on GPUs), ``"loop"`` (head by head on column
             views: best on CPUs and for large heads), or ``"auto"`` (padded on accelerators when
             all heads have fewer than 4096 clusters in all, else loop). The results are the same.
+        memory: ``"replicated"`` (every rank holds all labels), ``"sharded"`` (rank r of W holds
+            the instances ``i % W == r``; see :mod:`secu_plugin.core.memory`) or ``"auto"``
+            (sharded above 1 GiB of labels, i.e. N x H > 536,870,912). Same results.
 
     Examples:
         >>> bank = SeCuCenterBank(dim=8, num_clusters=[3, 5], num_instances=100)
@@ -55,8 +69,8 @@ class SeCuCenterBank(nn.Module):
         >>> bank.memory.shape, bank.memory.dtype
         (torch.Size([2, 100]), torch.int16)
         >>> bank.start_epoch()  # freeze the current centers as targets
-        >>> bank.predict(torch.randn(4, 8), head=1).shape
-        torch.Size([4])
+        >>> bank.epoch, bank.predict(torch.randn(4, 8), head=1).shape
+        (0, torch.Size([4]))
     """
 
     def __init__(
@@ -69,12 +83,15 @@ class SeCuCenterBank(nn.Module):
         lower_bound_ratio: float = 0.9,
         alpha: float = 6000.0,
         head_reductions: str = "auto",
+        memory: str = "auto",
     ) -> None:
         super().__init__()
         if head_reductions not in ("auto", "loop", "padded"):
             raise ValueError(
                 f"head_reductions must be 'auto', 'loop' or 'padded', got {head_reductions!r}"
             )
+        if memory not in ("auto", "replicated", "sharded"):
+            raise ValueError(f"memory must be 'auto', 'replicated' or 'sharded', got {memory!r}")
         num_clusters = [int(k) for k in num_clusters]
         if dim < 1:
             raise ValueError(f"dim must be positive, got {dim}")
@@ -96,13 +113,14 @@ class SeCuCenterBank(nn.Module):
         self.num_instances = int(num_instances)
         self.head_reductions = head_reductions
         self._layouts: dict = {}
+        self._epoch = -1  # a host int: reading a device tensor every step would sync
+        self.deferred_errors = DeferredErrors()  # bad steps detected on an accelerator
 
         self.centers = nn.ParameterList(
             nn.Parameter(F.normalize(torch.randn(k, dim), dim=1)) for k in num_clusters
         )
-        self.register_buffer(
-            "memory",
-            torch.full((len(num_clusters), num_instances), -1, dtype=_memory_dtype(num_clusters)),
+        self._memory = AssignmentMemory(
+            len(num_clusters), num_instances, memory_dtype(num_clusters), mode=memory
         )
         # The frozen targets of all heads, stacked: the loss scores against all of them at once.
         self.register_buffer(
@@ -115,6 +133,23 @@ class SeCuCenterBank(nn.Module):
         self.register_buffer("stacked_duals", torch.zeros(total))
         offsets = torch.tensor([0, *num_clusters]).cumsum(0)
         self.offsets = offsets.tolist()
+
+    # ---- state
+    @property
+    def memory(self) -> torch.Tensor:
+        """(H, N) int16 labels (-1: none yet); sharded: (H, n_r) this rank's instances
+        ``rank + j * world_size``. Not a buffer (see the class docstring)."""
+        return self._memory.tensor
+
+    @property
+    def memory_sharded(self) -> bool:
+        """Whether each rank holds only its own instances' labels."""
+        return self._memory.sharded
+
+    @property
+    def epoch(self) -> int:
+        """The current epoch: -1 before the first, then set by start_epoch / set_epoch."""
+        return self._epoch
 
     @property
     def num_heads(self) -> int:
@@ -132,7 +167,7 @@ class SeCuCenterBank(nn.Module):
 
     def layout(self, device: torch.device | None = None) -> HeadLayout:
         """The stacked layout of the heads' clusters, with index tensors on ``device``."""
-        device = torch.device(device if device is not None else self.memory.device)
+        device = torch.device(device if device is not None else self.targets.device)
         if device not in self._layouts:
             # Measured (docs/benchmarks.md): on a CPU the loop wins even for small heads (the
             # gathers that pad cost more than the loop's calls); on a GPU the loop also won in a
@@ -162,6 +197,8 @@ class SeCuCenterBank(nn.Module):
     def cluster_sizes(self) -> list[torch.Tensor]:
         """Per head, (K_i,) int64: how many instances the memory assigns to each cluster.
 
+        Sharded memory: a collective (every rank must call it); the sizes are global.
+
         Examples:
             >>> bank = SeCuCenterBank(dim=2, num_clusters=[2, 3], num_instances=4)
             >>> bank.memory[:, :3] = torch.tensor([[0, 1, 1], [2, 2, 0]], dtype=bank.memory.dtype)
@@ -170,50 +207,103 @@ class SeCuCenterBank(nn.Module):
         """
         memory = self.memory.long()
         histogram = self.layout(memory.device).histogram(memory, include=memory >= 0)
+        if self.memory_sharded:
+            dist.all_reduce_sum(histogram)
         return list(histogram.split(self.num_clusters))
 
     @torch.no_grad()
-    def start_epoch(self) -> None:
-        """Freezes the current (normalized) centers as the targets of the representation loss."""
+    def gather_memory(self) -> torch.Tensor:
+        """(H, N) the labels of every instance (sharded: a collective that moves the memory).
+
+        Examples:
+            >>> SeCuCenterBank(dim=2, num_clusters=[2], num_instances=3).gather_memory()
+            tensor([[-1, -1, -1]], dtype=torch.int16)
+        """
+        return self._memory.gather()
+
+    # ---- epochs
+    @torch.no_grad()
+    def start_epoch(self, epoch: int | None = None) -> None:
+        """Starts epoch ``epoch`` (default: the next one): freezes the current normalized centers
+        as the targets of the representation loss.
+
+        Raises the ValueError of an earlier bad step detected on an accelerator, if any.
+        """
+        epoch = self._epoch + 1 if epoch is None else epoch_number(epoch)
+        self.deferred_errors.raise_pending()
         self.targets.copy_(self.normalized_centers())
+        self._epoch = epoch
 
     @torch.no_grad()
     def end_epoch(self) -> None:
-        """Ends an epoch: the size constraint's counts restart from zero."""
+        """Ends an epoch: the size constraint's counts restart from zero.
+
+        Raises the ValueError of an earlier bad step detected on an accelerator, if any.
+        """
+        self.deferred_errors.raise_pending()
         if self.assigner.resets_counts_each_epoch:
             self.stacked_counts.zero_()
 
+    def set_epoch(self, epoch: int) -> None:
+        """Switches to epoch ``epoch``, idempotently: the same epoch does nothing; another one
+        ends the current epoch (if one started) and starts ``epoch``.
+
+        Examples:
+            >>> bank = SeCuCenterBank(dim=2, num_clusters=[2], num_instances=3)
+            >>> bank.set_epoch(0); bank.set_epoch(0); bank.epoch
+            0
+        """
+        epoch = epoch_number(epoch)
+        if epoch == self._epoch:
+            return
+        if self._epoch >= 0:
+            self.end_epoch()
+        self.start_epoch(epoch)
+
+    # ---- assignment and update
     @torch.no_grad()
-    def predict(self, z: torch.Tensor, head: int = 0) -> torch.Tensor:
-        """Cluster ids (B,) int64 of projections ``z`` (B, dim): the most similar center."""
-        self._check_features(z, "z")
-        if not 0 <= head < self.num_heads:
-            raise ValueError(f"head must be in [0, {self.num_heads}), got {head}")
-        return nearest_center(z, self.centers[head])[0]
+    def stored_labels(self, indices: torch.Tensor) -> torch.Tensor:
+        """(H, B) int64 labels of ``indices`` in the memory (-1: none).
+
+        Sharded: a collective; every rank passes the same (global batch) indices.
+        """
+        return self._memory.fetch(indices)
 
     @torch.no_grad()
-    def assign(self, cost: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    def assign(
+        self, cost: torch.Tensor, indices: torch.Tensor, stored: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Assigns each row under the constraint, from the state before the step.
 
         Args:
             cost: (B, sum K) stacked assignment costs of all heads.
             indices: (B,) dataset indices of the rows.
+            stored: (H, B) their :meth:`stored_labels`, if already fetched.
 
         Returns:
             (num_heads, B) int64 labels. The bank is not changed: see :meth:`update`.
         """
-        stored = self.memory.index_select(1, indices).long()
+        stored = self.stored_labels(indices) if stored is None else stored
         return self.assigner.assign(
             cost, self.stacked_counts, self.stacked_duals, stored, self.layout(cost.device)
         )
 
     @torch.no_grad()
-    def update(self, indices: torch.Tensor, labels: torch.Tensor) -> None:
+    def update(
+        self,
+        indices: torch.Tensor,
+        labels: torch.Tensor,
+        previous: torch.Tensor | None = None,
+        skip: torch.Tensor | None = None,
+    ) -> None:
         """Records the labels of a global batch: memory, counts and duals of every head.
 
         Args:
             indices: (B_global,) dataset indices of the whole global batch (all ranks).
             labels: (num_heads, B_global) their labels.
+            previous: (num_heads, B_global) their labels before the step, if already fetched.
+            skip: Optional 0-d bool tensor: where True, nothing changes (a bad step detected on
+                the device, masked without reading the flag back).
 
         An index that occurs several times (a padded distributed sampler repeats indices) keeps
         its last label, and the counts change once for it, so that the entropy constraint's
@@ -226,7 +316,12 @@ class SeCuCenterBank(nn.Module):
         last_of_run = torch.searchsorted(ordered, ordered, right=True) - 1
         new = labels.index_select(1, order.index_select(0, last_of_run))  # (H, B)
         is_last = last_of_run == torch.arange(len(ordered), device=ordered.device)
-        previous = self.memory.index_select(1, ordered).long()
+        if previous is None:
+            previous = self.stored_labels(ordered)
+        else:
+            previous = previous.index_select(1, order)
+        if skip is not None:
+            saved = self.stacked_counts.clone(), self.stacked_duals.clone()
         self.assigner.update(
             self.stacked_counts,
             self.stacked_duals,
@@ -235,13 +330,25 @@ class SeCuCenterBank(nn.Module):
             torch.where(is_last, previous, -1),
             self.layout(labels.device),
         )
+        if skip is not None:
+            self.stacked_counts.copy_(torch.where(skip, saved[0], self.stacked_counts))
+            self.stacked_duals.copy_(torch.where(skip, saved[1], self.stacked_duals))
+            new = torch.where(skip, previous, new)
         # Repeated indices write the same label, so the order of the writes does not matter.
-        self.memory.index_copy_(1, ordered, new.to(self.memory.dtype))
+        self._memory.write(ordered, new)
 
     def stored_or_new_labels(self, indices: torch.Tensor, new_labels: torch.Tensor) -> torch.Tensor:
         """The memory's labels of ``indices`` (num_heads, B), or ``new_labels`` where none is stored."""
-        stored = self.memory.index_select(1, indices).long()
+        stored = self.stored_labels(indices)
         return torch.where(stored >= 0, stored, new_labels)
+
+    @torch.no_grad()
+    def predict(self, z: torch.Tensor, head: int = 0) -> torch.Tensor:
+        """Cluster ids (B,) int64 of projections ``z`` (B, dim): the most similar center."""
+        self._check_features(z, "z")
+        if not 0 <= head < self.num_heads:
+            raise ValueError(f"head must be in [0, {self.num_heads}), got {head}")
+        return nearest_center(z, self.centers[head])[0]
 
     def _check_features(self, z: torch.Tensor, name: str) -> None:
         if not isinstance(z, torch.Tensor):
@@ -254,5 +361,6 @@ class SeCuCenterBank(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, num_clusters={self.num_clusters}, "
-            f"num_instances={self.num_instances}, assigner={self.assigner!r}"
+            f"num_instances={self.num_instances}, assigner={self.assigner!r}, "
+            f"memory={self._memory.mode!r}"
         )

@@ -1,7 +1,9 @@
 """The few collective operations SeCu needs, usable with or without a process group.
 
 Everything here is a no-op in a single process (no ``torch.distributed`` group initialized),
-so the core runs the same way in a notebook, under ``accelerate launch`` and under ``torchrun``.
+so the core runs the same way in a notebook, under ``accelerate launch``, ``torchrun`` and
+PyTorch Lightning's DDP strategy. Integer tensors travel as int32 or int64: gloo and NCCL
+cannot reduce or broadcast int16.
 """
 
 from __future__ import annotations
@@ -35,28 +37,90 @@ def rank() -> int:
 
 
 @torch.no_grad()
-def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
+def batch_sizes(rows: int, device: torch.device) -> list[int]:
+    """The number of rows of every rank, in rank order (``[rows]`` in a single process).
+
+    Ranks may hold different numbers of rows (the last batch of an epoch). With several
+    processes this reads the sizes back to the host: the one synchronization of a SeCu step on
+    an accelerator, and only in multi-process runs.
+
+    Examples:
+        >>> batch_sizes(5, torch.device("cpu"))
+        [5]
+    """
+    size = world_size()
+    if size == 1:
+        return [rows]
+    mine = torch.tensor([rows], device=device)
+    everyone = [torch.empty_like(mine) for _ in range(size)]
+    dist.all_gather(everyone, mine)
+    return torch.cat(everyone).tolist()
+
+
+@torch.no_grad()
+def gather_rows(tensor: torch.Tensor, sizes: list[int] | None = None) -> torch.Tensor:
     """Concatenates ``tensor`` of every rank along its first dimension, in rank order.
 
-    Ranks may hold different numbers of rows (the last batch of an epoch). No gradient flows.
+    Args:
+        tensor: This rank's rows.
+        sizes: Every rank's number of rows (:func:`batch_sizes`), exchanged if None.
+
+    No gradient flows.
 
     Examples:
         >>> gather_rows(torch.arange(3))
         tensor([0, 1, 2])
     """
-    size = world_size()
-    if size == 1:
+    if world_size() == 1:
         return tensor
-    rows = torch.tensor([tensor.shape[0]], device=tensor.device)
-    all_rows = [torch.empty_like(rows) for _ in range(size)]
-    dist.all_gather(all_rows, rows)
-    counts = [int(r.item()) for r in all_rows]
-    longest = max(counts)
+    sizes = sizes if sizes is not None else batch_sizes(tensor.shape[0], tensor.device)
+    gathered = all_gather_padded(tensor, max(sizes))
+    return torch.cat([g[:n] for g, n in zip(gathered, sizes)], dim=0)
+
+
+@torch.no_grad()
+def all_gather_padded(tensor: torch.Tensor, longest: int | None = None) -> list[torch.Tensor]:
+    """Every rank's ``tensor``, padded with zeros to ``longest`` rows (exchanged if None).
+
+    Examples:
+        >>> all_gather_padded(torch.ones(2, 3))[0].shape
+        torch.Size([2, 3])
+    """
+    if world_size() == 1:
+        return [tensor]
+    if longest is None:
+        longest = max(batch_sizes(tensor.shape[0], tensor.device))
     padded = tensor.new_zeros((longest, *tensor.shape[1:]))
     padded[: tensor.shape[0]] = tensor
-    gathered = [torch.empty_like(padded) for _ in range(size)]
+    gathered = [torch.empty_like(padded) for _ in range(world_size())]
     dist.all_gather(gathered, padded.contiguous())
-    return torch.cat([g[:n] for g, n in zip(gathered, counts)], dim=0)
+    return gathered
+
+
+@torch.no_grad()
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """In place: the element-wise maximum over ranks (int32, int64 or floating point).
+
+    Examples:
+        >>> all_reduce_max(torch.tensor([1, 5]))
+        tensor([1, 5])
+    """
+    if world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
+@torch.no_grad()
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """In place: the element-wise sum over ranks.
+
+    Examples:
+        >>> all_reduce_sum(torch.tensor([1, 5]))
+        tensor([1, 5])
+    """
+    if world_size() > 1:
+        dist.all_reduce(tensor)
+    return tensor
 
 
 class _MeanGradientAcrossRanks(torch.autograd.Function):
@@ -76,9 +140,13 @@ class _MeanGradientAcrossRanks(torch.autograd.Function):
 def mean_gradient_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
     """Returns ``tensor`` unchanged; the gradient reaching it is averaged over ranks.
 
-    The centers live outside the DistributedDataParallel wrapper of the encoder, so their
-    gradient is averaged here, the way DDP averages the encoder's. Averaging is idempotent once
-    every rank holds the mean, so a user who also wraps the centers in DDP gets the same result.
+    When the centers live outside the DistributedDataParallel wrapper of the encoder, nothing
+    else averages their gradient. When they live inside it (a bank that is a submodule of a
+    DDP-wrapped model, as in a LightningModule), DDP averages the already averaged gradient
+    again: the mean of equal values, the same up to rounding (bit for bit on 2 ranks, where
+    (g + g) / 2 = g), for one more all-reduce of the centers' gradient per step; there,
+    ``SeCuLoss(..., sync_center_gradients=False)`` leaves the averaging to DDP alone.
+    ``tests/test_distributed.py`` checks both against the single-process gradient.
 
     Examples:
         >>> centers = torch.randn(3, 2, requires_grad=True)

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from secu_plugin.core import dist
-from secu_plugin.core.bank import SeCuCenterBank
+from secu_plugin.core.bank import SeCuCenterBank, epoch_number
+from secu_plugin.core.checks import check_inputs
 
 
 class SeCuLossTerms(NamedTuple):
@@ -56,15 +57,54 @@ class SeCuLoss(nn.Module):
 
     The center gradient is averaged over ranks inside the loss; the encoder's, by DDP as usual.
 
+    **When a call writes the bank.** A call records its assignment (memory, counts, duals) and
+    follows ``epoch=`` only if it is a training step: ``update=True`` at construction (the
+    default), the loss and the bank in training mode, and gradients enabled (not under
+    ``torch.no_grad()`` or ``torch.inference_mode()``). A call's ``update=True`` or
+    ``update=False`` overrides that rule. So a validation loss (Lightning runs
+    ``validation_step`` in eval mode under inference mode) reads the bank and changes nothing.
+
+    **Epochs.** ``epoch=e`` makes the bank switch epochs itself (:meth:`SeCuCenterBank.set_epoch`:
+    a new number ends the previous epoch and freezes the targets, the same number does nothing),
+    so no epoch hooks are needed; explicit ``start_epoch()`` / ``end_epoch()`` work as well.
+
+    **Checks.** Shapes, dtypes and devices are checked on the host (ValueError, nothing
+    changed). With ``check_values`` the values are checked too, and the default step never
+    waits for the device (no host-device synchronization, also on CUDA; under
+    ``torch.distributed`` the ranks' batch sizes are exchanged, one small read-back per step):
+
+    - indices on the CPU (what a DataLoader yields) are range-checked on the host before they
+      are copied (asynchronously) to the features' device: ValueError at once, nothing changed;
+    - features on the CPU are checked at once (ValueError, nothing changed);
+    - on an accelerator, non-finite features and indices already on the device (Lightning moves
+      the whole batch there) are flagged on the device. The flags mask that step's update
+      (``torch.where``: memory, counts and duals keep their values; out-of-range indices are
+      clamped so that nothing is read out of bounds) and reach the host asynchronously; the
+      ValueError, naming the bad input, is raised by the next recording call of the loss (which
+      waits for an event of the bad step, not for the device's queue) or by
+      ``bank.start_epoch()`` / ``bank.end_epoch()`` / an epoch switch, whichever comes first,
+      before that call changes anything. Under ``torch.distributed`` every rank masks the step
+      and raises (the flags travel with the labels). The gradients of a step with non-finite
+      features are not finite either (AMP's GradScaler skips it; a plain optimizer step would
+      write them into the centers before the error is raised).
+
+    ``check_values="deferred"`` flags values on the device on a CPU too (what an accelerator
+    does); ``False`` checks only shapes, dtypes and devices. Calls that do not record check
+    values where that is free (host tensors) and nothing on an accelerator.
+
     Args:
         bank: The center bank holding centers and state.
         temperature_x: Temperature of the representation loss.
         temperature_c: Temperature of the center loss.
         label_weight: Weight of the stored one-hot label in the soft target.
-        check_values: Check that indices are in range and features finite (ValueError
-            otherwise, the bank untouched). These checks wait for the device once per step;
-            on a GPU, ``False`` lets the loss's kernels queue behind the forward pass (shapes
-            and dtypes are still checked, and the step then has no device synchronization).
+        check_values: ``True``, ``"deferred"`` or ``False``: how indices and features are
+            checked (above).
+        update: Whether training steps record their assignment (``False``: a loss that only
+            reads the bank, e.g. for validation).
+        sync_center_gradients: Average the centers' gradient over ranks inside the loss. Needed
+            when the bank is outside any DistributedDataParallel wrapper; when DDP already
+            wraps it (a bank inside a DDP-wrapped model), ``False`` saves one all-reduce of the
+            centers' gradient per step (``True`` gives the same gradient up to rounding).
 
     Examples:
         >>> bank = SeCuCenterBank(dim=16, num_clusters=[4, 8], num_instances=32)
@@ -85,7 +125,9 @@ class SeCuLoss(nn.Module):
         temperature_x: float = 0.05,
         temperature_c: float = 0.05,
         label_weight: float = 0.2,
-        check_values: bool = True,
+        check_values: bool | str = True,
+        update: bool = True,
+        sync_center_gradients: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(bank, SeCuCenterBank):
@@ -102,7 +144,13 @@ class SeCuLoss(nn.Module):
         self.temperature_x = float(temperature_x)
         self.temperature_c = float(temperature_c)
         self.label_weight = float(label_weight)
-        self.check_values = bool(check_values)
+        if check_values not in (True, False, "deferred"):
+            raise ValueError(
+                f"check_values must be True, False or 'deferred', got {check_values!r}"
+            )
+        self.check_values = check_values
+        self.update = bool(update)
+        self.sync_center_gradients = bool(sync_center_gradients)
         self._buffers_by_name: dict[str, torch.Tensor] = {}  # scratch space, not state
 
     def forward(
@@ -112,15 +160,33 @@ class SeCuLoss(nn.Module):
         indices: torch.Tensor,
         p0: torch.Tensor | None = None,
         p1: torch.Tensor | None = None,
+        *,
+        epoch: int | None = None,
+        update: bool | None = None,
     ) -> torch.Tensor:
         """Loss of one step.
 
         Args:
             z0, z1: (B, dim) projections of the two views, not normalized.
-            indices: (B,) int64 dataset indices of the rows.
+            indices: (B,) integer dataset indices of the rows, on the CPU or the views' device.
             p0, p1: optional (B, dim) predictor outputs of the two views.
+            epoch: The current epoch (e.g. Lightning's ``self.current_epoch``): a training step
+                switches the bank to it (:meth:`SeCuCenterBank.set_epoch`).
+            update: Overrides the rule that decides whether this call records (see the class).
         """
-        return self.terms(z0, z1, indices, p0, p1).loss
+        return self.terms(z0, z1, indices, p0, p1, epoch=epoch, update=update).loss
+
+    def records(self, update: bool | None = None) -> bool:
+        """Whether a call with this ``update`` argument writes the bank (see the class).
+
+        Examples:
+            >>> criterion = SeCuLoss(SeCuCenterBank(dim=2, num_clusters=[2], num_instances=4))
+            >>> criterion.records(), criterion.eval().records(), criterion.records(update=True)
+            (True, False, True)
+        """
+        if update is not None:
+            return bool(update)
+        return self.update and self.training and self.bank.training and torch.is_grad_enabled()
 
     def terms(
         self,
@@ -129,23 +195,53 @@ class SeCuLoss(nn.Module):
         indices: torch.Tensor,
         p0: torch.Tensor | None = None,
         p1: torch.Tensor | None = None,
+        *,
+        epoch: int | None = None,
+        update: bool | None = None,
     ) -> SeCuLossTerms:
         """Like :meth:`forward`, returning the two losses and the labels as well."""
-        views = self._check_inputs(z0, z1, indices, p0, p1)
         bank = self.bank
-        device_type = z0.device.type
+        record = self.records(update)
+        views, indices, flags = check_inputs(
+            bank, self.check_values, record, z0, z1, indices, p0, p1
+        )
+        if epoch is not None:
+            epoch = epoch_number(epoch)
+        if record:
+            bank.deferred_errors.raise_pending()  # a bad earlier step, found on the device
+            if epoch is not None:
+                bank.set_epoch(epoch)
         # Assignment and softmaxes in the bank's precision, also under AMP autocast.
-        with torch.autocast(device_type=device_type, enabled=False):
+        with torch.autocast(device_type=z0.device.type, enabled=False):
             dtype = bank.targets.dtype
             features = [F.normalize(v.to(dtype), dim=1) for v in views]
-            return self._terms(features, indices.long())
+            return self._terms(features, indices, record, flags)
 
-    def _terms(self, features: list[torch.Tensor], indices: torch.Tensor) -> SeCuLossTerms:
+    def _terms(
+        self,
+        features: list[torch.Tensor],
+        indices: torch.Tensor,
+        record: bool,
+        flags: torch.Tensor | None,
+    ) -> SeCuLossTerms:
         bank = self.bank
         num_views, num_heads = len(features), bank.num_heads
         batch = features[0].shape[0]
         stacked = torch.cat(features)  # (num_views * B, dim)
-        centers = dist.mean_gradient_across_ranks(bank.normalized_centers())
+        centers = bank.normalized_centers()
+        if self.sync_center_gradients:
+            centers = dist.mean_gradient_across_ranks(centers)
+
+        # Stored labels: recording needs those of the global batch (every rank updates the
+        # counts from all of it); a sharded memory fetches them from their owners.
+        if record or bank.memory_sharded:
+            sizes = dist.batch_sizes(batch, stacked.device)
+            global_indices = dist.gather_rows(indices, sizes)
+            stored_global = bank.stored_labels(global_indices)
+            offset = sum(sizes[: dist.rank()])
+            stored = stored_global[:, offset : offset + batch]
+        else:
+            stored = bank.stored_labels(indices)
 
         # Both losses are computed without autograd, every head at once: one product per loss
         # against all heads' centers, per-head reductions through the bank's layout. Their
@@ -159,9 +255,9 @@ class SeCuLoss(nn.Module):
             torch.mm(flat, centers.detach().T, out=similarity)
             similarity = similarity.view(num_views, batch, -1)
             cost = -(1.0 / num_views) * similarity.sum(0)
-            labels = bank.assign(cost, indices)  # (H, B), decided from the state before the step
+            labels = bank.assign(cost, indices, stored)  # (H, B), from the state before the step
             label_columns = layout.to_columns(labels)  # (H, B)
-            target_columns = layout.to_columns(bank.stored_or_new_labels(indices, labels))
+            target_columns = layout.to_columns(torch.where(stored >= 0, stored, labels))
 
             # Representation loss. Scaling the (V*B, dim) side is cheaper than the product.
             # The (V, B, sum K) buffers are reused across steps and overwritten in place: on a
@@ -208,8 +304,8 @@ class SeCuLoss(nn.Module):
             representation_value + feature_surrogate - feature_surrogate.detach()
         ) * scale
 
-        # Every rank records the whole global batch, so all ranks keep identical state.
-        bank.update(dist.gather_rows(indices), dist.gather_rows(labels.T).T)
+        if record:
+            self._record(labels, global_indices, stored_global, sizes, flags)
         return SeCuLossTerms(
             representation_loss + center_loss, representation_loss, center_loss, labels
         )
@@ -227,48 +323,20 @@ class SeCuLoss(nn.Module):
             self._buffers_by_name[name] = buffer
         return buffer
 
-    def _check_inputs(self, z0, z1, indices, p0, p1) -> list[torch.Tensor]:
+    def _record(self, labels, global_indices, stored_global, sizes, flags) -> None:
+        """Every rank records the whole global batch, so all ranks keep identical state."""
         bank = self.bank
-        if (p0 is None) != (p1 is None):
-            raise ValueError("p0 and p1 must be given together (predictor outputs of both views)")
-        named = {"z0": z0, "z1": z1}
-        if p0 is not None:
-            named.update(p0=p0, p1=p1)
-        for name, value in named.items():
-            bank._check_features(value, name)
-        batch = z0.shape[0]
-        if batch == 0:
-            raise ValueError("the batch is empty")
-        for name, value in named.items():
-            if value.shape[0] != batch:
-                raise ValueError(
-                    f"{name} has {value.shape[0]} rows but z0 has {batch}: views must match"
-                )
-        if not isinstance(indices, torch.Tensor):
-            raise ValueError(f"indices must be a torch.Tensor, got {type(indices).__name__}")
-        if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
-            raise ValueError(f"indices must be an integer tensor, got {indices.dtype}")
-        if indices.ndim != 1 or indices.shape[0] != batch:
-            raise ValueError(
-                f"indices must have shape ({batch},) to match the views, got {tuple(indices.shape)}"
-            )
-        if indices.device != z0.device:
-            raise ValueError(f"indices are on {indices.device} but the views on {z0.device}")
-        if not self.check_values:
-            return [z0, z1] if p0 is None else [z0, z1, p0, p1]
-        # One device synchronization for every value check.
-        finite = [torch.isfinite(value.detach()).all() for value in named.values()]
-        checks = torch.stack(
-            [indices.min().long(), indices.max().long(), *[f.long() for f in finite]]
-        )
-        checks = checks.tolist()
-        low, high = checks[0], checks[1]
-        for (name, _), is_finite in zip(named.items(), checks[2:]):
-            if not is_finite:
-                raise ValueError(f"{name} contains NaN or infinite values")
-        if low < 0 or high >= bank.num_instances:
-            raise ValueError(
-                f"indices must be in [0, {bank.num_instances}) (num_instances), got range "
-                f"[{low}, {high}]"
-            )
-        return [z0, z1] if p0 is None else [z0, z1, p0, p1]
+        # Labels travel as int32 (half the bytes of int64; gloo and NCCL gather no int16),
+        # with the bad-step flag as one more column: every rank masks the same steps.
+        payload = labels.T.to(torch.int32)
+        if flags is not None:
+            bad = flags.any()
+            payload = torch.cat([payload, bad.to(torch.int32).expand(labels.shape[1], 1)], dim=1)
+        gathered = dist.gather_rows(payload, sizes).long()
+        if flags is None:
+            bank.update(global_indices, gathered.T, previous=stored_global)
+            return
+        skip = gathered[:, -1].bool().any()
+        bank.update(global_indices, gathered[:, :-1].T, previous=stored_global, skip=skip)
+        names = ["z0", "z1", "p0", "p1"][: len(flags) - 1] + ["indices", "other ranks"]
+        bank.deferred_errors.push(torch.cat([flags, (skip & ~bad)[None]]), names)

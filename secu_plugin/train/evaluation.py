@@ -82,10 +82,12 @@ def evaluate_predictions(
     split: str,
     memory: np.ndarray | None = None,
     memory_labels: np.ndarray | None = None,
+    dataset_id: str | None = None,
 ) -> dict:
     """ACC / NMI / ARI of the head whose K equals the number of classes (SCAN's protocol):
     its predictions on the evaluation split, and the training memory's assignment of that head
     (``memory``: (H, N_train), scored against ``memory_labels``, the training labels).
+    ``dataset_id``: the Hugging Face Hub id of the data set, if it is one (for the card).
 
     Returns ``{}`` when the labels cannot score a clustering (none, or a single class: a
     figure against a constant labeling says nothing), else the model card's

@@ -73,7 +73,9 @@ class EpochReport:
                     f"as chance would for {self._unsettled_epochs} epochs: the run is not settling "
                     "(try a lower lr, a larger batch or milder augmentations)"
                 )
-        if self.labels is not None:
+        # A sharded memory holds this rank's instances only: its changes are a fair sample,
+        # its ACC would need every rank's labels (gathering them defeats sharding).
+        if self.labels is not None and not bank.memory_sharded:
             head = evaluation_head(bank.num_clusters, int(self.labels.max()) + 1)
             stats["memory_head"] = bank.num_clusters[head]
             assigned = memory[head].long().cpu().numpy()

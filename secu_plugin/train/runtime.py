@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -66,3 +69,21 @@ def ranks_hold_identical_state(module: torch.nn.Module) -> bool:
     device = next(iter(module.state_dict().values())).device
     gathered = dist.gather_rows(digest.to(device).unsqueeze(0))
     return bool((gathered == gathered[0]).all())
+
+
+def run_or_exit(main: Callable[[Any], Any], args: Any) -> Any:
+    """Runs a recipe's ``main(args)``; a user mistake (ValueError) or a failed write (OSError)
+    ends in one ``error:`` line on stderr and exit code 2, the traceback only with
+    ``args.debug`` or ``SECU_DEBUG=1``.
+
+    Examples:
+        >>> run_or_exit(lambda args: args * 2, 21)
+        42
+    """
+    try:
+        return main(args)
+    except (ValueError, OSError) as error:
+        if getattr(args, "debug", False) or os.environ.get("SECU_DEBUG") == "1":
+            raise
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        sys.exit(2)
