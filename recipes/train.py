@@ -36,7 +36,8 @@ from secu_plugin.models.pretrained import describe_weights, load_pretrained_back
 from secu_plugin.train.checkpoint import TrainProgress, resume_checkpoint, save_checkpoint
 from secu_plugin.train.evaluation import evaluate_predictions, predict_dataset
 from secu_plugin.train.optim import build_optimizer, center_lr, encoder_lr
-from secu_plugin.train.presets import PRESETS, get_preset, parse_overrides
+from secu_plugin.train.auto import describe_settings
+from secu_plugin.train.presets import PRESET_CHOICES, get_preset, parse_overrides
 from secu_plugin.train.report import (
     EpochReport,
     StepLogger,
@@ -53,9 +54,18 @@ from secu_plugin.train.runtime import (
 from secu_plugin.viz import save_cluster_montage, save_cluster_size_plot
 
 
-def get_args_parser(default_preset: str = "mnist5k") -> argparse.ArgumentParser:
+def get_args_parser(
+    default_preset: str = "mnist5k", data_preset: str = "auto"
+) -> argparse.ArgumentParser:
+    """``default_preset`` without ``--data``; ``data_preset`` with ``--data`` and no ``--preset``."""
     parser = argparse.ArgumentParser(description="Train SeCu with Accelerate.")
-    parser.add_argument("--preset", default=default_preset, choices=sorted(PRESETS))
+    parser.set_defaults(default_preset=default_preset, data_preset=data_preset)
+    parser.add_argument(
+        "--preset",
+        choices=PRESET_CHOICES,
+        help=f"default: {data_preset} with --data (auto: settings from the data), "
+        f"else {default_preset}",
+    )
     parser.add_argument("--data", help="mnist5k, an image folder, parquet files or a Hub data set")
     parser.add_argument("--output_dir", default=None, help="default: outputs/<preset>")
     parser.add_argument("--epochs", type=int)
@@ -113,7 +123,9 @@ def main(args: argparse.Namespace) -> dict:
     for name in ("data", "epochs", "backbone"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
-    preset = get_preset(args.preset, **overrides)
+    # With --data and no --preset, the settings are derived from the data (the auto preset).
+    preset_name = args.preset or (args.data_preset if args.data else args.default_preset)
+    preset = get_preset(preset_name, **overrides)
     output_dir = Path(args.output_dir or f"outputs/{preset.name}")
     checkpoint_dir = output_dir / "checkpoints"
     started = time.time()
@@ -135,6 +147,8 @@ def main(args: argparse.Namespace) -> dict:
     if accelerator.is_main_process:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
     log = accelerator.print
+    if preset.resolved_from is not None:  # what the auto preset chose, and from what
+        log(describe_settings(preset))
 
     # ---- Data: two views of each image and its index (labels only for evaluation).
     train_images = ImageDataset.from_source(
@@ -156,6 +170,7 @@ def main(args: argparse.Namespace) -> dict:
         min_scale=preset.min_scale,
         mean=data_config["mean"],
         std=data_config["std"],
+        **(preset.view_kwargs or {}),
     )
     # Seeded views: image i in epoch e gets the same augmentations in every run (exact resume).
     pairs = TwoViewDataset(train_images, views, seed=args.seed)
@@ -360,13 +375,13 @@ def main(args: argparse.Namespace) -> dict:
     return summary
 
 
-def run(default_preset: str = "mnist5k") -> None:
+def run(default_preset: str = "mnist5k", data_preset: str = "auto") -> None:
     """Parses the command line, trains, prints the final JSON line.
 
     A user mistake (a path, data, a setting) or a failed save ends in one ``error:`` line and
     exit code 2; ``--debug`` or ``SECU_DEBUG=1`` shows the traceback instead.
     """
-    summary = run_or_exit(main, get_args_parser(default_preset).parse_args())
+    summary = run_or_exit(main, get_args_parser(default_preset, data_preset).parse_args())
     if PartialState().is_main_process:  # the process group is gone; Accelerate keeps the rank
         print(summary_line(summary), flush=True)
 

@@ -16,4 +16,4 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train import run  # the sibling script, found through the line above
 
 if __name__ == "__main__":
-    run(default_preset="imagenet")
+    run(default_preset="imagenet", data_preset="imagenet")

@@ -13,8 +13,9 @@ from secu_plugin.data import load_mnist5k
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "recipes" / "train.py"
-# A tiny network and heads: a run of a few epochs on 50 digits takes seconds.
-TINY = ["--set", "backbone=secu_convnet_tiny", "num_clusters=[10,20]", "batch_size=16",
+# A tiny network and heads: a run of a few epochs on 50 digits takes seconds. The named
+# preset: these tests fix its settings (with --data alone the recipe derives them: auto).
+TINY = ["--preset", "mnist5k", "--set", "backbone=secu_convnet_tiny", "num_clusters=[10,20]", "batch_size=16",
         "warmup_epochs=1", "num_workers=0"]  # fmt: skip
 
 

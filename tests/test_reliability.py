@@ -136,7 +136,11 @@ def test_user_mistakes_end_in_one_error_line(case, tmp_path):
     if case == "too_few_for_the_heads":
         for i in range(12):
             Image.new("L", (28, 28), color=i * 20).save(data / f"{i}.png")
-    result = train(["--data", str(data), "--output_dir", str(tmp_path / "out"), "--no_progress"])
+    # The named preset's heads (the auto preset would fit its heads to 12 images).
+    preset = ["--preset", "mnist5k"] if case == "too_few_for_the_heads" else []
+    result = train(
+        ["--data", str(data), "--output_dir", str(tmp_path / "out"), "--no_progress", *preset]
+    )
     assert result.returncode == 2, result.stderr[-3000:]
     lines = result.stderr.strip().splitlines()
     assert "Traceback" not in result.stderr and lines[-1].startswith("error: ")

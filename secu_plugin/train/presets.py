@@ -95,6 +95,9 @@ class Preset(RunSettings):
     # views
     views: str = "byol"  # "byol" (lightly's BYOL pair) or "digits"
     min_scale: float = 0.3
+    # further keyword arguments of the view function (digit_views: rotation, translate, scale,
+    # shear, erase_prob; byol_views: grayscale_input); None: its defaults
+    view_kwargs: dict | None = None
     # optimization
     epochs: int = 401
     batch_size: int = 128  # in total, over all processes
@@ -117,6 +120,9 @@ class Preset(RunSettings):
     temperature_c: float = 0.05
     label_weight: float = 0.2
     num_workers: int = 4
+    # what the settings were derived from (the auto preset: the data's description and the
+    # step budget); None for the named presets
+    resolved_from: dict | None = None
 
     def network_arguments(self) -> dict:
         """The arguments of :class:`secu_plugin.models.SeCuNetwork` this preset trains.
@@ -210,17 +216,33 @@ PRESETS["imagenet-entropy"] = PRESETS["imagenet"].replace(
 )
 
 
+# The preset derived from the data (secu_plugin/train/auto.py): what the recipe trains with
+# when --data is given and no --preset is named.
+AUTO = "auto"
+PRESET_CHOICES: list[str] = sorted([*PRESETS, AUTO])
+
+
 def get_preset(name: str, presets: dict | None = None, **overrides) -> Preset:
     """The preset ``name`` of ``presets`` (default: :data:`PRESETS`) with ``overrides``
     applied and checked.
 
+    ``"auto"`` derives the settings from the data named by ``overrides["data"]`` (default
+    MNIST-5k): :func:`secu_plugin.train.auto.resolve_auto_preset`, which reads a sample of it.
+
     Examples:
         >>> get_preset("mnist5k", epochs=2).epochs
         2
+        >>> get_preset("auto", data="mnist5k").resolved_from["data"]["num_images"]
+        5000
     """
+    if presets is None and name == AUTO:
+        from secu_plugin.train.auto import resolve_auto_preset  # reads images: not at import
+
+        return resolve_auto_preset(**overrides)
     presets = PRESETS if presets is None else presets
     if name not in presets:
-        raise ValueError(f"unknown preset {name!r}; choose from {sorted(presets)}")
+        choices = PRESET_CHOICES if presets is PRESETS else sorted(presets)
+        raise ValueError(f"unknown preset {name!r}; choose from {choices}")
     preset = presets[name].replace(**overrides)
     preset.check()
     return preset

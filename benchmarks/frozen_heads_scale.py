@@ -1,0 +1,140 @@
+"""SeCu heads on a cache of ImageNet size: seconds per epoch, peak memory, and the exact k-NN
+search over the cache (blocked: never an N x N matrix).
+
+    python benchmarks/frozen_heads_scale.py                  # 1.28 M x 768 float16, K 1000..10000
+    python benchmarks/frozen_heads_scale.py --images 100000 --steps 20 --device cuda
+
+The features are synthetic (random, memory-mapped float16 on disk, as a real cache is); only
+the time and memory matter. Heads: the frozen preset's projection (2 layers, hidden 2048,
+dim 256) and ten heads K = 1000..10000. A full epoch and a full k-NN search take too long on
+a CPU: ``--steps`` training steps and ``--knn_blocks`` query blocks are timed and the full
+figures extrapolated (printed as such). Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from secu_plugin import SeCuCenterBank, SeCuLoss
+from secu_plugin.core.neighbors import nearest_neighbors
+from secu_plugin.data.feature_pairs import CachedPairs
+from secu_plugin.models.heads import build_projection_head
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=1_281_167)
+    parser.add_argument("--dim", type=int, default=768)
+    parser.add_argument("--batch_size", type=int, default=4096)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--knn_blocks", type=int, default=2)
+    parser.add_argument("--knn_block_size", type=int, default=4096)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+
+    # The cache: (N, 1, D) float16 in a memory-mapped .npy, filled block by block.
+    folder = Path(tempfile.mkdtemp())
+    features = np.lib.format.open_memmap(
+        folder / "features.npy", mode="w+", dtype=np.float16, shape=(args.images, 1, args.dim)
+    )
+    generator = np.random.default_rng(0)
+    for start in range(0, args.images, 100_000):
+        stop = min(start + 100_000, args.images)
+        features[start:stop, 0] = generator.standard_normal((stop - start, args.dim))
+    features.flush()
+    cache = torch.from_numpy(np.load(folder / "features.npy", mmap_mode="r+"))
+    cache_gib = cache.numel() * 2 / 2**30
+
+    # k-NN: time a few blocks of queries against all N keys, extrapolate to N queries.
+    started = time.perf_counter()
+    nearest_neighbors(cache[: args.knn_blocks * args.knn_block_size, 0], 20, args.knn_block_size)
+    warm = time.perf_counter() - started  # includes normalizing the query rows
+    keys_only = time.perf_counter()
+    blocks_timed = 0
+
+    def count(_rows: int) -> None:
+        nonlocal blocks_timed
+        blocks_timed += 1
+        if blocks_timed >= args.knn_blocks:
+            raise StopIteration
+
+    try:
+        nearest_neighbors(cache[:, 0], 20, args.knn_block_size, device=device, progress=count)
+    except StopIteration:
+        pass
+    knn_seconds = time.perf_counter() - keys_only
+    per_block = knn_seconds / args.knn_blocks  # (the first includes normalizing all keys)
+    knn_full = per_block * (args.images / args.knn_block_size)
+    knn_peak = peak_rss_gib()
+
+    # Heads over the cache: time --steps steps (pairs: random "neighbours").
+    neighbors = torch.randint(args.images, (args.images, 20))
+    pairs = CachedPairs(cache, "neighbors", neighbors, seed=0)
+    pairs.set_epoch(1)
+    head = build_projection_head(args.dim, 2048, 256, 2).to(device)
+    num_clusters = list(range(1000, 10001, 1000))
+    bank = SeCuCenterBank(
+        dim=256, num_clusters=num_clusters, num_instances=args.images, dual_lr=20.0,
+        lower_bound_ratio=0.4,
+    ).to(device)  # fmt: skip
+    criterion = SeCuLoss(bank, temperature_x=0.1, temperature_c=0.2)
+    optimizer = torch.optim.SGD([*head.parameters(), *bank.centers.parameters()], lr=0.1)
+    bank.start_epoch()
+    order = torch.randperm(args.images)
+    times = []
+    for step in range(args.steps + 1):
+        indices = order[step * args.batch_size : (step + 1) * args.batch_size]
+        started = time.perf_counter()
+        x0, x1 = pairs(indices)
+        loss = criterion(head(x0.to(device)), head(x1.to(device)), indices.to(device))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if step:  # the first step warms up
+            times.append(time.perf_counter() - started)
+    step_seconds = float(np.median(times))
+    steps_per_epoch = args.images // args.batch_size
+    result = {
+        "machine": f"{platform.processor() or platform.machine()}, {args.threads} threads",
+        "device": args.device,
+        "date": time.strftime("%Y-%m-%d"),
+        "images": args.images,
+        "dim": args.dim,
+        "cache_gib": round(cache_gib, 2),
+        "heads": "K=1000..10000 (10 heads)",
+        "batch_size": args.batch_size,
+        "step_seconds_median": round(step_seconds, 3),
+        "epoch_seconds_extrapolated": round(step_seconds * steps_per_epoch, 1),
+        "knn_k": 20,
+        "knn_block_size": args.knn_block_size,
+        "knn_seconds_per_block": round(per_block, 2),
+        "knn_seconds_extrapolated": round(knn_full, 1),
+        "knn_warmup_seconds": round(warm, 2),
+        "knn_peak_rss_gib": round(knn_peak, 2),
+        "peak_rss_gib": round(peak_rss_gib(), 2),
+    }
+    if device.type == "cuda":
+        result["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,360 @@
+"""The ``auto`` preset: training settings derived from the data, for small sets of own images.
+
+``accelerate launch recipes/train.py --data ROOT`` (no ``--preset``) trains with it. A sample
+of the training images is described (:func:`describe_data`: number of images, grey or colour,
+typical size, number of classes when the labels say something, pixel mean and std) and
+:func:`auto_preset` maps that description to a :class:`~secu_plugin.train.presets.Preset`:
+
+- network: ``secu_convnet_small`` (any ``in_chans``, any input from 8 pixels), 1 channel for
+  grey data and 3 for colour, the data's own mean and std, input size from the images (see
+  :func:`input_size_for`);
+- views sized to the input (:func:`view_settings`): grey data gets the digits' affine views,
+  with neither crop nor erasing on tiny images; colour data gets BYOL's views (colour jitter);
+- the schedule in steps (:func:`schedule_for`): the batch from the number of images, a fixed
+  budget of training steps turned into epochs, a warm-up of a fixed number of steps turned into
+  epochs; epoch 0 still only fills the assignment memory (encoder lr 0), on top of the budget;
+- heads ``[C, 2C, 3C, 4C, 5C]`` for ``C`` known classes, else ``[10, 20, 30, 40, 50]``, each
+  kept only if the data has at least 20 images per cluster (:func:`heads_for`);
+- the CPU demo's SeCu settings (``mnist5k``: dual step 1.0, temperatures 0.2, center lr 0.5),
+  which were measured for a few thousand steps rather than the paper's hundreds of epochs.
+
+Any ``--set``/``--epochs`` override wins, and the derived settings follow it (a different
+batch changes the number of epochs of the step budget; a different input size, the views).
+The description and the budget are kept in ``Preset.resolved_from``, so the model's
+``training`` record says what the settings came from. Measurements: ``docs/results.md``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from secu_plugin.train.presets import AUTO, Preset
+
+BACKBONE = "secu_convnet_small"
+# Training steps after the memory-filling epoch, and of them the linear warm-up.
+STEP_BUDGET = 3000
+WARMUP_STEPS = 100
+# Largest input side: larger images are resized down to it (time grows with its square).
+MAX_INPUT_SIZE = 32
+MIN_IMAGES_PER_CLUSTER = 20
+DEFAULT_HEADS = (10, 20, 30, 40, 50)
+
+
+@dataclass(frozen=True)
+class DataDescription:
+    """What the auto preset needs to know about a data set.
+
+    Attributes:
+        num_images: Training images.
+        channels: 1 (grey data) or 3 (colour data).
+        image_size: Median shorter side of the sampled images, in pixels.
+        num_classes: Classes, when the labels are informative (two or more); else None.
+        mean, std: Pixel mean and standard deviation in [0, 1] (one value per channel),
+            measured on the sample.
+        sampled: How many images were read to measure the above.
+    """
+
+    num_images: int
+    channels: int
+    image_size: int
+    num_classes: int | None = None
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.25,)
+    sampled: int = 0
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def _is_colour(pixels: np.ndarray) -> bool:
+    """Whether an RGB image has visible colour (not grey stored as RGB, as JPEGs often are)."""
+    spread = pixels.max(axis=-1).astype(np.int16) - pixels.min(axis=-1).astype(np.int16)
+    return float(spread.mean()) > 4.0
+
+
+def describe_data(dataset, sample_size: int = 256, seed: int = 0) -> DataDescription:
+    """Describes an :class:`~secu_plugin.data.ImageDataset` from a random sample of its images.
+
+    Unreadable images in the sample are passed over. The data counts as colour when at least
+    10% of the sampled images show colour; grey images stored as RGB count as grey.
+
+    Examples:
+        >>> from secu_plugin.data import ImageDataset
+        >>> description = describe_data(ImageDataset.mnist5k(), sample_size=64)
+        >>> description.num_images, description.channels, description.image_size
+        (5000, 1, 28)
+        >>> description.num_classes, round(description.mean[0], 1)
+        (10, 0.1)
+    """
+    from secu_plugin.train.evaluation import has_informative_labels
+
+    count = len(dataset)
+    if count == 0:
+        raise ValueError("the data set has no images")
+    order = np.random.default_rng(seed).permutation(count)[: min(sample_size, count)]
+    images = []
+    for index in order:
+        try:
+            images.append(dataset[int(index)][0])
+        except ValueError:  # an unreadable file: the recipe reports those itself
+            continue
+    if not images:
+        raise ValueError(f"none of the {len(order)} sampled images could be read")
+    arrays = [np.asarray(image.convert("RGB") if image.mode != "L" else image) for image in images]
+    colour = sum(a.ndim == 3 and _is_colour(a) for a in arrays) >= max(1, 0.1 * len(arrays))
+    channels = 3 if colour else 1
+    values = [
+        (a.reshape(-1, 3) if channels == 3 else a.reshape(-1, 3).mean(1, keepdims=True))
+        if a.ndim == 3
+        else (np.repeat(a.reshape(-1, 1), channels, axis=1))
+        for a in arrays
+    ]
+    pixels = np.concatenate(values).astype(np.float64) / 255.0
+    sizes = [min(image.size) for image in images]
+    labels = getattr(dataset, "labels", None)
+    num_classes = None
+    if has_informative_labels(labels):
+        known = np.asarray(labels)[np.asarray(labels) >= 0]
+        num_classes = int(getattr(dataset, "num_classes", None) or len(np.unique(known)))
+    return DataDescription(
+        num_images=count,
+        channels=channels,
+        image_size=int(np.median(sizes)),
+        num_classes=num_classes,
+        mean=tuple(round(float(m), 4) for m in pixels.mean(0)),
+        std=tuple(round(max(float(s), 1e-3), 4) for s in pixels.std(0)),
+        sampled=len(images),
+    )
+
+
+def input_size_for(image_size: int) -> int:
+    """The network's input side: the images' own size, at most :data:`MAX_INPUT_SIZE`.
+
+    Examples:
+        >>> input_size_for(8), input_size_for(28), input_size_for(56), input_size_for(500)
+        (8, 28, 32, 32)
+    """
+    return int(min(max(image_size, 1), MAX_INPUT_SIZE))
+
+
+def _between(size: int, small: float, large: float, low: int = 8, high: int = 24) -> float:
+    """``small`` at ``low`` pixels and below, ``large`` at ``high`` and above, linear between."""
+    t = min(max((size - low) / (high - low), 0.0), 1.0)
+    return round(small + t * (large - small), 3)
+
+
+def view_settings(channels: int, input_size: int) -> tuple[str, float, dict]:
+    """``(views, min_scale, view_kwargs)`` for the data's channels and the input size.
+
+    Grey data: the digits' views (small affine warps, no flip, no colour jitter). From 24
+    pixels up they are the ``mnist5k`` preset's (crop to 70% of the area, 25% erasing); toward
+    8 pixels the crop and the erasing fade out (a 2-10% erase or a 70% crop of an 8x8 image
+    removes whole strokes) and the affine warp shrinks to about a pixel.
+    Colour data: BYOL's views (crop, flip, colour jitter, grey, blur, solarize), with the crop
+    of the paper's CIFAR recipe (30% of the area) from 24 pixels up, milder below.
+
+    Examples:
+        >>> view_settings(1, 8)
+        ('digits', 1.0, {'rotation': 10.0, 'translate': 0.125, 'scale': [0.9, 1.1], 'shear': 5.0, 'erase_prob': 0.0})
+        >>> view_settings(1, 28)[:2], view_settings(1, 28)[2]["erase_prob"]
+        (('digits', 0.7), 0.25)
+        >>> view_settings(3, 32)
+        ('byol', 0.3, {'grayscale_input': False})
+    """
+    if channels == 1:
+        kwargs = {
+            "rotation": _between(input_size, 10.0, 15.0),
+            "translate": _between(input_size, 0.125, 0.1),
+            "scale": [_between(input_size, 0.9, 0.85), _between(input_size, 1.1, 1.15)],
+            "shear": _between(input_size, 5.0, 10.0),
+            "erase_prob": _between(input_size, 0.0, 0.25, low=12),
+        }
+        return "digits", _between(input_size, 1.0, 0.7, low=12), kwargs
+    return "byol", _between(input_size, 0.6, 0.3), {"grayscale_input": False}
+
+
+def batch_size_for(num_images: int) -> int:
+    """64 (the CPU demo's: many steps per epoch) up to 20,000 images, 128 up to 200,000, then
+    256; halved (down to 8) until an epoch has at least 16 steps.
+
+    Examples:
+        >>> batch_size_for(50), batch_size_for(500), batch_size_for(1797), batch_size_for(50_000)
+        (8, 16, 64, 128)
+    """
+    batch = 64 if num_images <= 20_000 else 128 if num_images <= 200_000 else 256
+    while batch > 8 and batch * 16 > num_images:
+        batch //= 2
+    return batch
+
+
+def schedule_for(
+    num_images: int,
+    batch_size: int,
+    step_budget: int = STEP_BUDGET,
+    warmup_steps: int = WARMUP_STEPS,
+    epochs: int | None = None,
+) -> dict:
+    """Epochs and warm-up epochs of a budget of training steps (the recipe counts in epochs).
+
+    Epoch 0 only fills the assignment memory, so ``epochs`` is one more than the epochs the
+    budget takes; the warm-up is ``warmup_steps`` rounded to whole epochs (at least one, and
+    it ends before the last epoch). With ``epochs`` given (an override) it is kept.
+
+    Examples:
+        >>> schedule_for(1797, 64)  # 28 steps per epoch: 108 epochs of training, 4 of warm-up
+        {'epochs': 109, 'warmup_epochs': 5, 'steps_per_epoch': 28, 'training_steps': 3024}
+        >>> schedule_for(5000, 64)["epochs"], schedule_for(5000, 64, epochs=3)["warmup_epochs"]
+        (40, 2)
+    """
+    steps_per_epoch = max(1, num_images // batch_size)  # the recipe drops the last partial batch
+    if epochs is None:
+        epochs = 1 + max(2, math.ceil(step_budget / steps_per_epoch))
+    warmup = 1 + max(1, round(warmup_steps / steps_per_epoch))
+    warmup = min(warmup, max(1, epochs - 1))
+    return {
+        "epochs": int(epochs),
+        "warmup_epochs": int(warmup),
+        "steps_per_epoch": steps_per_epoch,
+        "training_steps": (int(epochs) - 1) * steps_per_epoch,
+    }
+
+
+def heads_for(num_images: int, num_classes: int | None) -> list[int]:
+    """``[C, 2C, ..., 5C]`` with ``C`` classes, else ``[10, 20, ..., 50]``; heads with fewer
+    than :data:`MIN_IMAGES_PER_CLUSTER` images per cluster are dropped (``C`` itself is kept
+    while the data has at least 2 images per class).
+
+    Examples:
+        >>> heads_for(1797, 10), heads_for(1797, None), heads_for(500, 3), heads_for(100, None)
+        ([10, 20, 30, 40, 50], [10, 20, 30, 40, 50], [3, 6, 9, 12, 15], [5])
+    """
+    base = list(DEFAULT_HEADS) if num_classes is None else [num_classes * k for k in range(1, 6)]
+    heads = [k for k in base if k * MIN_IMAGES_PER_CLUSTER <= num_images]
+    if not heads:
+        first = base[0] if num_classes is not None and 2 * base[0] <= num_images else None
+        heads = [first or max(2, num_images // MIN_IMAGES_PER_CLUSTER)]
+    return heads
+
+
+def _channel_values(values: tuple[float, ...], channels: int) -> list[float]:
+    if len(values) == channels:
+        return list(values)
+    if len(values) == 1:
+        return list(values) * channels
+    return [round(sum(values) / len(values), 4)] * channels
+
+
+def auto_preset(
+    description: DataDescription, data: str = "mnist5k", num_workers: int = 0, **overrides
+) -> Preset:
+    """The auto preset for data described by ``description``; ``overrides`` win.
+
+    Examples:
+        >>> grey8 = DataDescription(1797, channels=1, image_size=8, num_classes=10)
+        >>> preset = auto_preset(grey8, data="digits")
+        >>> preset.input_size, preset.batch_size, preset.epochs, preset.views, preset.min_scale
+        (8, 64, 109, 'digits', 1.0)
+        >>> auto_preset(grey8, batch_size=32).epochs  # the step budget in 56 steps per epoch
+        55
+    """
+    channels = int(overrides.get("in_chans", description.channels))
+    input_size = overrides.get("input_size") or input_size_for(description.image_size)
+    views, min_scale, view_kwargs = view_settings(channels, int(input_size))
+    if overrides.get("views", views) != views:  # views named by hand: their own defaults
+        view_kwargs = {}
+    batch_size = int(overrides.get("batch_size", batch_size_for(description.num_images)))
+    schedule = schedule_for(description.num_images, batch_size, epochs=overrides.get("epochs"))
+    settings = {
+        "name": AUTO,
+        "data": data,
+        "backbone": BACKBONE,
+        "in_chans": channels,
+        "input_size": int(input_size),
+        "mean": _channel_values(description.mean, channels),
+        "std": _channel_values(description.std, channels),
+        "views": views,
+        "min_scale": min_scale,
+        "view_kwargs": view_kwargs,
+        "epochs": schedule["epochs"],
+        "batch_size": batch_size,
+        "lr": 0.2,
+        "warmup_epochs": schedule["warmup_epochs"],
+        "center_lr": 0.5,
+        "num_clusters": heads_for(description.num_images, description.num_classes),
+        "dual_lr": 1.0,
+        "temperature_x": 0.2,
+        "temperature_c": 0.2,
+        "num_workers": num_workers,
+        "resolved_from": {
+            "data": description.to_dict(),
+            "step_budget": STEP_BUDGET,
+            "warmup_steps": WARMUP_STEPS,
+            "steps_per_epoch": schedule["steps_per_epoch"],
+            "training_steps": schedule["training_steps"],
+        },
+    }
+    return Preset(**settings).replace(**overrides)
+
+
+def default_num_workers() -> int:
+    """DataLoader workers: none on a CPU-only machine (they would take the training's cores),
+    else half the cores, at most 8."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(8, (cores or 2) // 2))
+
+
+def resolve_auto_preset(data: str = "mnist5k", sample_size: int = 256, **overrides) -> Preset:
+    """Reads the training split of ``data`` (a recipe's ``--data``), describes a sample of it
+    and returns its auto preset (what ``get_preset("auto", data=...)`` returns).
+
+    Examples:
+        >>> preset = resolve_auto_preset("mnist5k", epochs=5)
+        >>> preset.name, preset.in_chans, preset.input_size, preset.epochs, preset.num_clusters
+        ('auto', 1, 28, 5, [10, 20, 30, 40, 50])
+    """
+    from secu_plugin.data import ImageDataset
+
+    images = ImageDataset.from_source(data, split="train")
+    description = describe_data(images, sample_size=sample_size)
+    overrides.setdefault("num_workers", default_num_workers())
+    return auto_preset(description, data=data, **overrides)
+
+
+def describe_settings(preset: Preset) -> str:
+    """The resolved settings as printable lines (the recipe prints them at the start).
+
+    Examples:
+        >>> grey8 = DataDescription(1797, channels=1, image_size=8, num_classes=10)
+        >>> print(describe_settings(auto_preset(grey8)).splitlines()[0])
+        resolved settings (auto, from 1797 grey 8 px images, 10 classes):
+    """
+    lines = []
+    source = preset.resolved_from or {}
+    described = source.get("data")
+    if described:
+        kind = "colour" if described["channels"] == 3 else "grey"
+        classes = described["num_classes"]
+        lines.append(
+            f"resolved settings ({preset.name}, from {described['num_images']} {kind} "
+            f"{described['image_size']} px images, "
+            f"{'unknown' if classes is None else classes} classes):"
+        )
+    else:
+        lines.append(f"settings ({preset.name}):")
+    for name, value in preset.to_dict().items():
+        if name not in ("name", "resolved_from"):
+            lines.append(f"  {name}: {value}")
+    if source:
+        lines.append(
+            f"  schedule: {source['training_steps']} training steps "
+            f"({source['steps_per_epoch']} per epoch) after the memory-filling epoch 0"
+        )
+    return "\n".join(lines)
