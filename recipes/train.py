@@ -33,10 +33,10 @@ from secu_plugin import SeCuCenterBank, SeCuLoss, SeCuModel
 from secu_plugin.data import ImageDataset, TwoViewDataset, byol_views, digit_views
 from secu_plugin.models import SeCuNetwork
 from secu_plugin.models.pretrained import describe_weights, load_pretrained_backbone
+from secu_plugin.train.auto import describe_settings
 from secu_plugin.train.checkpoint import TrainProgress, resume_checkpoint, save_checkpoint
 from secu_plugin.train.evaluation import evaluate_predictions, predict_dataset
 from secu_plugin.train.optim import build_optimizer, center_lr, encoder_lr
-from secu_plugin.train.auto import describe_settings
 from secu_plugin.train.presets import PRESET_CHOICES, get_preset, parse_overrides
 from secu_plugin.train.report import (
     EpochReport,

@@ -41,7 +41,12 @@ from secu_plugin.models.pretrained import (
     load_pretrained_backbone,
 )
 from secu_plugin.train.checkpoint import TrainProgress, resume_checkpoint, save_checkpoint
-from secu_plugin.train.evaluation import evaluate_predictions, kmeans_baseline, predict_features
+from secu_plugin.train.evaluation import (
+    evaluate_predictions,
+    kmeans_baseline,
+    predict_features,
+    project_features,
+)
 from secu_plugin.train.features import (
     cache_key,
     cached_neighbors,
@@ -157,7 +162,9 @@ def main(args: argparse.Namespace) -> dict:
     features = cache.features
     neighbors = None
     if preset.pairs == "neighbors":
-        neighbors = cached_neighbors(accelerator, cache, preset.num_neighbors, log)
+        neighbors = cached_neighbors(
+            accelerator, cache, preset.num_neighbors, preset.neighbor_whitening, log
+        )
     pairs = CachedPairs(features, preset.pairs, neighbors, seed=args.seed)
 
     # ---- Heads: the projection MLP and the center bank, trained over the cache.
@@ -203,6 +210,11 @@ def main(args: argparse.Namespace) -> dict:
         epoch = progress.epoch
         loader.set_epoch(epoch)
         pairs.set_epoch(epoch)
+        if epoch == preset.kmeans_epoch:  # clusters from what the head has learnt so far
+            bank.warm_start(project_features(head, features[:, 0]), seed=args.seed)
+            for center in bank.centers:  # the old centers' momentum does not apply
+                optimizer.state.pop(center, None)
+            log(f"epoch {epoch}: centers and memory reset by k-means on the projections")
         bank.start_epoch()
         report.start(bank)
         head.train()

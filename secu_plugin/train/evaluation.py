@@ -134,26 +134,40 @@ def evaluate_predictions(
 
 
 @torch.no_grad()
+def project_features(
+    head: torch.nn.Module, features: torch.Tensor, batch_size: int = 4096
+) -> torch.Tensor:
+    """(N, dim) projections of precomputed backbone ``features`` (N, D) by ``head`` in eval
+    mode, on ``head``'s device.
+
+    Examples:
+        >>> project_features(torch.nn.Linear(4, 2), torch.randn(5, 4)).shape
+        torch.Size([5, 2])
+    """
+    was_training = head.training
+    head.eval()
+    device = next(head.parameters()).device
+    projections = [
+        head(features[start : start + batch_size].to(device=device, dtype=torch.float32))
+        for start in range(0, len(features), batch_size)
+    ]
+    head.train(was_training)
+    return torch.cat(projections)
+
+
 def predict_features(
     head: torch.nn.Module, centers, features: torch.Tensor, batch_size: int = 4096
 ) -> np.ndarray:
-    """Cluster ids (H, N) of precomputed backbone ``features`` (N, D): ``head`` (the
-    projection) in eval mode, then the nearest center of every head.
+    """Cluster ids (H, N) of precomputed backbone ``features`` (N, D): their projections,
+    then the nearest center of every head.
 
     Examples:
         >>> head = torch.nn.Linear(4, 2)
         >>> predict_features(head, [torch.eye(2)], torch.randn(5, 4)).shape
         (1, 5)
     """
-    was_training = head.training
-    head.eval()
-    device = next(head.parameters()).device
-    ids = []
-    for start in range(0, len(features), batch_size):
-        z = head(features[start : start + batch_size].to(device=device, dtype=torch.float32))
-        ids.append(torch.stack([nearest_center(z, c.detach())[0] for c in centers]).cpu())
-    head.train(was_training)
-    return torch.cat(ids, dim=1).numpy()
+    z = project_features(head, features, batch_size)
+    return torch.stack([nearest_center(z, c.detach())[0] for c in centers]).cpu().numpy()
 
 
 def kmeans_baseline(features: torch.Tensor, labels: np.ndarray, k: int, seed: int = 0) -> dict:

@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from secu_plugin.core.neighbors import nearest_neighbors
+from secu_plugin.core.neighbors import nearest_neighbors, whitened
 from secu_plugin.data.feature_cache import FeatureCache, dataset_fingerprint
 from secu_plugin.data.views import MultiViewDataset
 from secu_plugin.train.checkpoint import fault_point
@@ -35,7 +35,7 @@ def cache_key(
         "weights": weights,
         "transforms": [repr(t) for t in transforms],
         "data": dataset_fingerprint(dataset),
-        "seed": seed,
+        "seed": seed if len(transforms) > 1 else None,  # only augmented views are drawn
     }
 
 
@@ -117,14 +117,22 @@ def extract_features(
 
 
 def cached_neighbors(
-    accelerator, cache: FeatureCache, k: int, log: Callable[[str], None] = print
+    accelerator,
+    cache: FeatureCache,
+    k: int,
+    whitening: int = 0,
+    log: Callable[[str], None] = print,
 ) -> torch.Tensor:
     """The (N, k) nearest neighbours of the plain views in ``cache``, computed once (by the
-    main process, on its device) and stored next to the features."""
-    path = cache.directory / f"neighbors-{k}.npy"
+    main process, on its device) and stored next to the features. ``whitening`` > 0: in the
+    :func:`~secu_plugin.core.neighbors.whitened` space of that many dimensions."""
+    path = cache.directory / f"neighbors-{k}-whitened-{whitening}.npy"
     if accelerator.is_main_process and not path.exists():
         log(f"finding the {k} nearest neighbours of {cache.num_images} images")
-        neighbors = nearest_neighbors(cache.features[:, 0], k, device=accelerator.device)
+        space = cache.features[:, 0]
+        if whitening:
+            space = whitened(space, min(whitening, cache.dim, cache.num_images - 1))
+        neighbors = nearest_neighbors(space, k, device=accelerator.device)
         temporary = path.with_suffix(".tmp.npy")
         np.save(temporary, neighbors.numpy())
         os.replace(temporary, path)

@@ -36,6 +36,9 @@ class HeadPreset(RunSettings):
     # in the backbone's feature space) or "views" (two augmented views of the image)
     pairs: str = "neighbors"
     num_neighbors: int = 5
+    # neighbours in the square-rooted, PCA-whitened feature space of this many dimensions
+    # (0: plain cosine); the heads still see the plain features
+    neighbor_whitening: int = 256
     # heads: projection MLP (1 = a single linear layer) and centers
     dim: int = 128
     projection_layers: int = 2
@@ -50,6 +53,9 @@ class HeadPreset(RunSettings):
     weight_decay: float = 1e-4
     warmup_epochs: int = 3
     center_lr: float = 0.5
+    # at the start of this epoch, every head's centers and memory are reset by spherical
+    # k-means on the projections (the head has learnt for a few epochs); -1: never
+    kmeans_epoch: int = 3
     # SeCu
     assigner: str = "size"
     dual_lr: float = 1.0
