@@ -35,7 +35,7 @@ from secu_plugin.models import SeCuNetwork
 from secu_plugin.models.pretrained import describe_weights, load_pretrained_backbone
 from secu_plugin.train.auto import describe_settings
 from secu_plugin.train.checkpoint import TrainProgress, resume_checkpoint, save_checkpoint
-from secu_plugin.train.evaluation import evaluate_predictions, predict_dataset
+from secu_plugin.train.evaluation import evaluate_predictions, predict_dataset, project_dataset
 from secu_plugin.train.optim import build_optimizer, center_lr, encoder_lr
 from secu_plugin.train.presets import PRESET_CHOICES, get_preset, parse_overrides
 from secu_plugin.train.report import (
@@ -232,6 +232,11 @@ def main(args: argparse.Namespace) -> dict:
         epoch = progress.epoch
         loader.set_epoch(epoch)
         pairs.set_epoch(epoch)
+        if epoch == 0 and progress.step_in_epoch == 0 and preset.kmeans_warm_start:
+            # Start from the clusters of the (pretrained) network's features.
+            projections = project_dataset(accelerator, network, train_images, preset.batch_size)
+            bank.warm_start(projections, seed=args.seed)
+            log("centers and memory warm-started by k-means on the initial projections")
         if progress.step_in_epoch == 0:  # a mid-epoch resume keeps the restored targets
             bank.start_epoch()  # freezes the centers as the targets of this epoch
             report.start(bank)

@@ -53,7 +53,7 @@ from secu_plugin.train.features import (
     default_cache_root,
     extract_features,
 )
-from secu_plugin.train.head_presets import HEAD_PRESETS
+from secu_plugin.train.head_presets import HEAD_PRESETS, batch_size_for
 from secu_plugin.train.optim import build_optimizer, encoder_lr
 from secu_plugin.train.presets import get_preset, parse_overrides
 from secu_plugin.train.report import EpochReport, epoch_metrics, summary_line, tracker_config
@@ -108,6 +108,8 @@ def main(args: argparse.Namespace) -> dict:
     images = ImageDataset.from_source(preset.data, split="train", skip_corrupt=args.skip_corrupt)
     if images.skipped:
         log(f"skipped {len(images.skipped)} unreadable images")
+    if preset.batch_size is None:
+        preset = preset.replace(batch_size=batch_size_for(len(images)))
     preset.check_data_size(len(images), accelerator.num_processes)
     network = SeCuNetwork(
         architecture_name(preset.backbone),

@@ -22,7 +22,8 @@ from secu_plugin.data.feature_pairs import CachedPairs
 from tests.launch import ROOT, TRAIN, write_digit_folder
 
 TRAIN_HEAD = ROOT / "recipes" / "train_head.py"
-TINY_HEADS = ["--set", "num_clusters=[10,20]", "batch_size=32", "epochs=3", "warmup_epochs=1"]
+TINY_HEADS = ["--set", "num_clusters=[10,20]", "batch_size=32", "epochs=3", "warmup_epochs=1",
+              "kmeans_epoch=2"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +69,31 @@ def test_nearest_neighbors_are_exact_in_any_block_size():
         assert torch.equal(nearest_neighbors(features.half().float(), 4, block_size), expected)
     with pytest.raises(ValueError, match="k must be"):
         nearest_neighbors(features, 50)
+
+
+def test_whitened_neighbors_and_the_kmeans_warm_start():
+    """Two elongated clusters: in the plain cosine space a point's nearest neighbour may sit in
+    the other cluster; whitening rescales the discriminative direction. The warm start then
+    puts each cluster's points under one center and writes them to the memory."""
+    from secu_plugin import SeCuCenterBank
+    from secu_plugin.core.neighbors import whitened
+
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(400) % 2
+    features = torch.randn(400, 6, generator=generator) * torch.tensor([5.0, 5, 5, 5, 5, 0.3])
+    features[:, 5] += labels * 1.0 - 0.5
+    features += 20.0  # positive, like pooled activations
+    space = whitened(features, dim=6)
+    assert torch.allclose(space.T @ space / 400, torch.eye(6), atol=1e-3)  # unit covariance
+    plain, white = nearest_neighbors(features, 1)[:, 0], nearest_neighbors(space[:, 5:], 1)[:, 0]
+    assert (labels[white] == labels).float().mean() > (labels[plain] == labels).float().mean()
+    bank = SeCuCenterBank(dim=1, num_clusters=[2], num_instances=400)
+    bank.warm_start(space[:, 5:])
+    memory = bank.gather_memory()[0].long()
+    agreement = (memory == labels).float().mean()
+    assert max(agreement, 1 - agreement) > 0.9
+    with pytest.raises(ValueError, match="warm_start needs"):
+        bank.warm_start(space)
 
 
 def test_pairs_draw_neighbors_or_two_different_views_reproducibly():

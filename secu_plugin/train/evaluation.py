@@ -49,6 +49,36 @@ def predict_dataset(accelerator, model, dataset, batch_size: int) -> tuple[np.nd
     return torch.cat(predictions).T.numpy(), torch.cat(labels).numpy()
 
 
+@torch.no_grad()
+def project_dataset(accelerator, network, dataset, batch_size: int) -> torch.Tensor:
+    """(N, dim) projections of every image of ``dataset`` (``network``'s eval transform, eval
+    mode), in dataset order, on every process.
+
+    Examples:
+        >>> from accelerate import Accelerator
+        >>> from secu_plugin.models import SeCuNetwork
+        >>> from secu_plugin.data import ImageDataset
+        >>> network = SeCuNetwork("secu_convnet_tiny", in_chans=1, dim=8)
+        >>> data = ImageDataset.from_arrays(np.zeros((5, 28, 28), np.uint8))
+        >>> project_dataset(Accelerator(cpu=True), network, data, batch_size=2).shape
+        torch.Size([5, 8])
+    """
+    from secu_plugin.data import TransformedDataset
+    from secu_plugin.data.transforms import eval_transform
+
+    transform = eval_transform(network.data_config, network.in_chans)
+    loader = DataLoader(TransformedDataset(dataset, transform), batch_size=batch_size)
+    loader = accelerator.prepare_data_loader(loader)
+    was_training = network.training
+    network.eval()
+    projections = [
+        accelerator.gather_for_metrics(network(images.to(accelerator.device)))
+        for images, _, _ in loader
+    ]
+    network.train(was_training)
+    return torch.cat(projections)
+
+
 def evaluation_head(num_clusters: list[int], num_classes: int) -> int:
     """The head whose K equals the number of classes (SCAN's protocol), else head 0.
 

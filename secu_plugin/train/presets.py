@@ -110,6 +110,8 @@ class Preset(RunSettings):
     center_lr_ramp: bool = False
     # the backbone's lr relative to the encoder's (below 1 when fine-tuning pretrained weights)
     backbone_lr_factor: float = 1.0
+    # centers and memory from k-means on the initial projections (a pretrained backbone)
+    kmeans_warm_start: bool = False
     # SeCu
     num_clusters: list[int] = field(default_factory=lambda: list(range(10, 101, 10)))
     assigner: str = "size"
