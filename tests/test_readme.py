@@ -56,3 +56,25 @@ def test_readme_workflow_commands_run(tmp_path):
     from secu_plugin.train.presets import get_preset
 
     assert result.stdout.strip() == f"{get_preset('mnist5k').num_clusters} True"
+
+
+def test_readme_pretrained_commands_run(tmp_path):
+    """The README's offline pretrained-backbone lines, on 200 digits and 3 epochs of heads."""
+    block = re.search(r"```bash\n# pretrained\n(.*?)```", README, re.DOTALL).group(1)
+    lines = [line for line in block.splitlines() if line.strip()]
+    assert len(lines) == 3
+    from secu_plugin.data import ImageDataset
+
+    ImageDataset.mnist5k().save_pngs(tmp_path / "outputs" / "digits", limit=200)
+    bin_dir = Path(sys.executable).parent
+    for line in lines:
+        line = line.replace(".venv/bin/", f"{bin_dir}/")
+        if "recipes/train_head.py" in line:
+            line += f" --data outputs/digits --epochs 3 --no_progress --cache_dir {tmp_path}/cache"
+        line = line.replace("recipes/", f"{ROOT}/recipes/")
+        result = subprocess.run(
+            line, shell=True, capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path
+        )
+        assert result.returncode == 0, line + "\n" + result.stdout[-2000:] + result.stderr[-3000:]
+    rows = (tmp_path / "outputs" / "lite0-clusters.csv").read_text().splitlines()
+    assert rows[0] == "path,cluster,confidence" and len(rows) == 201

@@ -11,30 +11,33 @@ import torch.nn.functional as F
 def nearest_neighbors(
     features: torch.Tensor,
     k: int,
-    block_size: int = 4096,
+    block_size: int = 1024,
     device: torch.device | str | None = None,
     progress: Callable[[int], None] | None = None,
+    key_block_size: int = 65536,
 ) -> torch.Tensor:
     """The ``k`` nearest other rows of every row of ``features`` (cosine similarity).
 
-    Exact: each block of ``block_size`` queries is compared with every row (one
-    ``block_size x N`` product at a time), so memory stays ``O(block_size * N)``. ``features``
-    may be a memory-mapped float16 tensor on the CPU; blocks are moved to ``device`` (default:
-    the features' device) and computed in float32.
+    Exact, in blocks: ``block_size`` queries against ``key_block_size`` keys at a time, the
+    running top-k merged block by block, so memory stays ``O(block_size * key_block_size)``
+    beyond the normalized features (never N x N). ``features`` may be a memory-mapped float16
+    tensor on the CPU; blocks are moved to ``device`` (default: the features' device) and
+    computed in float32.
 
     Args:
         features: (N, D) features, not necessarily normalized.
         k: Neighbours per row, ``1 <= k < N``. A row is never its own neighbour.
         block_size: Query rows per block.
         device: Where the products run (e.g. "cuda" for a cache on the CPU).
-        progress: Called with the number of rows done after each block.
+        progress: Called with the number of rows done after each query block.
+        key_block_size: Key rows per product.
 
     Returns:
         (N, k) int64 indices on the CPU, nearest first.
 
     Examples:
         >>> points = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
-        >>> nearest_neighbors(points, k=1, block_size=3).flatten().tolist()
+        >>> nearest_neighbors(points, k=1, block_size=3, key_block_size=3).flatten().tolist()
         [1, 0, 3, 2]
     """
     if features.ndim != 2:
@@ -42,18 +45,29 @@ def nearest_neighbors(
     rows = features.shape[0]
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < rows:
         raise ValueError(f"k must be an int in [1, {rows - 1}] for {rows} rows, got {k!r}")
-    if block_size < 1:
-        raise ValueError(f"block_size must be positive, got {block_size}")
+    if block_size < 1 or key_block_size < 1:
+        raise ValueError(f"block sizes must be positive, got {block_size}, {key_block_size}")
     device = torch.device(device) if device is not None else features.device
-    keys = _normalized_blocks(features, block_size, device)
+    keys = _normalized_blocks(features, key_block_size, device)
     result = torch.empty(rows, k, dtype=torch.long)
     for start in range(0, rows, block_size):
         stop = min(start + block_size, rows)
         queries = keys[start:stop]
-        similarity = queries @ keys.T
-        # A row is not its own neighbour (duplicates of it still are).
-        similarity[torch.arange(stop - start), torch.arange(start, stop)] = -float("inf")
-        result[start:stop] = similarity.topk(k, dim=1).indices.cpu()
+        best_values = torch.full((stop - start, k), -float("inf"), device=device)
+        best_indices = torch.zeros((stop - start, k), dtype=torch.long, device=device)
+        for key_start in range(0, rows, key_block_size):
+            key_stop = min(key_start + key_block_size, rows)
+            similarity = queries @ keys[key_start:key_stop].T
+            # A row is not its own neighbour (duplicates of it still are).
+            own = torch.arange(start, stop, device=device)
+            inside = (own >= key_start) & (own < key_stop)
+            similarity[inside.nonzero().flatten(), own[inside] - key_start] = -float("inf")
+            values, indices = similarity.topk(min(k, key_stop - key_start), dim=1)
+            merged_values = torch.cat([best_values, values], dim=1)
+            merged_indices = torch.cat([best_indices, indices + key_start], dim=1)
+            best_values, order = merged_values.topk(k, dim=1)
+            best_indices = merged_indices.gather(1, order)
+        result[start:stop] = best_indices.cpu()
         if progress is not None:
             progress(stop)
     return result

@@ -83,12 +83,12 @@ HEAD_PRESETS: dict[str, HeadPreset] = {
     # Any data set of a few thousand to a few hundred thousand images (measured on MNIST-5k
     # through EfficientNet-Lite0 and on sklearn's digits: docs/results.md).
     "frozen": HeadPreset(name="frozen"),
-    # ImageNet-1k on a DINOv2 ViT-B/14 (not run here: no GPU, no download; see the README).
+    # ImageNet-1k on a DINOv2 ViT-B/14 (not run here: no GPU, no download; see the README):
+    # the heads, batch and schedule of TEMI/TURTLE-style heads on frozen features.
     "frozen-imagenet": HeadPreset(
         name="frozen-imagenet",
         data="imagenet-1k",
-        backbone="vit_base_patch14_dinov2.lvd142m",
-        input_size=224,
+        backbone="vit_base_patch14_dinov2.lvd142m",  # its own 518 px input (fixed in timm)
         num_neighbors=20,
         dim=256,
         projection_hidden_dim=2048,
