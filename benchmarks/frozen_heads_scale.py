@@ -26,8 +26,18 @@ import torch
 
 from secu_plugin import SeCuCenterBank, SeCuLoss
 from secu_plugin.core.neighbors import nearest_neighbors
-from secu_plugin.data.feature_pairs import CachedPairs
-from secu_plugin.models.heads import build_projection_head
+
+
+def load_module(relative: str):
+    """A torch-only module of the package, without its package's other imports (lightly,
+    PIL, ...: the GPU machine has not all of them)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "secu_plugin" / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def peak_rss_gib() -> float:
@@ -85,8 +95,9 @@ def main() -> None:
 
     # Heads over the cache: time --steps steps (pairs: random "neighbours").
     neighbors = torch.randint(args.images, (args.images, 20))
-    pairs = CachedPairs(cache, "neighbors", neighbors, seed=0)
+    pairs = load_module("data/feature_pairs.py").CachedPairs(cache, "neighbors", neighbors, seed=0)
     pairs.set_epoch(1)
+    build_projection_head = load_module("models/heads.py").build_projection_head
     head = build_projection_head(args.dim, 2048, 256, 2).to(device)
     num_clusters = list(range(1000, 10001, 1000))
     bank = SeCuCenterBank(
