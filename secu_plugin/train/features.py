@@ -90,7 +90,14 @@ def extract_features(
             for chunk in mine
             for start in range(0, len(cache.chunk_rows(chunk)), batch_size)
         ]
-        loader = DataLoader(images, batch_sampler=batches, num_workers=num_workers)
+        # Its own generator: an extraction draws nothing from the global RNG, so a run that
+        # reuses the cache initializes and trains exactly like the run that filled it.
+        loader = DataLoader(
+            images,
+            batch_sampler=batches,
+            num_workers=num_workers,
+            generator=torch.Generator().manual_seed(0),
+        )
         pending: list[torch.Tensor] = []
         chunks = iter(mine)
         chunk = next(chunks)
