@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 import time
@@ -41,7 +40,9 @@ from secu_plugin.train.presets import PRESET_CHOICES, get_preset, parse_override
 from secu_plugin.train.report import (
     EpochReport,
     StepLogger,
+    dataset_names,
     epoch_metrics,
+    result_metrics,
     summary_line,
     tracker_config,
 )
@@ -189,21 +190,9 @@ def main(args: argparse.Namespace) -> dict:
     # ---- Network, center bank (the only owner of the centers while training) and loss.
     if accelerator.num_processes > 1 and accelerator.device.type == "cuda":
         network = nn.SyncBatchNorm.convert_sync_batchnorm(network)
-    bank = SeCuCenterBank(
-        dim=preset.dim,
-        num_clusters=preset.num_clusters,
-        num_instances=len(train_images),
-        assigner=preset.assigner,
-        dual_lr=preset.dual_lr,
-        lower_bound_ratio=preset.lower_bound_ratio,
-        alpha=preset.alpha,
-    ).to(accelerator.device)
-    criterion = SeCuLoss(
-        bank,
-        temperature_x=preset.temperature_x,
-        temperature_c=preset.temperature_c,
-        label_weight=preset.label_weight,
-    )
+    bank = SeCuCenterBank(num_instances=len(train_images), **preset.bank_arguments())
+    bank = bank.to(accelerator.device)
+    criterion = SeCuLoss(bank, **preset.loss_arguments())
     optimizer = build_optimizer(
         preset.optimizer,
         network,
@@ -315,10 +304,7 @@ def main(args: argparse.Namespace) -> dict:
 
     # ---- Export: the model gets the bank's centers once, then evaluation and pictures.
     if not stopped:
-        # The card names a local folder by its name, never its path; a Hub data set by its id.
-        local = preset.data == "mnist5k" or os.path.exists(preset.data)
-        data_name = Path(preset.data).name if local else preset.data
-        hub_id = None if local else preset.data
+        data_name, hub_id = dataset_names(preset.data)
         training = {
             "preset": preset.to_dict(),
             "pretrained_backbone": pretrained,
@@ -351,9 +337,7 @@ def main(args: argparse.Namespace) -> dict:
         )
         if not results:
             log("the data has no class labels: no ACC/NMI/ARI reported")
-        for evaluation in results.get("evaluations", []):
-            prefix = "" if evaluation["assignment"] == "predict" else "memory_"
-            summary.update({prefix + m: evaluation[m] for m in ("accuracy", "nmi", "ari")})
+        summary.update(result_metrics(results))
         if accelerator.is_main_process:
             model.set_results(results or None)
             model.save_pretrained(output_dir / "model", repo_id=args.push_to_hub)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 import time
@@ -56,7 +55,14 @@ from secu_plugin.train.features import (
 from secu_plugin.train.head_presets import HEAD_PRESETS, batch_size_for
 from secu_plugin.train.optim import build_optimizer, encoder_lr
 from secu_plugin.train.presets import get_preset, parse_overrides
-from secu_plugin.train.report import EpochReport, epoch_metrics, summary_line, tracker_config
+from secu_plugin.train.report import (
+    EpochReport,
+    dataset_names,
+    epoch_metrics,
+    result_metrics,
+    summary_line,
+    tracker_config,
+)
 from secu_plugin.train.runtime import check_launch, run_or_exit, use_cpu_cores
 from secu_plugin.viz import save_cluster_size_plot
 
@@ -171,21 +177,9 @@ def main(args: argparse.Namespace) -> dict:
 
     # ---- Heads: the projection MLP and the center bank, trained over the cache.
     head = network.projection_head
-    bank = SeCuCenterBank(
-        dim=preset.dim,
-        num_clusters=preset.num_clusters,
-        num_instances=len(images),
-        assigner=preset.assigner,
-        dual_lr=preset.dual_lr,
-        lower_bound_ratio=preset.lower_bound_ratio,
-        alpha=preset.alpha,
-    ).to(accelerator.device)
-    criterion = SeCuLoss(
-        bank,
-        temperature_x=preset.temperature_x,
-        temperature_c=preset.temperature_c,
-        label_weight=preset.label_weight,
-    )
+    bank = SeCuCenterBank(num_instances=len(images), **preset.bank_arguments())
+    bank = bank.to(accelerator.device)
+    criterion = SeCuLoss(bank, **preset.loss_arguments())
     optimizer = build_optimizer(
         "sgd", head, bank.centers, weight_decay=preset.weight_decay, momentum=preset.momentum
     )
@@ -246,9 +240,7 @@ def main(args: argparse.Namespace) -> dict:
     trained = time.time()
 
     # ---- Export: the frozen backbone, the trained head and centers, as one SeCuModel.
-    local = preset.data == "mnist5k" or os.path.exists(preset.data)
-    data_name = Path(preset.data).name if local else preset.data
-    hub_id = None if local else preset.data
+    data_name, hub_id = dataset_names(preset.data)
     model = SeCuModel.from_network(
         network,
         bank.centers,
@@ -283,9 +275,7 @@ def main(args: argparse.Namespace) -> dict:
         "seconds_features": round(extracted - started, 1),
         "seconds_heads": round(trained - extracted, 1),
     }
-    for evaluation in results.get("evaluations", []):
-        prefix = "" if evaluation["assignment"] == "predict" else "memory_"
-        summary.update({prefix + m: evaluation[m] for m in ("accuracy", "nmi", "ari")})
+    summary.update(result_metrics(results))
     if results:  # k-means on the same cached features, the baseline to beat
         evaluated = results["evaluations"][0]
         baseline = kmeans_baseline(

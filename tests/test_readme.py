@@ -35,21 +35,31 @@ def test_lightly_timm_example_runs(tmp_path):
     assert ids and all(0 <= int(i) < 10 for i in ids)  # cluster ids of head 0 (K=10)
 
 
-def test_readme_workflow_commands_run(tmp_path):
-    """The README's Hub workflow, line by line, in a scratch directory with one epoch."""
-    block = re.search(r"```bash\n# workflow\n(.*?)```", README, re.DOTALL).group(1)
+def run_readme_block(name: str, count: int, shorter: dict[str, str], cwd: Path):
+    """Runs the README's ``# name`` bash block line by line in ``cwd`` (the venv's programs,
+    the repository's recipes), appending ``shorter[recipe]`` to a recipe's line; returns the
+    last line's result."""
+    block = re.search(rf"```bash\n# {name}\n(.*?)```", README, re.DOTALL).group(1)
     lines = [line for line in block.splitlines() if line.strip()]
-    assert len(lines) == 5
+    assert len(lines) == count
     bin_dir = Path(sys.executable).parent
     for line in lines:
         line = line.replace(".venv/bin/", f"{bin_dir}/")
-        if "recipes/train.py" in line:
-            line += " --epochs 1 --no_progress"
+        for recipe, extra in shorter.items():
+            if recipe in line:
+                line += extra
         line = line.replace("recipes/", f"{ROOT}/recipes/")
         result = subprocess.run(
-            line, shell=True, capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path
+            line, shell=True, capture_output=True, text=True, timeout=300, check=False, cwd=cwd
         )
         assert result.returncode == 0, line + "\n" + result.stdout[-2000:] + result.stderr[-3000:]
+    return result
+
+
+def test_readme_workflow_commands_run(tmp_path):
+    """The README's Hub workflow, line by line, in a scratch directory with one epoch."""
+    shorter = {"recipes/train.py": " --epochs 1 --no_progress"}
+    result = run_readme_block("workflow", 5, shorter, tmp_path)
     rows = (tmp_path / "outputs" / "clusters.csv").read_text().splitlines()
     assert rows[0] == "path,cluster,confidence" and len(rows) == 201
     assert (tmp_path / "outputs" / "montage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -60,21 +70,10 @@ def test_readme_workflow_commands_run(tmp_path):
 
 def test_readme_pretrained_commands_run(tmp_path):
     """The README's offline pretrained-backbone lines, on 200 digits and 3 epochs of heads."""
-    block = re.search(r"```bash\n# pretrained\n(.*?)```", README, re.DOTALL).group(1)
-    lines = [line for line in block.splitlines() if line.strip()]
-    assert len(lines) == 3
     from secu_plugin.data import ImageDataset
 
     ImageDataset.mnist5k().save_pngs(tmp_path / "outputs" / "digits", limit=200)
-    bin_dir = Path(sys.executable).parent
-    for line in lines:
-        line = line.replace(".venv/bin/", f"{bin_dir}/")
-        if "recipes/train_head.py" in line:
-            line += f" --data outputs/digits --epochs 3 --no_progress --cache_dir {tmp_path}/cache"
-        line = line.replace("recipes/", f"{ROOT}/recipes/")
-        result = subprocess.run(
-            line, shell=True, capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path
-        )
-        assert result.returncode == 0, line + "\n" + result.stdout[-2000:] + result.stderr[-3000:]
+    extra = f" --data outputs/digits --epochs 3 --no_progress --cache_dir {tmp_path}/cache"
+    run_readme_block("pretrained", 3, {"recipes/train_head.py": extra}, tmp_path)
     rows = (tmp_path / "outputs" / "lite0-clusters.csv").read_text().splitlines()
     assert rows[0] == "path,cluster,confidence" and len(rows) == 201

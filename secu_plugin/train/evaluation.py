@@ -13,6 +13,17 @@ from secu_plugin.core.nearest import nearest_center
 from secu_plugin.train.metrics import clustering_metrics
 
 
+def eval_loader(accelerator, network, dataset, batch_size: int) -> DataLoader:
+    """``(image, label, index)`` batches of ``dataset`` through ``network``'s evaluation
+    transform, each process taking its share (gathered back in order by the callers)."""
+    from secu_plugin.data import TransformedDataset
+    from secu_plugin.data.transforms import eval_transform
+
+    transform = eval_transform(network.data_config, network.in_chans)
+    loader = DataLoader(TransformedDataset(dataset, transform), batch_size=batch_size)
+    return accelerator.prepare_data_loader(loader)
+
+
 @torch.no_grad()
 def predict_dataset(accelerator, model, dataset, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Cluster ids of every head (H, N) and the labels (N,) of ``dataset``.
@@ -30,12 +41,7 @@ def predict_dataset(accelerator, model, dataset, batch_size: int) -> tuple[np.nd
         >>> ids.shape, labels.tolist()
         ((2, 5), [0, 1, 0, 1, 1])
     """
-    from secu_plugin.data import TransformedDataset
-    from secu_plugin.data.transforms import eval_transform
-
-    transform = eval_transform(model.data_config, model.in_chans)
-    loader = DataLoader(TransformedDataset(dataset, transform), batch_size=batch_size)
-    loader = accelerator.prepare_data_loader(loader)
+    loader = eval_loader(accelerator, model, dataset, batch_size)
     was_training = model.training
     model.eval()
     predictions, labels = [], []
@@ -63,12 +69,7 @@ def project_dataset(accelerator, network, dataset, batch_size: int) -> torch.Ten
         >>> project_dataset(Accelerator(cpu=True), network, data, batch_size=2).shape
         torch.Size([5, 8])
     """
-    from secu_plugin.data import TransformedDataset
-    from secu_plugin.data.transforms import eval_transform
-
-    transform = eval_transform(network.data_config, network.in_chans)
-    loader = DataLoader(TransformedDataset(dataset, transform), batch_size=batch_size)
-    loader = accelerator.prepare_data_loader(loader)
+    loader = eval_loader(accelerator, network, dataset, batch_size)
     was_training = network.training
     network.eval()
     projections = [

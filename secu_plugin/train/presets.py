@@ -34,6 +34,28 @@ class RunSettings:
     def check(self) -> None:
         """Refuses settings that cannot run (subclasses add their rules)."""
 
+    def bank_arguments(self) -> dict:
+        """The :class:`secu_plugin.SeCuCenterBank` arguments of these settings (all but
+        ``num_instances``, which comes from the data).
+
+        Examples:
+            >>> get_preset("mnist5k").bank_arguments()["num_clusters"]
+            [10, 20, 30, 40, 50]
+        """
+        names = ("dim", "num_clusters", "assigner", "dual_lr", "lower_bound_ratio", "alpha")
+        return {name: getattr(self, name) for name in names}
+
+    def loss_arguments(self) -> dict:
+        """The :class:`secu_plugin.SeCuLoss` arguments of these settings (besides the bank).
+
+        Examples:
+            >>> get_preset("mnist5k").loss_arguments()["temperature_x"]
+            0.2
+        """
+        return {
+            name: getattr(self, name) for name in ("temperature_x", "temperature_c", "label_weight")
+        }
+
     def check_data_size(self, num_images: int, num_processes: int = 1) -> None:
         """Refuses data too small for this preset (or a batch that the processes cannot
         share evenly), saying which setting to change.

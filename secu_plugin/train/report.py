@@ -4,6 +4,8 @@ assignments changed, and (labelled data) the memory's ACC; plus the run's final 
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -100,6 +102,34 @@ class EpochReport:
         if "warning" in stats:
             line += f"\nwarning: {stats['warning']}"
         return line
+
+
+def dataset_names(data: str) -> tuple[str, str | None]:
+    """``(name, hub_id)`` of a recipe's ``--data`` for the model card: a local folder by its
+    name, never its path; a Hub data set by its id (the only one with a ``hub_id``).
+
+    Examples:
+        >>> dataset_names("mnist5k"), dataset_names("uoft-cs/cifar10")
+        (('mnist5k', None), ('uoft-cs/cifar10', 'uoft-cs/cifar10'))
+    """
+    local = data == "mnist5k" or os.path.exists(data)
+    return (Path(data).name, None) if local else (data, data)
+
+
+def result_metrics(results: dict) -> dict[str, float]:
+    """The figures of a run's final line: ``accuracy``/``nmi``/``ari`` of the predictions and
+    ``memory_``-prefixed ones of the training memory (nothing without labels).
+
+    Examples:
+        >>> result_metrics({"evaluations": [{"assignment": "memory", "accuracy": 0.9,
+        ...                                   "nmi": 0.8, "ari": 0.7}]})
+        {'memory_accuracy': 0.9, 'memory_nmi': 0.8, 'memory_ari': 0.7}
+    """
+    metrics = {}
+    for evaluation in results.get("evaluations", []):
+        prefix = "" if evaluation["assignment"] == "predict" else "memory_"
+        metrics.update({prefix + m: evaluation[m] for m in ("accuracy", "nmi", "ari")})
+    return metrics
 
 
 def summary_line(summary: dict) -> str:
