@@ -34,7 +34,7 @@ MARKER = re.compile(
     r"<!-- render: (?P<spec>[^\n]*?) -->(?P<body>.*?)<!-- end render -->", re.DOTALL
 )
 OPEN, CLOSE = "<!-- render:", "<!-- end render -->"
-FENCE = re.compile(r"(^```.*?^```[^\n]*$)", re.DOTALL | re.MULTILINE)
+FENCE = re.compile(r"(^ {0,3}```.*?^ {0,3}```[^\n]*$)", re.DOTALL | re.MULTILINE)
 
 Renderer = Callable[[list[dict], dict[str, str]], str]
 RENDERERS: dict[str, Renderer] = {}
