@@ -45,6 +45,8 @@ DATA_SETS = {
     "mnist5k": "tuned on (the `mnist5k` preset, every frozen-head default)",
     "sklearn_digits": "tuned on (the frozen heads' batch rule)",
     "digits8": "tuned on (sklearn's digits: the frozen heads' batch rule)",
+    # benchmarks/make_test_sets.py's sets drawn from MNIST-5k share its images
+    **dict.fromkeys(("mnist1797", "mnist8", "color32", "mnist56flat"), "tuned on (MNIST-5k's)"),
 }
 MODES = {
     "A": "A: backbone + projection + predictor (no SeCu)",
@@ -379,37 +381,44 @@ def load_json(root: Path, path: str) -> dict:
     return json.loads(file.read_text(encoding="utf-8"))
 
 
+def render_marker(match: re.Match, root: Path) -> str:
+    """One marker and what it renders, from the JSON files it names."""
+    spec, body = match["spec"], match["body"]
+    if OPEN in body:
+        raise ValueError(f"marker {spec!r} is not closed before the next one")
+    paths, options = parse_spec(spec)
+    kind = "value" if "value" in options else options["table"]
+    if kind not in RENDERERS or (kind == "value") != ("value" in options):
+        raise ValueError(f"unknown table {kind!r}; known: {sorted(set(RENDERERS) - {'value'})}")
+    datas = [load_json(root, path) for path in paths]
+    rendered = RENDERERS[kind](datas, {**options, "_paths": paths})
+    if kind == "value":
+        line_start = match.string.rfind("\n", 0, match.start()) + 1
+        if "\n" in body or not match.string[line_start : match.start()].strip():
+            # A line that starts with "<!--" would end the paragraph (an HTML block).
+            raise ValueError(f"value marker {spec!r} must sit inside one line of text")
+        return f"<!-- render: {spec} -->{rendered}{CLOSE}"
+    return f"<!-- render: {spec} -->\n{rendered}\n\n{sources(paths, datas, root)}\n{CLOSE}"
+
+
 def render_text(text: str, root: Path, name: str = "text") -> str:
     """``text`` with every marked part re-rendered from the JSON its marker names; markers
     inside fenced code blocks are examples and stay as they are."""
 
     def replace(match: re.Match) -> str:
-        spec, body = match["spec"], match["body"]
-        if OPEN in body:
-            raise ValueError(f"{name}: marker {spec!r} is not closed before the next one")
-        paths, options = parse_spec(spec)
-        kind = "value" if "value" in options else options["table"]
-        if kind not in RENDERERS or (kind == "value") != ("value" in options):
-            tables = sorted(set(RENDERERS) - {"value"})
-            raise ValueError(f"{name}: unknown table {kind!r}; known: {tables}")
-        datas = [load_json(root, path) for path in paths]
-        rendered = RENDERERS[kind](datas, {**options, "_paths": paths})
-        if kind == "value":
-            line_start = match.string.rfind("\n", 0, match.start()) + 1
-            if "\n" in body or not match.string[line_start : match.start()].strip():
-                # A line that starts with "<!--" would end the paragraph (an HTML block).
-                raise ValueError(f"{name}: value marker {spec!r} must sit inside one line of text")
-            return f"<!-- render: {spec} -->{rendered}{CLOSE}"
-        return f"<!-- render: {spec} -->\n{rendered}\n\n{sources(paths, datas, root)}\n{CLOSE}"
+        try:
+            return render_marker(match, root)
+        except ValueError as error:
+            raise ValueError(f"{name}: {error}") from None
+        except (KeyError, IndexError, TypeError) as error:  # a file without the expected fields
+            raise ValueError(f"{name}: marker {match['spec']!r}: {error!r} in its file") from None
 
     parts = FENCE.split(text)  # odd indices: fenced code blocks
     for index in range(0, len(parts), 2):
-        prose = parts[index]
-        if prose.count(OPEN) != prose.count(CLOSE):
-            raise ValueError(
-                f"{name}: {prose.count(OPEN)} render markers, {prose.count(CLOSE)} ends"
-            )
-        parts[index] = MARKER.sub(replace, prose)
+        opened, ended = parts[index].count(OPEN), parts[index].count(CLOSE)
+        if opened != ended:
+            raise ValueError(f"{name}: {opened} render marker(s), {ended} end(s)")
+        parts[index] = MARKER.sub(replace, parts[index])
     return "".join(parts)
 
 
