@@ -1,9 +1,10 @@
 """Image data: sources (MNIST-5k, folders, Hugging Face data sets), views and transforms."""
 
+from secu_plugin.data.arrays import load_mnist5k
 from secu_plugin.data.feature_cache import FeatureCache, dataset_fingerprint
 from secu_plugin.data.files import UNREADABLE_IMAGE_ERRORS, find_image_files, read_image
 from secu_plugin.data.indexed import IndexedDataset, with_indices
-from secu_plugin.data.sources import ImageDataset, load_mnist5k
+from secu_plugin.data.sources import ImageDataset
 from secu_plugin.data.transforms import ConvertMode, eval_transform
 from secu_plugin.data.views import (
     MultiViewDataset,
