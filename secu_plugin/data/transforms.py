@@ -1,4 +1,5 @@
-"""Image modes and the evaluation transform: what turns any PIL image into a model's input.
+"""Image modes, per-channel statistics and the evaluation transform: what turns any PIL image
+into a model's input.
 
 The evaluation transform is timm's (``create_transform`` of a model's data config, as
 ``timm.data.resolve_model_data_config`` gives it), after a conversion to the model's mode.
@@ -127,6 +128,7 @@ def augment_transform(
     colour jitter, normalization), as timm fine-tunes that model.
 
     Examples:
+        >>> from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
         >>> config = {"input_size": (3, 32, 32), "interpolation": "bilinear",
         ...           "mean": IMAGENET_DEFAULT_MEAN,
         ...           "std": IMAGENET_DEFAULT_STD}
