@@ -20,7 +20,7 @@ from secu_plugin.core.memory import AssignmentMemory, memory_dtype
 from secu_plugin.core.nearest import nearest_center
 from secu_plugin.core.state import BankState, epoch_number
 
-DEFAULT_NUM_CLUSTERS = tuple(range(10, 101, 10))
+DEFAULT_NUM_CLUSTERS: tuple[int, ...] = tuple(range(10, 101, 10))  # the paper's CIFAR heads
 
 
 class SeCuCenterBank(BankState):

@@ -248,7 +248,7 @@ class SeCuLoss(nn.Module):
         views, device = list(named.values()), z0.device
         # Values on the device are flagged there (recording calls only: the flags mask the
         # update); host values are checked at once, which costs no device synchronization.
-        checks = self.check_values is not False
+        checks = bool(self.check_values)
         deferred = checks and record and (self.check_values == "deferred" or device.type != "cpu")
         host_indices = checks and indices.device.type == "cpu"
         host_indices = host_indices and not (deferred and device.type == "cpu")
