@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -43,6 +43,9 @@ from secu_plugin.train.report import (
 from secu_plugin.train.runtime import check_launch, use_cpu_cores
 from secu_plugin.train.settings import RunSettings, parse_overrides
 from secu_plugin.viz import save_cluster_montage, save_cluster_size_plot
+
+if TYPE_CHECKING:
+    from secu_plugin.models import SeCuModel
 
 
 def command_line_overrides(args: argparse.Namespace, flags: tuple[str, ...]) -> dict:
@@ -183,7 +186,7 @@ class RecipeRun:
 
     def export(
         self,
-        model,
+        model: SeCuModel,
         bank: SeCuCenterBank,
         train_images: ImageDataset,
         eval_images: ImageDataset,
@@ -220,7 +223,15 @@ class RecipeRun:
             self.write_outputs(model, bank, eval_images, predictions, results, baseline)
         return {**metrics, "model_dir": str(self.output_dir / "model")}
 
-    def write_outputs(self, model, bank, eval_images, predictions, results, baseline) -> None:
+    def write_outputs(
+        self,
+        model: SeCuModel,
+        bank: SeCuCenterBank,
+        eval_images: ImageDataset,
+        predictions: np.ndarray,
+        results: dict,
+        baseline: dict,
+    ) -> None:
         """Every file of an evaluated run (main process): what a later report adds goes here."""
         push_to_hub = self.args.push_to_hub
         model.set_results(results or None)
