@@ -68,7 +68,8 @@ class HeadPreset(RunSettings):
     """
 
     network: NetworkSettings = field(default_factory=NetworkSettings)
-    augmentation: ViewSettings = field(default_factory=ViewSettings)
+    # timm's training transform of the backbone, for the cached augmented views
+    augmentation: ViewSettings = field(default_factory=lambda: ViewSettings("timm", 0.5))
     cache: FeatureCacheSettings = field(default_factory=FeatureCacheSettings)
     pairing: PairSettings = field(default_factory=PairSettings)
     loader: LoaderSettings = field(default_factory=LoaderSettings)
@@ -108,7 +109,6 @@ class HeadPreset(RunSettings):
 FROZEN = HeadPreset(
     name="frozen",
     network=NetworkSettings(backbone="vit_small_patch14_dinov2.lvd142m", projection_hidden_dim=512),
-    augmentation=ViewSettings(views="timm", min_scale=0.5),
     optimization=OptimizerSettings(lr=0.05, center_lr=0.5),
     schedule=ScheduleSettings(epochs=30, warmup_epochs=3),
     bank=BankSettings(num_clusters=[10, 20, 30, 40, 50], dual_lr=1.0),
