@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 
 from secu_plugin.train.settings import (
     BankSettings,
-    LoaderSettings,
     LossSettings,
     NetworkSettings,
     OptimizerSettings,
@@ -67,16 +66,10 @@ class HeadPreset(RunSettings):
         3
     """
 
-    network: NetworkSettings = field(default_factory=NetworkSettings)
     # timm's training transform of the backbone, for the cached augmented views
     augmentation: ViewSettings = field(default_factory=lambda: ViewSettings("timm", 0.5))
     cache: FeatureCacheSettings = field(default_factory=FeatureCacheSettings)
     pairing: PairSettings = field(default_factory=PairSettings)
-    loader: LoaderSettings = field(default_factory=LoaderSettings)
-    optimization: OptimizerSettings = field(default_factory=OptimizerSettings)
-    schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
-    bank: BankSettings = field(default_factory=BankSettings)
-    loss: LossSettings = field(default_factory=LossSettings)
     # at the start of this epoch, every head's centers and memory are reset by spherical
     # k-means on the projections (the head has learnt for a few epochs); -1: never
     kmeans_epoch: int = 3

@@ -39,13 +39,7 @@ class Preset(RunSettings):
         5
     """
 
-    network: NetworkSettings = field(default_factory=NetworkSettings)
-    augmentation: ViewSettings = field(default_factory=ViewSettings)
     loader: LoaderSettings = field(default_factory=lambda: LoaderSettings(128, num_workers=4))
-    optimization: OptimizerSettings = field(default_factory=OptimizerSettings)
-    schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
-    bank: BankSettings = field(default_factory=BankSettings)
-    loss: LossSettings = field(default_factory=LossSettings)
     # centers and memory from k-means on the initial projections (a pretrained backbone)
     kmeans_warm_start: bool = False
     # what the settings were derived from (the auto preset: the data's description and the

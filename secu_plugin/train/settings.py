@@ -189,10 +189,10 @@ def _is_group(hint: Any) -> bool:
 
 @dataclass(frozen=True, kw_only=True)
 class RunSettings:
-    """What every recipe's settings hold and can do: the run's name and data, flat ``--set``
-    overrides, a flat record, checks.
+    """What every recipe's settings hold and can do: the run's name and data, the groups both
+    recipes configure (the dataclasses above), flat ``--set`` overrides, a flat record, checks.
 
-    Subclasses add the groups (the dataclasses above) and the few settings of their own.
+    Subclasses add their own groups and settings, and may give a group another default.
 
     Examples:
         >>> from secu_plugin.train.presets import get_preset
@@ -203,6 +203,13 @@ class RunSettings:
 
     name: str
     data: str = "mnist5k"  # mnist5k, an image folder, parquet files or a Hub data set
+    network: NetworkSettings = field(default_factory=NetworkSettings)
+    augmentation: ViewSettings = field(default_factory=ViewSettings)
+    loader: LoaderSettings = field(default_factory=LoaderSettings)
+    optimization: OptimizerSettings = field(default_factory=OptimizerSettings)
+    schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
+    bank: BankSettings = field(default_factory=BankSettings)
+    loss: LossSettings = field(default_factory=LossSettings)
 
     @classmethod
     def flat_names(cls, changes: dict[str, Any]) -> dict[str, Any]:
