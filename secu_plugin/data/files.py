@@ -179,3 +179,29 @@ def is_hf_imagefolder(directory: str) -> bool:
 
 def is_parquet_source(source: str) -> bool:
     return source.lower().endswith(".parquet")
+
+
+def check_output_outside_data(output_dir: str | os.PathLike, data: str) -> None:
+    """Refuses an output directory inside a local ``data`` folder: a run's output (montages,
+    cluster folders, a model's files) would become its next run's input.
+
+    Examples:
+        >>> import tempfile
+        >>> data = tempfile.mkdtemp()
+        >>> check_output_outside_data(os.path.join(data, "..", "outputs"), data)
+        >>> check_output_outside_data(os.path.join(data, "run"), data)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: --output_dir .../run is inside the --data folder ...: ...
+        >>> check_output_outside_data("outputs/x", "mnist5k")  # not a folder: nothing to refuse
+    """
+    folder = os.path.expanduser(data)
+    if not os.path.isdir(folder):
+        return
+    output = os.path.realpath(os.path.expanduser(os.fspath(output_dir)))
+    root = os.path.realpath(folder)
+    if output == root or output.startswith(root.rstrip(os.sep) + os.sep):
+        raise ValueError(
+            f"--output_dir {os.fspath(output_dir)} is inside the --data folder {data}: the "
+            "run's output would become the next run's input; write it outside the data folder"
+        )
