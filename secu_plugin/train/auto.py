@@ -33,6 +33,7 @@ import math
 import os
 
 from secu_plugin.data.describe import DataDescription
+from secu_plugin.data.transforms import per_channel
 from secu_plugin.train.presets import AUTO, PRESETS, Preset, get_preset
 from secu_plugin.train.settings import batch_size_for
 
@@ -154,12 +155,10 @@ def heads_for(num_images: int, num_classes: int | None) -> list[int]:
     return heads
 
 
-def _channel_values(values: tuple[float, ...], channels: int) -> list[float]:
-    if len(values) == channels:
-        return list(values)
-    if len(values) == 1:
-        return list(values) * channels
-    return [round(sum(values) / len(values), 4)] * channels
+def _channel_values(name: str, values: tuple[float, ...], channels: int) -> list[float]:
+    # Rounded as the description is: colour data trained as grey averages its RGB statistics.
+    averaged = per_channel(name, values, channels, average_rgb=True)
+    return [round(v, 4) for v in averaged]
 
 
 def auto_preset(
@@ -192,8 +191,8 @@ def auto_preset(
         data=data,
         in_chans=channels,
         input_size=int(input_size),
-        mean=_channel_values(description.mean, channels),
-        std=_channel_values(description.std, channels),
+        mean=_channel_values("mean", description.mean, channels),
+        std=_channel_values("std", description.std, channels),
         views=views,
         min_scale=min_scale,
         view_kwargs=view_kwargs,
