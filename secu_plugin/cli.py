@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, TextIO
 import numpy as np
 from PIL import Image
 
-from secu_plugin.data.files import UNREADABLE_IMAGE_ERRORS, find_image_files
-from secu_plugin.data.transforms import ConvertMode
+from secu_plugin.data.files import UNREADABLE_IMAGE_ERRORS, ImageFiles, find_image_files
+from secu_plugin.viz import ensure_parent_folder
 
 if TYPE_CHECKING:
     import torch
@@ -149,7 +149,7 @@ def _run(args: argparse.Namespace, stderr: TextIO) -> int:
     model.to(device).eval()
 
     skipped: list[str] = []
-    _ensure_parent(args.out)
+    ensure_parent_folder(args.out)
     # Names that are not valid UTF-8 are written as their original bytes (surrogateescape):
     # lossless, the same bytes as on disk; read such a CSV back with errors="surrogateescape".
     mode = "a" if done else "w"
@@ -237,21 +237,6 @@ def _batches(
         progress.close()
 
 
-class _ImagesOnDisk(Sequence):
-    """The images of a list of files, opened when indexed (the montage only needs a few)."""
-
-    def __init__(self, paths: list[str]) -> None:
-        self.paths = paths
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> Image.Image:  # type: ignore[override]
-        with Image.open(self.paths[index]) as image:
-            image.load()
-            return ConvertMode("RGB")(image)
-
-
 def _save_pictures(
     args: argparse.Namespace, paths: list[str], cluster_ids: np.ndarray, num_clusters: int
 ) -> None:
@@ -259,7 +244,7 @@ def _save_pictures(
 
     if args.montage:
         save_cluster_montage(
-            _ImagesOnDisk(paths),
+            ImageFiles(paths, mode="RGB"),
             cluster_ids,
             args.montage,
             samples_per_cluster=args.samples_per_cluster,
@@ -267,11 +252,6 @@ def _save_pictures(
     if args.sizes:
         counts = np.bincount(cluster_ids, minlength=num_clusters)
         save_cluster_size_plot([counts], [f"head K={num_clusters}"], args.sizes)
-
-
-def _ensure_parent(path: str) -> None:
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
 
 
 if __name__ == "__main__":

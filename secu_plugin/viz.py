@@ -34,10 +34,17 @@ def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     return ImageFont.load_default()
 
 
-def _ensure_parent(path: str | os.PathLike) -> None:
-    parent = os.path.dirname(os.fspath(path))
-    if parent:
-        os.makedirs(parent, exist_ok=True)
+def ensure_parent_folder(path: str | os.PathLike) -> None:
+    """Creates the folder that will hold the file ``path``, if missing.
+
+    Examples:
+        >>> import tempfile
+        >>> target = os.path.join(tempfile.mkdtemp(), "new", "plot.png")
+        >>> ensure_parent_folder(target)
+        >>> os.path.isdir(os.path.dirname(target))
+        True
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(os.fspath(path))), exist_ok=True)
 
 
 def save_cluster_size_plot(
@@ -88,7 +95,7 @@ def save_cluster_size_plot(
     font = _font()
     for panel, (name, sizes) in enumerate(heads):
         _draw_size_panel(draw, font, panel * PLOT_PANEL_HEIGHT, name, sizes)
-    _ensure_parent(path)
+    ensure_parent_folder(path)
     canvas.save(path)
 
 
@@ -241,6 +248,6 @@ def save_cluster_montage(
             thumb = ImageOps.pad(image.convert("RGB"), (thumb_size, thumb_size))
             canvas.paste(thumb, (MONTAGE_LABEL_WIDTH + column * cell, y))
     if path is not None:
-        _ensure_parent(path)
+        ensure_parent_folder(path)
         canvas.save(path)
     return canvas

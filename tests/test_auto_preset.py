@@ -8,39 +8,47 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from secu_plugin.data import ImageDataset
+from secu_plugin.data import DataDescription, ImageDataset, describe_data
 from secu_plugin.train.auto import (
-    DataDescription,
     auto_preset,
-    describe_data,
+    default_num_workers,
     describe_settings,
-    resolve_auto_preset,
+    resolve_preset,
 )
 from secu_plugin.train.presets import PRESET_CHOICES, PRESETS, Preset, get_preset
 
 
 def schedule(preset: Preset) -> tuple[int, int, int]:
     """(steps per epoch, training steps after epoch 0, warm-up steps after epoch 0)."""
-    per_epoch = preset.resolved_from["data"]["num_images"] // preset.batch_size
-    return per_epoch, (preset.epochs - 1) * per_epoch, (preset.warmup_epochs - 1) * per_epoch
+    per_epoch = preset.resolved_from["data"]["num_images"] // preset.loader.batch_size
+    return (
+        per_epoch,
+        (preset.schedule.epochs - 1) * per_epoch,
+        (preset.schedule.warmup_epochs - 1) * per_epoch,
+    )
 
 
 def test_small_grey_8px_set_gets_whole_image_views_and_the_step_budget():
     preset = auto_preset(DataDescription(1797, channels=1, image_size=8, num_classes=10))
-    assert (preset.name, preset.backbone, preset.in_chans, preset.input_size) == (
+    assert (
+        preset.name,
+        preset.network.backbone,
+        preset.network.in_chans,
+        preset.network.input_size,
+    ) == (
         "auto",
         "secu_convnet_small",
         1,
         8,
     )
     # No crop and no erasing of an 8x8 digit; the affine warp moves it by about a pixel.
-    assert preset.views == "digits" and preset.min_scale == 1.0
-    assert preset.view_kwargs["erase_prob"] == 0.0
-    assert preset.view_kwargs["translate"] * 8 <= 1.0
-    assert preset.batch_size == 64 and preset.num_clusters == [10, 20, 30, 40, 50]
+    assert preset.augmentation.views == "digits" and preset.augmentation.min_scale == 1.0
+    assert preset.augmentation.view_kwargs["erase_prob"] == 0.0
+    assert preset.augmentation.view_kwargs["translate"] * 8 <= 1.0
+    assert preset.loader.batch_size == 64 and preset.bank.num_clusters == [10, 20, 30, 40, 50]
     per_epoch, training, warmup = schedule(preset)
     assert per_epoch == 28 and 3000 <= training < 3000 + per_epoch  # the budget, in epochs
-    assert 0 < warmup <= 150 and preset.warmup_epochs < preset.epochs
+    assert 0 < warmup <= 150 and preset.schedule.warmup_epochs < preset.schedule.epochs
     preset.check_data_size(1797)
 
 
@@ -48,57 +56,75 @@ def test_28px_grey_set_gets_the_cpu_demo_settings():
     preset = auto_preset(DataDescription(5000, 1, 28, 10, mean=(0.13,), std=(0.31,)))
     demo = get_preset("mnist5k")
     same = ("backbone", "in_chans", "views", "min_scale", "batch_size", "lr", "center_lr")
-    assert {k: getattr(preset, k) for k in same} == {k: getattr(demo, k) for k in same}
+    assert {k: preset.to_dict()[k] for k in same} == {k: demo.to_dict()[k] for k in same}
     more = ("num_clusters", "dual_lr", "temperature_x", "temperature_c", "optimizer")
-    assert {k: getattr(preset, k) for k in more} == {k: getattr(demo, k) for k in more}
-    assert (preset.input_size, preset.mean, preset.std) == (28, [0.13], [0.31])
-    assert preset.epochs == demo.epochs == 40  # 78 steps per epoch: 39 epochs of training
-    assert preset.view_kwargs["erase_prob"] == 0.25
+    assert {k: preset.to_dict()[k] for k in more} == {k: demo.to_dict()[k] for k in more}
+    assert (preset.network.input_size, preset.network.mean, preset.network.std) == (
+        28,
+        [0.13],
+        [0.31],
+    )
+    assert (
+        preset.schedule.epochs == demo.schedule.epochs == 40
+    )  # 78 steps per epoch: 39 epochs of training
+    assert preset.augmentation.view_kwargs["erase_prob"] == 0.25
 
 
 def test_rgb_32px_set_gets_colour_views():
     mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
     preset = auto_preset(DataDescription(2000, 3, 32, 10, mean=mean, std=std))
-    assert (preset.in_chans, preset.input_size, preset.views) == (3, 32, "byol")
-    assert preset.view_kwargs == {"grayscale_input": False}  # colour jitter on
-    assert preset.mean == list(mean) and preset.std == list(std)
-    assert 0.2 <= preset.min_scale <= 0.5
+    assert (preset.network.in_chans, preset.network.input_size, preset.augmentation.views) == (
+        3,
+        32,
+        "byol",
+    )
+    assert preset.augmentation.view_kwargs == {"grayscale_input": False}  # colour jitter on
+    assert preset.network.mean == list(mean) and preset.network.std == list(std)
+    assert 0.2 <= preset.augmentation.min_scale <= 0.5
 
 
 def test_large_images_are_resized_down_and_unknown_classes_get_the_default_heads():
     preset = auto_preset(DataDescription(5000, 1, 56, None))
-    assert preset.input_size == 32 and preset.num_clusters == [10, 20, 30, 40, 50]
+    assert preset.network.input_size == 32 and preset.bank.num_clusters == [10, 20, 30, 40, 50]
     small = auto_preset(DataDescription(300, 1, 28, None))
-    assert small.num_clusters == [10] and small.batch_size == 16
+    assert small.bank.num_clusters == [10] and small.loader.batch_size == 16
     small.check_data_size(300)
     tiny = auto_preset(DataDescription(50, 3, 64, 4))
-    assert tiny.num_clusters == [4] and tiny.batch_size == 8
+    assert tiny.bank.num_clusters == [4] and tiny.loader.batch_size == 8
     tiny.check_data_size(50)
 
 
 def test_heads_follow_the_number_of_classes():
-    assert auto_preset(DataDescription(3000, 1, 28, 3)).num_clusters == [3, 6, 9, 12, 15]
-    assert auto_preset(DataDescription(3000, 1, 28, 20)).num_clusters == [20, 40, 60, 80, 100]
+    assert auto_preset(DataDescription(3000, 1, 28, 3)).bank.num_clusters == [3, 6, 9, 12, 15]
+    assert auto_preset(DataDescription(3000, 1, 28, 20)).bank.num_clusters == [20, 40, 60, 80, 100]
 
 
 def test_overrides_win_and_the_derived_settings_follow_them():
     grey8 = DataDescription(1797, 1, 8, 10)
     half = auto_preset(grey8, batch_size=32)
-    assert half.batch_size == 32 and schedule(half)[1] >= 3000  # the budget in 56-step epochs
+    assert (
+        half.loader.batch_size == 32 and schedule(half)[1] >= 3000
+    )  # the budget in 56-step epochs
     short = auto_preset(grey8, epochs=3)
-    assert short.epochs == 3 and short.warmup_epochs == 2
+    assert short.schedule.epochs == 3 and short.schedule.warmup_epochs == 2
     bigger = auto_preset(grey8, input_size=28)
-    assert bigger.min_scale == 0.7 and bigger.view_kwargs["erase_prob"] == 0.25
+    assert (
+        bigger.augmentation.min_scale == 0.7
+        and bigger.augmentation.view_kwargs["erase_prob"] == 0.25
+    )
     named = auto_preset(grey8, views="byol", in_chans=3)
-    assert named.view_kwargs == {"grayscale_input": False} and len(named.mean) == 3
-    assert auto_preset(grey8, num_clusters=[7]).num_clusters == [7]
+    assert (
+        named.augmentation.view_kwargs == {"grayscale_input": False}
+        and len(named.network.mean) == 3
+    )
+    assert auto_preset(grey8, num_clusters=[7]).bank.num_clusters == [7]
     with pytest.raises(ValueError, match="unknown preset settings"):
         auto_preset(grey8, learning_rate=0.1)
 
 
 def test_named_presets_are_unchanged_by_the_new_fields():
     for name, preset in PRESETS.items():
-        assert preset.view_kwargs is None and preset.resolved_from is None, name
+        assert preset.augmentation.view_kwargs is None and preset.resolved_from is None, name
     assert "auto" in PRESET_CHOICES and "auto" not in PRESETS
 
 
@@ -134,13 +160,21 @@ def test_describe_data_measures_mode_size_classes_and_statistics(tmp_path):
     assert described.channels == 1 and described.num_classes is None  # a single class
 
 
-def test_get_preset_auto_reads_the_data_and_prints_its_settings(tmp_path):
+def test_resolve_preset_auto_derives_from_the_description_and_prints_its_settings(tmp_path):
     images = np.random.default_rng(1).integers(0, 256, (200, 12, 12, 3), dtype=np.uint8)
     write_folder(tmp_path / "train", images, labels=np.arange(200) % 2)
-    preset = get_preset("auto", data=str(tmp_path), epochs=4)
-    assert preset == resolve_auto_preset(str(tmp_path), epochs=4)
-    assert (preset.in_chans, preset.input_size, preset.epochs) == (3, 12, 4)
-    assert preset.num_clusters == [2, 4, 6, 8, 10] and preset.batch_size == 8
+    description = describe_data(ImageDataset.from_source(str(tmp_path)))
+    preset = resolve_preset("auto", description, data=str(tmp_path), epochs=4)
+    workers = default_num_workers()
+    assert preset == auto_preset(description, str(tmp_path), workers, epochs=4)
+    with pytest.raises(ValueError, match="derived from the data"):
+        get_preset("auto", data=str(tmp_path))  # a named preset never reads data
+    assert (preset.network.in_chans, preset.network.input_size, preset.schedule.epochs) == (
+        3,
+        12,
+        4,
+    )
+    assert preset.bank.num_clusters == [2, 4, 6, 8, 10] and preset.loader.batch_size == 8
     record = json.loads(json.dumps(preset.to_dict()))  # goes into the model's training record
     assert record["resolved_from"]["data"]["num_images"] == 200
     text = describe_settings(preset)

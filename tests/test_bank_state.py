@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from factories import assert_same_state, snapshot
 
 from secu_plugin import SeCuCenterBank, SeCuLoss
 
@@ -17,17 +18,6 @@ def make(assigner="entropy", memory="auto", **kwargs):
         dim=8, num_clusters=[3, 5], num_instances=20, assigner=assigner, alpha=2.0, memory=memory
     )
     return bank, SeCuLoss(bank, **kwargs)
-
-
-def state(bank):
-    return copy.deepcopy(bank.state_dict())
-
-
-def assert_same_state(bank, expected):
-    now = bank.state_dict()
-    assert now.keys() == expected.keys()
-    for key in expected:
-        assert torch.equal(now[key], expected[key]), key
 
 
 def batch(seed, size=6):
@@ -67,7 +57,7 @@ def test_calls_outside_training_compute_the_loss_and_write_nothing(case, assigne
     bank, criterion = trained(assigner)
     args = batch(1)
     expected = SeCuLoss(copy.deepcopy(bank))(*args).detach()  # the same call, recording
-    before = state(bank)
+    before = snapshot(bank)
     loss = READ_ONLY_CALLS[case](criterion, args)
     torch.testing.assert_close(loss.detach(), expected, rtol=0, atol=0)
     assert_same_state(bank, before)
@@ -115,7 +105,7 @@ def run(epoch_argument: bool, steps_per_epoch=3, epochs=3, assigner="size"):
             arguments = {"epoch": epoch} if epoch_argument else {}
             criterion(*batch(10 * epoch + step), **arguments).backward()
             optimizer.step()
-            yield state(bank)
+            yield snapshot(bank)
         if not epoch_argument and epoch + 1 < epochs:
             bank.end_epoch()  # (the last epoch is ended by nobody in the epoch= run)
 
@@ -168,7 +158,7 @@ def test_start_epoch_without_number_counts_up():
 @pytest.mark.parametrize("epoch", [-1, 1.5, "3", None.__class__])
 def test_bad_epoch_raises_and_changes_nothing(epoch):
     bank, criterion = trained()
-    before = state(bank)
+    before = snapshot(bank)
     with pytest.raises(ValueError, match="epoch"):
         criterion(*batch(1), epoch=epoch)
     assert_same_state(bank, before)
@@ -207,10 +197,10 @@ BAD_STATES = {
 @pytest.mark.parametrize("case", sorted(BAD_STATES))
 def test_bad_state_dict_raises_value_error_and_loads_nothing(case):
     source, _ = trained()
-    saved = state(source)
+    saved = snapshot(source)
     BAD_STATES[case](saved)
     bank, _ = make()
-    before = state(bank)
+    before = snapshot(bank)
     with pytest.raises(ValueError) as error:
         bank.load_state_dict(saved)
     assert str(error.value)
@@ -241,7 +231,7 @@ def test_one_process_sharded_memory_equals_replicated(assigner):
             optimizer.zero_grad()
             criterion(*batch(step), epoch=step // 3).backward()
             optimizer.step()
-        states.append(state(bank))
+        states.append(snapshot(bank))
         assert bank.memory_sharded == (memory == "sharded")
     replicated, sharded = states
     assert sharded.pop("memory_shard").tolist() == [0, 1]
@@ -267,7 +257,7 @@ def test_auto_memory_shards_above_one_gib():
 
 def test_load_sharded_reassembles_and_rejects_incomplete_sets():
     source, _ = trained()
-    full = state(source)
+    full = snapshot(source)
     shards = [
         {**full, "memory": full["memory"][:, r::3].clone(), "memory_shard": torch.tensor([r, 3])}
         for r in range(3)
@@ -275,7 +265,7 @@ def test_load_sharded_reassembles_and_rejects_incomplete_sets():
     bank, _ = make()
     bank.load_sharded(list(reversed(shards)))  # any order
     assert_same_state(bank, full)
-    before = state(bank)
+    before = snapshot(bank)
     for broken in (shards[:2], [shards[0], shards[0], shards[2]], []):
         with pytest.raises(ValueError):
             make()[0].load_sharded(broken)

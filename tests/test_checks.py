@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from factories import assert_same_state, snapshot
 
 from secu_plugin import SeCuCenterBank, SeCuLoss
 
@@ -16,17 +17,6 @@ def make(assigner="entropy", check_values="deferred", device="cpu", **kwargs):
         dim=8, num_clusters=[3, 5], num_instances=20, assigner=assigner, alpha=2.0, **kwargs
     ).to(device)
     return bank, SeCuLoss(bank, check_values=check_values)
-
-
-def state(bank):
-    return copy.deepcopy(bank.state_dict())
-
-
-def assert_same_state(bank, expected):
-    now = bank.state_dict()
-    assert now.keys() == expected.keys()
-    for key in expected:
-        assert torch.equal(now[key].cpu(), expected[key].cpu()), key
 
 
 def batch(seed, size=6, device="cpu"):
@@ -54,7 +44,7 @@ def out_of_range(args):
 def test_a_flagged_step_changes_nothing_and_the_next_call_raises(spoil, message, assigner):
     bank, criterion = make(assigner)
     criterion(*batch(0), epoch=0)
-    before = state(bank)
+    before = snapshot(bank)
     loss = criterion(*spoil(batch(1)), epoch=0)  # no error yet: flagged on the "device"
     assert loss.shape == ()
     assert_same_state(bank, before)
@@ -72,7 +62,7 @@ def test_epoch_hooks_raise_a_pending_error_before_changing_anything(hook):
     bank.start_epoch()
     criterion(*batch(0))
     criterion(*nan_z1(batch(1)))
-    before = state(bank)
+    before = snapshot(bank)
     with pytest.raises(ValueError, match="z1 contains NaN"):
         getattr(bank, hook)()
     assert_same_state(bank, before)  # counts not reset, targets not frozen
@@ -88,7 +78,7 @@ def test_deferred_checks_give_the_same_trajectory_as_immediate_ones(assigner):
             optimizer.zero_grad()
             criterion(*batch(step), epoch=step // 3).backward()
             optimizer.step()
-        states.append(state(bank))
+        states.append(snapshot(bank))
     for other in states[1:]:
         for key in states[0]:
             assert torch.equal(states[0][key], other[key]), key
@@ -99,7 +89,7 @@ def test_host_indices_are_checked_before_the_copy():
     their integer dtype, nothing changed."""
     bank, criterion = make("size", check_values=True)
     criterion(*batch(0), epoch=0)
-    before = state(bank)
+    before = snapshot(bank)
     z0, z1, _ = batch(1)
     for indices in (torch.arange(15, 21), torch.tensor([0, 1, 2, 3, 4, -1])):
         with pytest.raises(ValueError, match=r"indices must be in \[0, 20\)"):
@@ -113,7 +103,7 @@ def test_calls_that_do_not_record_check_host_values_and_flag_nothing():
     checked at once, nothing is queued for later."""
     bank, criterion = make("size")
     criterion(*batch(0), epoch=0)
-    before, queued = state(bank), len(bank.deferred_errors)  # the good step's flags
+    before, queued = snapshot(bank), len(bank.deferred_errors)  # the good step's flags
     with torch.no_grad(), pytest.raises(ValueError, match="z1 contains NaN"):
         criterion(*nan_z1(batch(1)))
     assert len(bank.deferred_errors) == queued
@@ -154,12 +144,12 @@ def test_default_cuda_step_makes_no_device_synchronization(assigner, head_reduct
         for seed in range(1, 5):
             step(seed, seed // 3)  # an epoch switch included
         bad = nan_z1(batch(5, device="cuda"))
-        before = state(bank)
+        before = snapshot(bank)
         step(5, 1, bad)  # flagged on the device, nothing read back
     finally:
         torch.cuda.set_sync_debug_mode(0)
     torch.cuda.synchronize()
-    after_bad = state(bank)
+    after_bad = snapshot(bank)
     for key in ("memory", "stacked_counts", "stacked_duals", "targets"):
         assert torch.equal(after_bad[key].cpu(), before[key].cpu()), key
     with pytest.raises(ValueError, match="z1 contains NaN"):

@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from factories import assert_same_state, snapshot
 
 from secu_plugin import (
     EntropyConstrainedAssigner,
@@ -19,17 +20,6 @@ def make(assigner="size", dim=16, num_clusters=(4, 6), num_instances=50, **kwarg
         dim=dim, num_clusters=num_clusters, num_instances=num_instances, assigner=assigner, **kwargs
     )
     return bank, SeCuLoss(bank)
-
-
-def snapshot(bank):
-    return copy.deepcopy(bank.state_dict())
-
-
-def assert_same_state(bank, state):
-    now = bank.state_dict()
-    assert now.keys() == state.keys()
-    for key in state:
-        assert torch.equal(now[key], state[key]), key
 
 
 def test_public_api_shapes_and_defaults():

@@ -223,3 +223,14 @@ def test_efficientnet_lite0_weights_give_real_features(tmp_path):
     neighbor = nearest_neighbors(features, 1)[:, 0]
     labels = data.labels[rows]
     assert (labels[neighbor.numpy()] == labels).mean() > 0.7
+
+
+def test_an_output_directory_inside_the_data_folder_is_refused(tmp_path, digits, weights_file):
+    inside = digits / "run"
+    args = [*head_args(tmp_path, digits, weights_file), "--output_dir", str(inside)]
+    result = run_recipe(TRAIN_HEAD, *args, check=False)
+    assert result.returncode == 2, result.stderr[-3000:]
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error: --output_dir") and "Traceback" not in result.stderr
+    assert str(inside) in last_line and f"--data folder {digits}" in last_line
+    assert not inside.exists() and not (tmp_path / "cache").exists()

@@ -65,7 +65,7 @@ def test_readme_workflow_commands_run(tmp_path):
     assert (tmp_path / "outputs" / "montage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     from secu_plugin.train.presets import get_preset
 
-    assert result.stdout.strip() == f"{get_preset('mnist5k').num_clusters} True"
+    assert result.stdout.strip() == f"{get_preset('mnist5k').bank.num_clusters} True"
 
 
 def test_readme_pretrained_commands_run(tmp_path):

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -56,35 +57,35 @@ def test_presets_resolve_to_the_papers_numbers():
     }
     for name, (epochs, clr, crop, heads, assigner, tc, backbone) in table.items():
         preset = get_preset(name)
-        assert {k: getattr(preset, k) for k in common} == common, name
+        assert {k: preset.to_dict()[k] for k in common} == common, name
         assert (
-            preset.epochs,
-            preset.center_lr,
-            preset.min_scale,
-            preset.num_clusters,
-            preset.assigner,
-            preset.temperature_c,
-            preset.backbone,
+            preset.schedule.epochs,
+            preset.optimization.center_lr,
+            preset.augmentation.min_scale,
+            preset.bank.num_clusters,
+            preset.bank.assigner,
+            preset.loss.temperature_c,
+            preset.network.backbone,
         ) == (epochs, clr, crop, heads, assigner, tc, backbone), name
     imagenet = get_preset("imagenet")
     assert (
-        imagenet.backbone,
-        imagenet.batch_size,
-        imagenet.optimizer,
-        imagenet.lr,
-        imagenet.weight_decay,
-        imagenet.epochs,
-        imagenet.min_scale,
-        imagenet.num_clusters,
-        imagenet.temperature_x,
-        imagenet.temperature_c,
-        imagenet.dual_lr,
-        imagenet.lower_bound_ratio,
-        imagenet.alpha,
-        imagenet.center_lr,
-        imagenet.projection_layers,
-        imagenet.predictor_hidden_dim,
-        imagenet.dim,
+        imagenet.network.backbone,
+        imagenet.loader.batch_size,
+        imagenet.optimization.optimizer,
+        imagenet.optimization.lr,
+        imagenet.optimization.weight_decay,
+        imagenet.schedule.epochs,
+        imagenet.augmentation.min_scale,
+        imagenet.bank.num_clusters,
+        imagenet.loss.temperature_x,
+        imagenet.loss.temperature_c,
+        imagenet.bank.dual_lr,
+        imagenet.bank.lower_bound_ratio,
+        imagenet.bank.alpha,
+        imagenet.optimization.center_lr,
+        imagenet.network.projection_layers,
+        imagenet.network.predictor_hidden_dim,
+        imagenet.network.dim,
     ) == (
         "resnet50",
         1024,
@@ -104,9 +105,9 @@ def test_presets_resolve_to_the_papers_numbers():
         2048,
         128,
     )
-    assert not imagenet.center_lr_ramp
+    assert not imagenet.optimization.center_lr_ramp
     entropy = get_preset("imagenet-entropy")
-    assert entropy.assigner == "entropy" and entropy.center_lr_ramp
+    assert entropy.bank.assigner == "entropy" and entropy.optimization.center_lr_ramp
     assert set(PRESETS) >= {"mnist5k", "cifar10", "cifar10-entropy", "cifar100-20", "stl10"}
     with pytest.raises(ValueError, match="unknown preset"):
         get_preset("cifar11")
@@ -125,7 +126,7 @@ def test_presets_take_input_size_and_normalization_from_the_backbone():
         "mnist5k": (28, [0.1307]),
     }
     for name, (size, mean) in expected.items():
-        config = SeCuNetwork(**get_preset(name).network_arguments()).data_config
+        config = SeCuNetwork(**asdict(get_preset(name).network)).data_config
         assert config["input_size"][-1] == size, name
         assert list(config["mean"]) == pytest.approx(mean), name
 
@@ -419,3 +420,18 @@ def test_a_launch_whose_processes_would_run_alone_is_refused(digit_folder, tmp_p
     )  # fmt: skip
     assert result.returncode != 0
     assert "error: 2 processes were launched but Accelerate runs 1" in result.stderr
+
+
+def test_an_output_directory_inside_the_data_folder_is_refused(digit_folder):
+    """A run's output never becomes its input: the next run would train on its montage."""
+    inside = digit_folder / "3" / "run"
+    result = subprocess.run(
+        [sys.executable, str(TRAIN), "--data", str(digit_folder), "--output_dir", str(inside),
+         "--no_progress", *TINY],
+        capture_output=True, text=True, timeout=300, check=False, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error: --output_dir") and "Traceback" not in result.stderr
+    assert str(inside) in last_line and f"--data folder {digit_folder}" in last_line
+    assert not inside.exists()

@@ -14,13 +14,13 @@ from secu_plugin.core.assign import (
     EntropyConstrainedAssigner,
     SizeConstrainedAssigner,
 )
-from secu_plugin.core.checks import DeferredErrors
+from secu_plugin.core.checks import DeferredErrors, check_features
 from secu_plugin.core.layout import HeadLayout
 from secu_plugin.core.memory import AssignmentMemory, memory_dtype
 from secu_plugin.core.nearest import nearest_center
 from secu_plugin.core.state import BankState, epoch_number
 
-DEFAULT_NUM_CLUSTERS = tuple(range(10, 101, 10))
+DEFAULT_NUM_CLUSTERS: tuple[int, ...] = tuple(range(10, 101, 10))  # the paper's CIFAR heads
 
 
 class SeCuCenterBank(BankState):
@@ -85,7 +85,6 @@ class SeCuCenterBank(BankState):
         head_reductions: str = "auto",
         memory: str = "auto",
     ) -> None:
-        super().__init__()
         if head_reductions not in ("auto", "loop", "padded"):
             raise ValueError(
                 f"head_reductions must be 'auto', 'loop' or 'padded', got {head_reductions!r}"
@@ -107,20 +106,21 @@ class SeCuCenterBank(BankState):
             raise ValueError(
                 f"assigner must be 'size', 'entropy' or a ConstrainedAssigner, got {assigner!r}"
             )
+        super().__init__(
+            AssignmentMemory(
+                len(num_clusters), num_instances, memory_dtype(num_clusters), mode=memory
+            )
+        )
         self.assigner = assigner
         self.dim = int(dim)
         self.num_clusters = num_clusters
         self.num_instances = int(num_instances)
         self.head_reductions = head_reductions
         self._layouts: dict = {}
-        self._epoch = -1  # a host int: reading a device tensor every step would sync
         self.deferred_errors = DeferredErrors()  # bad steps detected on an accelerator
 
         self.centers = nn.ParameterList(
             nn.Parameter(F.normalize(torch.randn(k, dim), dim=1)) for k in num_clusters
-        )
-        self._memory = AssignmentMemory(
-            len(num_clusters), num_instances, memory_dtype(num_clusters), mode=memory
         )
         # The frozen targets of all heads, stacked: the loss scores against all of them at once.
         self.register_buffer(
@@ -145,11 +145,6 @@ class SeCuCenterBank(BankState):
     def memory_sharded(self) -> bool:
         """Whether each rank holds only its own instances' labels."""
         return self._memory.sharded
-
-    @property
-    def epoch(self) -> int:
-        """The current epoch: -1 before the first, then set by start_epoch / set_epoch."""
-        return self._epoch
 
     @property
     def num_heads(self) -> int:
@@ -229,7 +224,7 @@ class SeCuCenterBank(BankState):
 
         Raises the ValueError of an earlier bad step detected on an accelerator, if any.
         """
-        epoch = self._epoch + 1 if epoch is None else epoch_number(epoch)
+        epoch = self.epoch + 1 if epoch is None else epoch_number(epoch)
         self.deferred_errors.raise_pending()
         self.targets.copy_(self.normalized_centers())
         self._epoch = epoch
@@ -254,9 +249,9 @@ class SeCuCenterBank(BankState):
             0
         """
         epoch = epoch_number(epoch)
-        if epoch == self._epoch:
+        if epoch == self.epoch:
             return
-        if self._epoch >= 0:
+        if self.epoch >= 0:
             self.end_epoch()
         self.start_epoch(epoch)
 
@@ -368,26 +363,13 @@ class SeCuCenterBank(BankState):
         # Repeated indices write the same label, so the order of the writes does not matter.
         self._memory.write(ordered, new)
 
-    def stored_or_new_labels(self, indices: torch.Tensor, new_labels: torch.Tensor) -> torch.Tensor:
-        """The memory's labels of ``indices`` (num_heads, B), or ``new_labels`` where none is stored."""
-        stored = self.stored_labels(indices)
-        return torch.where(stored >= 0, stored, new_labels)
-
     @torch.no_grad()
     def predict(self, z: torch.Tensor, head: int = 0) -> torch.Tensor:
         """Cluster ids (B,) int64 of projections ``z`` (B, dim): the most similar center."""
-        self._check_features(z, "z")
+        check_features(z, self.dim, "z")
         if not 0 <= head < self.num_heads:
             raise ValueError(f"head must be in [0, {self.num_heads}), got {head}")
         return nearest_center(z, self.centers[head])[0]
-
-    def _check_features(self, z: torch.Tensor, name: str) -> None:
-        if not isinstance(z, torch.Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
-        if z.ndim != 2 or z.shape[1] != self.dim:
-            raise ValueError(f"{name} must have shape (batch, {self.dim}), got {tuple(z.shape)}")
-        if not z.is_floating_point():
-            raise ValueError(f"{name} must be a floating point tensor, got {z.dtype}")
 
     def extra_repr(self) -> str:
         return (

@@ -13,12 +13,8 @@ that step and the next forward pass queued) and raises the ValueError there.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch
-
-if TYPE_CHECKING:  # the bank imports this module
-    from secu_plugin.core.bank import SeCuCenterBank
 
 
 class DeferredErrors:
@@ -89,32 +85,44 @@ def describe(name: str) -> str:
     return f"{name} contains NaN or infinite values"
 
 
-def check_inputs(
-    bank: SeCuCenterBank,
-    check_values: bool | str,
-    record: bool,
+def check_features(z: torch.Tensor, dim: int, name: str) -> None:
+    """ValueError unless ``z`` is a floating point (batch, ``dim``) tensor.
+
+    Examples:
+        >>> check_features(torch.zeros(3, 2), dim=4, name="z0")
+        Traceback (most recent call last):
+        ...
+        ValueError: z0 must have shape (batch, 4), got (3, 2)
+    """
+    if not isinstance(z, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
+    if z.ndim != 2 or z.shape[1] != dim:
+        raise ValueError(f"{name} must have shape (batch, {dim}), got {tuple(z.shape)}")
+    if not z.is_floating_point():
+        raise ValueError(f"{name} must be a floating point tensor, got {z.dtype}")
+
+
+def check_step_inputs(
+    dim: int,
     z0: torch.Tensor,
     z1: torch.Tensor,
     indices: torch.Tensor,
     p0: torch.Tensor | None = None,
     p1: torch.Tensor | None = None,
-) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None]:
-    """Checks the inputs of a SeCu step (see :class:`~secu_plugin.core.loss.SeCuLoss`).
+) -> dict[str, torch.Tensor]:
+    """Checks what a SeCu step's inputs are (types, shapes, dtypes, devices), not their values.
 
-    Returns the views, the indices (int64, on the views' device) and, where values are checked
-    on the device, the flags (z0, z1[, p0, p1], indices), else None. ValueError, before
-    anything is changed, for what is checked on the host.
+    Returns the views by name (``z0``, ``z1`` and, when given, ``p0``, ``p1``); ValueError
+    naming the first problem.
 
     Examples:
-        >>> from secu_plugin import SeCuCenterBank
-        >>> bank = SeCuCenterBank(dim=2, num_clusters=[2], num_instances=3)
-        >>> z = torch.zeros(1, 2)
-        >>> check_inputs(bank, True, True, z, z, torch.tensor([3]))
+        >>> z = torch.zeros(2, 4)
+        >>> list(check_step_inputs(4, z, z, torch.arange(2)))
+        ['z0', 'z1']
+        >>> check_step_inputs(4, z, z, torch.arange(3))
         Traceback (most recent call last):
         ...
-        ValueError: indices must be in [0, 3) (num_instances), got range [3, 3]
-        >>> check_inputs(bank, "deferred", True, z, z, torch.tensor([3]))[2]
-        tensor([False, False,  True])
+        ValueError: indices must have shape (2,) to match the views, got (3,)
     """
     if (p0 is None) != (p1 is None):
         raise ValueError("p0 and p1 must be given together (predictor outputs of both views)")
@@ -122,7 +130,7 @@ def check_inputs(
     if p0 is not None:
         named.update(p0=p0, p1=p1)
     for name, value in named.items():
-        bank._check_features(value, name)
+        check_features(value, dim, name)
     batch = z0.shape[0]
     if batch == 0:
         raise ValueError("the batch is empty")
@@ -144,35 +152,55 @@ def check_inputs(
         )
     if indices.device != device and indices.device.type != "cpu":
         raise ValueError(f"indices are on {indices.device} but the views on {device}")
-    views = list(named.values())
-    if not check_values:
-        return views, indices.to(device, torch.long, non_blocking=True), None
-    # Values on the device are flagged there (recording calls only: the flags mask the
-    # update); host values are checked at once, which costs no device synchronization.
-    deferred = record and (check_values == "deferred" or device.type != "cpu")
-    if indices.device.type == "cpu" and not (deferred and device.type == "cpu"):
-        # A DataLoader's indices: checked on the host, before the copy to the device.
-        low, high = torch.stack([indices.min().long(), indices.max().long()]).tolist()
-        if low < 0 or high >= bank.num_instances:
-            raise ValueError(
-                f"indices must be in [0, {bank.num_instances}) (num_instances), got "
-                f"range [{low}, {high}]"
-            )
-        device_indices = False
-    else:
-        device_indices = True
-    if device.type == "cpu" and not deferred:
-        finite = torch.stack([torch.isfinite(v.detach()).all() for v in views]).tolist()
-        for name, is_finite in zip(named, finite):
-            if not is_finite:
-                raise ValueError(f"{name} contains NaN or infinite values")
-    indices = indices.to(device, torch.long, non_blocking=True)
-    if not deferred:
-        return views, indices, None
+    return named
+
+
+def check_index_range(indices: torch.Tensor, num_instances: int) -> None:
+    """ValueError unless every index is in [0, ``num_instances``); reads the values (on the
+    host: a DataLoader's indices, checked before their copy to the device).
+
+    Examples:
+        >>> check_index_range(torch.tensor([0, 3]), num_instances=3)
+        Traceback (most recent call last):
+        ...
+        ValueError: indices must be in [0, 3) (num_instances), got range [0, 3]
+    """
+    low, high = torch.stack([indices.min().long(), indices.max().long()]).tolist()
+    if low < 0 or high >= num_instances:
+        raise ValueError(
+            f"indices must be in [0, {num_instances}) (num_instances), got range [{low}, {high}]"
+        )
+
+
+def check_finite(named: dict[str, torch.Tensor]) -> None:
+    """ValueError naming the first tensor with NaN or infinite values; reads the values.
+
+    Examples:
+        >>> check_finite({"z0": torch.zeros(1, 2), "z1": torch.tensor([[0.0, float("nan")]])})
+        Traceback (most recent call last):
+        ...
+        ValueError: z1 contains NaN or infinite values
+    """
+    finite = torch.stack([torch.isfinite(v.detach()).all() for v in named.values()]).tolist()
+    for name, is_finite in zip(named, finite):
+        if not is_finite:
+            raise ValueError(describe(name))
+
+
+def flag_bad_values(
+    views: Sequence[torch.Tensor], indices: torch.Tensor | None, num_instances: int
+) -> torch.Tensor:
+    """Flags, on the views' device and without reading them back: one per view (non-finite
+    values), then one for ``indices`` (out of range; ``None``: already checked on the host).
+
+    Examples:
+        >>> z = torch.zeros(1, 2)
+        >>> flag_bad_values([z, z / 0], torch.tensor([3]), num_instances=3)
+        tensor([False,  True,  True])
+    """
     flags = [~torch.isfinite(value.detach()).all() for value in views]
-    if device_indices:
-        flags.append(((indices < 0) | (indices >= bank.num_instances)).any())
-        indices = indices.clamp(0, bank.num_instances - 1)  # no out-of-bounds reads
+    if indices is None:
+        flags.append(torch.zeros((), dtype=torch.bool, device=views[0].device))
     else:
-        flags.append(torch.zeros((), dtype=torch.bool, device=device))
-    return views, indices, torch.stack(flags)
+        flags.append(((indices < 0) | (indices >= num_instances)).any())
+    return torch.stack(flags)

@@ -8,9 +8,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from secu_plugin.core import dist
-from secu_plugin.core.bank import SeCuCenterBank, epoch_number
-from secu_plugin.core.checks import check_inputs
+from secu_plugin.core import dist, fused_losses
+from secu_plugin.core.bank import SeCuCenterBank
+from secu_plugin.core.checks import (
+    check_finite,
+    check_index_range,
+    check_step_inputs,
+    flag_bad_values,
+)
+from secu_plugin.core.state import epoch_number
 
 
 class SeCuLossTerms(NamedTuple):
@@ -139,8 +145,13 @@ class SeCuLoss(nn.Module):
             )
         if not 0 <= label_weight <= 1:
             raise ValueError(f"label_weight must be in [0, 1], got {label_weight}")
-        # Not a submodule: the bank is trained and saved on its own (its memory is per data set).
-        self.__dict__["bank"] = bank
+        # The loss uses the bank but does not own it: the bank's owner (a model, a
+        # LightningModule, a training script) saves, moves and optimizes it, and switches it
+        # between train and eval. As a submodule it would be saved a second time in every
+        # state_dict holding the loss (under ``criterion.bank.*``), moved by ``criterion.to()``
+        # and put in eval mode by ``criterion.eval()`` (which must not stop a training bank).
+        # So it is stored outside nn.Module's registries, behind the read-only ``bank``.
+        object.__setattr__(self, "_bank", bank)
         self.temperature_x = float(temperature_x)
         self.temperature_c = float(temperature_c)
         self.label_weight = float(label_weight)
@@ -151,7 +162,12 @@ class SeCuLoss(nn.Module):
         self.check_values = check_values
         self.update = bool(update)
         self.sync_center_gradients = bool(sync_center_gradients)
-        self._buffers_by_name: dict[str, torch.Tensor] = {}  # scratch space, not state
+        self._workspace = fused_losses.Workspace()  # scratch space, not state
+
+    @property
+    def bank(self) -> SeCuCenterBank:
+        """The center bank this loss reads and updates (not a submodule: see ``__init__``)."""
+        return self._bank
 
     def forward(
         self,
@@ -202,9 +218,7 @@ class SeCuLoss(nn.Module):
         """Like :meth:`forward`, returning the two losses and the labels as well."""
         bank = self.bank
         record = self.records(update)
-        views, indices, flags = check_inputs(
-            bank, self.check_values, record, z0, z1, indices, p0, p1
-        )
+        views, indices, flags = self._checked_inputs(z0, z1, indices, p0, p1, record)
         if epoch is not None:
             epoch = epoch_number(epoch)
         if record:
@@ -216,6 +230,39 @@ class SeCuLoss(nn.Module):
             dtype = bank.targets.dtype
             features = [F.normalize(v.to(dtype), dim=1) for v in views]
             return self._terms(features, indices, record, flags)
+
+    def _checked_inputs(
+        self,
+        z0: torch.Tensor,
+        z1: torch.Tensor,
+        indices: torch.Tensor,
+        p0: torch.Tensor | None,
+        p1: torch.Tensor | None,
+        record: bool,
+    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None]:
+        """The checks of the class docstring: the views, the indices (int64, on the views'
+        device) and, where values are flagged on the device, the flags (z0, z1[, p0, p1],
+        indices), else None."""
+        num_instances = self.bank.num_instances
+        named = check_step_inputs(self.bank.dim, z0, z1, indices, p0, p1)
+        views, device = list(named.values()), z0.device
+        # Values on the device are flagged there (recording calls only: the flags mask the
+        # update); host values are checked at once, which costs no device synchronization.
+        checks = bool(self.check_values)
+        deferred = checks and record and (self.check_values == "deferred" or device.type != "cpu")
+        host_indices = checks and indices.device.type == "cpu"
+        host_indices = host_indices and not (deferred and device.type == "cpu")
+        if host_indices:  # a DataLoader's indices, checked before the copy to the device
+            check_index_range(indices, num_instances)
+        if checks and device.type == "cpu" and not deferred:
+            check_finite(named)
+        indices = indices.to(device, torch.long, non_blocking=True)
+        if not deferred:
+            return views, indices, None
+        flags = flag_bad_values(views, None if host_indices else indices, num_instances)
+        if not host_indices:
+            indices = indices.clamp(0, num_instances - 1)  # no out-of-bounds reads
+        return views, indices, flags
 
     def _terms(
         self,
@@ -243,85 +290,37 @@ class SeCuLoss(nn.Module):
         else:
             stored = bank.stored_labels(indices)
 
-        # Both losses are computed without autograd, every head at once: one product per loss
-        # against all heads' centers, per-head reductions through the bank's layout. Their
-        # exact gradients enter through zero-valued surrogates (below), so no (B x sum K)
-        # tensor is kept for, or created by, the backward.
-        layout = bank.layout(stacked.device)
+        # Both losses without autograd, every head at once; their exact gradients enter through
+        # surrogates (see secu_plugin/core/fused_losses.py for why).
+        layout, workspace = bank.layout(stacked.device), self._workspace
         with torch.no_grad():
             flat = stacked.detach()
-            rows, columns = num_views * batch, layout.total
-            similarity = self._workspace("similarity", rows, columns, flat)
-            torch.mm(flat, centers.detach().T, out=similarity)
-            similarity = similarity.view(num_views, batch, -1)
+            similarity = fused_losses.similarities(flat, centers.detach(), num_views, workspace)
             cost = -(1.0 / num_views) * similarity.sum(0)
             labels = bank.assign(cost, indices, stored)  # (H, B), from the state before the step
             label_columns = layout.to_columns(labels)  # (H, B)
             target_columns = layout.to_columns(torch.where(stored >= 0, stored, labels))
-
-            # Representation loss. Scaling the (V*B, dim) side is cheaper than the product.
-            # The (V, B, sum K) buffers are reused across steps and overwritten in place: on a
-            # CPU, fresh allocations of this size cost more in page faults than the arithmetic.
-            log_prob = self._workspace("logits", rows, columns, flat)
-            torch.mm(flat / self.temperature_x, bank.targets.T, out=log_prob)
-            log_prob = layout.log_softmax_(log_prob.view(num_views, batch, -1))
-            # View 0's target comes from view 1's projection and vice versa; predictions share
-            # their view's target.
-            soft_target = self._workspace("soft_target", 2 * batch, columns, flat).view(
-                2, batch, -1
+            representation_value, feature_pull = fused_losses.representation_loss(
+                flat, bank.targets, target_columns, layout, self.temperature_x,
+                self.label_weight, workspace,
+            )  # fmt: skip
+            center_value, center_pull = fused_losses.center_loss(
+                similarity, flat, label_columns, layout, self.temperature_c
             )
-            torch.exp(log_prob[:2].flip(0), out=soft_target).mul_(1.0 - self.label_weight)
-            soft_target.scatter_add_(
-                2,
-                target_columns.T.expand(2, batch, num_heads),
-                soft_target.new_full((2, batch, num_heads), self.label_weight),
-            )
-            pairs = log_prob.view(num_views // 2, 2 * batch * columns)
-            representation_value = -(pairs @ soft_target.flatten()).sum() / batch
-            # d(representation)/d(logits) = (softmax - target) / B, then one product with the
-            # frozen targets for d/d(features).
-            logit_grad = log_prob.exp_().view(num_views // 2, 2, batch, -1).sub_(soft_target)
-            logit_grad = logit_grad.div_(batch).view(rows, -1)
-            feature_pull = (logit_grad @ bank.targets) / self.temperature_x
 
-            # Center loss: cross-entropy where only the assigned center's logit varies.
-            scaled = similarity.div_(self.temperature_c)
-            log_norm = layout.logsumexp(scaled)  # (V, B, H)
-            positive = scaled.gather(2, label_columns.T.expand(num_views, batch, num_heads))
-            center_value = (log_norm - positive).mean(1).sum()
-            center_coef = (torch.exp(positive - log_norm) - 1.0) / (batch * self.temperature_c)
-            # d(center loss)/d(assigned centers): each row's pull on its H assigned centers.
-            center_pull = torch.einsum("vbh,vbd->bhd", center_coef, flat.view(num_views, batch, -1))
-
-        # Gather the assigned centers only: their gradient is an O(B * H * dim) scatter instead
-        # of a dense (B x K) product per head.
+        # Only the assigned centers get gradient: gather them, (B, H, dim).
         assigned = centers.index_select(0, label_columns.T.flatten()).view(batch, num_heads, -1)
-        center_surrogate = (assigned * center_pull).sum()
-        feature_surrogate = (stacked * feature_pull).sum()
         scale = 1.0 / (num_views * num_heads)
-        center_loss = (center_value + center_surrogate - center_surrogate.detach()) * scale
+        center_loss = fused_losses.with_gradient(center_value, assigned, center_pull) * scale
         representation_loss = (
-            representation_value + feature_surrogate - feature_surrogate.detach()
-        ) * scale
+            fused_losses.with_gradient(representation_value, stacked, feature_pull) * scale
+        )
 
         if record:
             self._record(labels, global_indices, stored_global, sizes, flags)
         return SeCuLossTerms(
             representation_loss + center_loss, representation_loss, center_loss, labels
         )
-
-    def _workspace(self, name: str, rows: int, columns: int, like: torch.Tensor) -> torch.Tensor:
-        """A (rows, columns) buffer kept across steps (contents undefined)."""
-        buffer = self._buffers_by_name.get(name)
-        if (
-            buffer is None
-            or buffer.shape != (rows, columns)
-            or buffer.dtype != like.dtype
-            or buffer.device != like.device
-        ):
-            buffer = torch.empty(rows, columns, dtype=like.dtype, device=like.device)
-            self._buffers_by_name[name] = buffer
-        return buffer
 
     def _record(self, labels, global_indices, stored_global, sizes, flags) -> None:
         """Every rank records the whole global batch, so all ranks keep identical state."""

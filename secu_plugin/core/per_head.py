@@ -58,7 +58,7 @@ class PerHeadSeCuLoss(nn.Module):
         label_weight: float = 0.2,
     ) -> None:
         super().__init__()
-        self.__dict__["bank"] = bank  # not a submodule, as in SeCuLoss
+        object.__setattr__(self, "bank", bank)  # not a submodule: see SeCuLoss.__init__
         self.temperature_x = temperature_x
         self.temperature_c = temperature_c
         self.label_weight = label_weight

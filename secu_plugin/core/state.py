@@ -23,9 +23,15 @@ _OWN_KEYS = ("memory", "memory_shard", "epoch")  # state_dict entries that are n
 
 
 class BankState(nn.Module):
-    """Base of :class:`~secu_plugin.core.bank.SeCuCenterBank`: its checkpoint protocol.
+    """The checkpoint protocol of a module holding an assignment memory and an epoch, beside its
+    parameters and buffers: the base of :class:`~secu_plugin.core.bank.SeCuCenterBank`.
 
-    Subclasses set ``self._memory`` (an :class:`AssignmentMemory`) and ``self._epoch``.
+    Args:
+        memory: The assignment memory, saved as ``memory`` (and ``memory_shard``), moved with
+            the module, restored by :meth:`load_state_dict` and :meth:`load_sharded`.
+
+    The epoch (``_epoch``, read through :attr:`epoch`) starts at -1, before any epoch;
+    subclasses set it when an epoch starts.
 
     Examples:
         >>> from secu_plugin import SeCuCenterBank
@@ -40,8 +46,18 @@ class BankState(nn.Module):
     """
 
     _version = 2  # 2: "epoch" entry; version 1 checkpoints load with epoch -1
-    _memory: AssignmentMemory
-    _epoch: int
+
+    def __init__(self, memory: AssignmentMemory) -> None:
+        super().__init__()
+        if not isinstance(memory, AssignmentMemory):
+            raise ValueError(f"memory must be an AssignmentMemory, got {type(memory).__name__}")
+        self._memory = memory
+        self._epoch = -1  # a host int: reading a device tensor every step would sync
+
+    @property
+    def epoch(self) -> int:
+        """The current epoch: -1 before the first, then set by start_epoch / set_epoch."""
+        return self._epoch
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
@@ -145,8 +161,9 @@ class BankState(nn.Module):
                 if key not in ("memory", "memory_shard") and not torch.equal(state[key], value):
                     raise ValueError(f"the ranks' states differ in {key!r}: not one run")
         # This rank's part only (a sharded bank never holds the whole memory).
+        memory = self._memory
         mine = AssignmentMemory(
-            self.num_heads, self.num_instances, self._memory.dtype, mode=self._memory.mode
+            memory.num_heads, memory.num_instances, memory.dtype, mode=memory.mode
         )
         mine.load_shards([(s.get("memory"), s.get("memory_shard")) for s in states])
         first.update(mine.state())

@@ -4,6 +4,7 @@ read, and how a folder splits into train/test. Every part of the package uses th
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 from PIL import Image
 
@@ -45,6 +46,37 @@ def read_image(path: str) -> Image.Image:
             return to_uniform_mode(image)
     except UNREADABLE_IMAGE_ERRORS as error:
         raise ValueError(f"cannot read image file {path!r}: {error}") from error
+
+
+class ImageFiles(Sequence):
+    """The images of a list of files, decoded when indexed: mode "L" (grey files) or "RGB", or
+    ``mode`` if given. Also an :class:`~secu_plugin.data.sources.ImageDataset` source
+    (``load``).
+
+    Examples:
+        >>> import tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "grey.png")
+        >>> Image.new("L", (4, 4)).save(path)
+        >>> ImageFiles([path])[0].mode, ImageFiles([path], mode="RGB")[0].mode
+        ('L', 'RGB')
+    """
+
+    def __init__(self, paths: Sequence[str], mode: str | None = None) -> None:
+        if mode not in (None, "L", "RGB"):
+            raise ValueError(f"mode must be None, 'L' or 'RGB', got {mode!r}")
+        self.paths = list(paths)
+        self.mode = mode
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> Image.Image:  # type: ignore[override]
+        image = read_image(self.paths[index])
+        return image if self.mode in (None, image.mode) else image.convert(self.mode)
+
+    def load(self, index: int) -> Image.Image:
+        """The image at ``index`` (the source protocol of ``ImageDataset``)."""
+        return self[index]
 
 
 def is_readable_image(path: str) -> bool:
@@ -147,3 +179,29 @@ def is_hf_imagefolder(directory: str) -> bool:
 
 def is_parquet_source(source: str) -> bool:
     return source.lower().endswith(".parquet")
+
+
+def check_output_outside_data(output_dir: str | os.PathLike, data: str) -> None:
+    """Refuses an output directory inside a local ``data`` folder: a run's output (montages,
+    cluster folders, a model's files) would become its next run's input.
+
+    Examples:
+        >>> import tempfile
+        >>> data = tempfile.mkdtemp()
+        >>> check_output_outside_data(os.path.join(data, "..", "outputs"), data)
+        >>> check_output_outside_data(os.path.join(data, "run"), data)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: --output_dir .../run is inside the --data folder ...: ...
+        >>> check_output_outside_data("outputs/x", "mnist5k")  # not a folder: nothing to refuse
+    """
+    folder = os.path.expanduser(data)
+    if not os.path.isdir(folder):
+        return
+    output = os.path.realpath(os.path.expanduser(os.fspath(output_dir)))
+    root = os.path.realpath(folder)
+    if output == root or output.startswith(root.rstrip(os.sep) + os.sep):
+        raise ValueError(
+            f"--output_dir {os.fspath(output_dir)} is inside the --data folder {data}: the "
+            "run's output would become the next run's input; write it outside the data folder"
+        )

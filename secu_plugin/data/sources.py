@@ -1,9 +1,12 @@
 """The images SeCu clusters: :class:`ImageDataset`, one uniform dataset over the bundled
-MNIST-5k digits, image folders and Hugging Face ``datasets`` (item i: PIL image and label)."""
+MNIST-5k digits, image folders and Hugging Face ``datasets`` (item i: PIL image and label).
+
+Where the images come from is a source object (``len`` and ``load(index)``): in-memory arrays
+(:mod:`secu_plugin.data.arrays`), files (:class:`~secu_plugin.data.files.ImageFiles`) or a
+Hugging Face data set (:mod:`secu_plugin.data.hf`)."""
 
 from __future__ import annotations
 
-import importlib.resources
 import os
 import warnings
 from collections.abc import Sequence
@@ -13,66 +16,18 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from secu_plugin.data.arrays import ArraySource, load_mnist5k
 from secu_plugin.data.files import (
     IMAGE_EXTENSIONS,
+    ImageFiles,
     find_image_files,
     is_hf_imagefolder,
     is_parquet_source,
     is_readable_image,
-    read_image,
     split_folder,
     subfolders,
 )
 from secu_plugin.data.hf import HFSource, hf_split_name, load_hf_images
-
-
-def load_mnist5k() -> tuple[np.ndarray, np.ndarray]:
-    """Loads the 5000 bundled MNIST digits (500 per class, sorted by label).
-
-    See ``secu_plugin/assets/MNIST5K.md`` for their origin and license.
-
-    Returns:
-        ``(images, labels)``: uint8 array of shape (5000, 28, 28), white digits on black,
-        and int64 array of shape (5000,) with values 0..9.
-
-    Examples:
-        >>> images, labels = load_mnist5k()
-        >>> images.shape, images.dtype, labels.shape, labels.dtype
-        ((5000, 28, 28), dtype('uint8'), (5000,), dtype('int64'))
-        >>> np.bincount(labels).tolist()
-        [500, 500, 500, 500, 500, 500, 500, 500, 500, 500]
-    """
-    resource = importlib.resources.files("secu_plugin") / "assets" / "mnist5k.npz"
-    with resource.open("rb") as file, np.load(file) as npz:
-        images = np.asarray(npz["images"], dtype=np.uint8)
-        labels = np.asarray(npz["labels"], dtype=np.int64)
-    return images, labels
-
-
-class _ArraySource:
-    """Images held in a uint8 array of shape (N, H, W) or (N, H, W, 3)."""
-
-    def __init__(self, images: np.ndarray) -> None:
-        self.images = images
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def load(self, index: int) -> Image.Image:
-        return Image.fromarray(self.images[index])
-
-
-class _FileSource:
-    """Images stored as files, decoded on access."""
-
-    def __init__(self, paths: list[str]) -> None:
-        self.paths = paths
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def load(self, index: int) -> Image.Image:
-        return read_image(self.paths[index])
 
 
 class ImageDataset(Dataset):
@@ -185,7 +140,7 @@ class ImageDataset(Dataset):
                 f"images must have shape (N, H, W) or (N, H, W, 3), got {images.shape}"
             )
         return cls(
-            _ArraySource(images),
+            ArraySource(images),
             labels=None if labels is None else np.asarray(labels),
             description=f"arrays {images.shape}",
         )
@@ -227,7 +182,7 @@ class ImageDataset(Dataset):
         """
         images, labels = load_mnist5k()
         dataset = cls(
-            _ArraySource(images),
+            ArraySource(images),
             labels=labels,
             num_classes=10,
             classes=[str(digit) for digit in range(10)],
@@ -296,7 +251,7 @@ class ImageDataset(Dataset):
             if not paths:
                 raise ValueError(f"all {len(skipped)} images in {root!r} are unreadable")
         return cls(
-            _FileSource(paths),
+            ImageFiles(paths),
             labels=labels,
             num_classes=None if classes is None else len(classes),
             classes=classes,

@@ -1,4 +1,5 @@
-"""Image modes and the evaluation transform: what turns any PIL image into a model's input.
+"""Image modes, per-channel statistics and the evaluation transform: what turns any PIL image
+into a model's input.
 
 The evaluation transform is timm's (``create_transform`` of a model's data config, as
 ``timm.data.resolve_model_data_config`` gives it), after a conversion to the model's mode.
@@ -6,7 +7,8 @@ The evaluation transform is timm's (``create_transform`` of a model's data confi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -15,10 +17,45 @@ from PIL import Image
 from timm.data import create_transform
 from torchvision import transforms as T
 
+# The bundled digits' statistics (timm has ImageNet's: IMAGENET_DEFAULT_MEAN / _STD).
 MNIST_MEAN: tuple[float, ...] = (0.1307,)
 MNIST_STD: tuple[float, ...] = (0.3081,)
-IMAGENET_MEAN: tuple[float, ...] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, ...] = (0.229, 0.224, 0.225)
+
+
+def per_channel(
+    name: str,
+    values: Sequence[float],
+    channels: int,
+    average_rgb: bool = False,
+    positive: bool = False,
+) -> tuple[float, ...]:
+    """A normalization statistic with one value per channel: a single value is repeated; with
+    ``average_rgb``, RGB statistics are averaged for a grey input. ValueError otherwise.
+
+    Examples:
+        >>> per_channel("mean", [0.5], channels=3)
+        (0.5, 0.5, 0.5)
+        >>> per_channel("std", (0.2, 0.3, 0.4), channels=1, average_rgb=True)
+        (0.3,)
+        >>> per_channel("std", [0.2, 0.3], channels=3)
+        Traceback (most recent call last):
+        ...
+        ValueError: std must have 1 or 3 values, got 2
+    """
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+        raise ValueError(f"{name} must be a list of {channels} floats, got {values!r}")
+    floats = tuple(float(v) for v in values)
+    if not all(math.isfinite(v) for v in floats):
+        raise ValueError(f"{name} must be finite, got {list(floats)}")
+    if len(floats) == 1:
+        floats = floats * channels
+    elif len(floats) == 3 and channels == 1 and average_rgb:
+        floats = (sum(floats) / 3,)
+    if len(floats) != channels:
+        raise ValueError(f"{name} must have 1 or {channels} values, got {len(values)}")
+    if positive and any(v <= 0 for v in floats):
+        raise ValueError(f"{name} must be positive, got {list(floats)}")
+    return floats
 
 
 def to_uniform_mode(image: Image.Image) -> Image.Image:
@@ -91,8 +128,10 @@ def augment_transform(
     colour jitter, normalization), as timm fine-tunes that model.
 
     Examples:
+        >>> from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
         >>> config = {"input_size": (3, 32, 32), "interpolation": "bilinear",
-        ...           "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+        ...           "mean": IMAGENET_DEFAULT_MEAN,
+        ...           "std": IMAGENET_DEFAULT_STD}
         >>> augment_transform(config, in_chans=3)(Image.new("L", (40, 40))).shape
         torch.Size([3, 32, 32])
     """

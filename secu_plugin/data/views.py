@@ -11,16 +11,11 @@ from typing import Any
 import numpy as np
 import torch
 from lightly.transforms.multi_view_transform import MultiViewTransform
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
-from secu_plugin.data.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    MNIST_MEAN,
-    MNIST_STD,
-    ConvertMode,
-)
+from secu_plugin.data.transforms import MNIST_MEAN, MNIST_STD, ConvertMode, per_channel
 
 
 class TwoViewDataset(Dataset):
@@ -173,25 +168,11 @@ class TransformedDataset(Dataset):
         return self.transform(image), label, index
 
 
-def _channel_stats(
-    mean: Sequence[float], std: Sequence[float], channels: int
-) -> tuple[list[float], list[float]]:
-    """Mean/std with one value per channel; a single value is repeated."""
-    mean, std = [float(m) for m in mean], [float(s) for s in std]
-    for name, values in (("mean", mean), ("std", std)):
-        if len(values) not in (1, channels):
-            expected = "1 value" if channels == 1 else f"1 or {channels} values"
-            raise ValueError(f"{name} must have {expected}, got {len(values)}: {values}")
-    if any(s <= 0 for s in std):
-        raise ValueError(f"std must be positive, got {std}")
-    return mean * (channels // len(mean)), std * (channels // len(std))
-
-
 def byol_views(
     input_size: int,
     min_scale: float = 0.08,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
+    mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+    std: Sequence[float] = IMAGENET_DEFAULT_STD,
     grayscale_input: bool = False,
 ) -> MultiViewTransform:
     """The two asymmetric BYOL views used by the SeCu paper: lightly's ``BYOLTransform``.
@@ -228,7 +209,8 @@ def byol_views(
         raise ValueError(f"input_size must be positive, got {input_size}")
     if not 0.0 < min_scale <= 1.0:
         raise ValueError(f"min_scale must be in (0, 1], got {min_scale}")
-    mean3, std3 = _channel_stats(mean, std, channels=3)
+    mean3 = list(per_channel("mean", mean, 3))
+    std3 = list(per_channel("std", std, 3, positive=True))
     common: dict[str, Any] = {
         "input_size": input_size,
         "min_scale": min_scale,
@@ -302,7 +284,8 @@ def digit_views(
         raise ValueError(f"min_scale must be in (0, 1], got {min_scale}")
     if not 0.0 <= erase_prob <= 1.0:
         raise ValueError(f"erase_prob must be in [0, 1], got {erase_prob}")
-    mean1, std1 = _channel_stats(mean, std, channels=1)
+    mean1 = list(per_channel("mean", mean, 1))
+    std1 = list(per_channel("std", std, 1, positive=True))
 
     crop: Callable = (
         T.Resize((input_size, input_size))

@@ -23,10 +23,10 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
 
+from secu_plugin.data.transforms import MNIST_MEAN, MNIST_STD
+
 CIFAR10_MEAN: tuple[float, ...] = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD: tuple[float, ...] = (0.2023, 0.1994, 0.2010)
-MNIST_MEAN: tuple[float, ...] = (0.1307,)
-MNIST_STD: tuple[float, ...] = (0.3081,)
 
 _RESNET_LAYOUTS = {
     "resnet18": (BasicBlock, (2, 2, 2, 2)),

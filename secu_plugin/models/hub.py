@@ -2,13 +2,17 @@
 
 A downloaded model is untrusted: its config goes through the constructor's checks (and the
 backbone's allow-list), and its sizes are checked against the weights file's header, read
-without loading a tensor, before anything is allocated.
+without loading a tensor, before anything is allocated: first every integer of the config
+(:func:`check_sizes_against_weights`), then every tensor of the model built on the meta device
+(:func:`check_model_against_weights`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -42,11 +46,27 @@ class PretrainedModelNotFoundError(FileNotFoundError):
     """
 
 
+def weight_shapes(weights_file: str) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in a safetensors file, from its header alone (no tensor
+    is read). ValueError if the file cannot be read."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(weights_file, framework="pt") as weights:
+            return {name: tuple(weights.get_slice(name).get_shape()) for name in weights.keys()}  # noqa: SIM118 (not a dict)
+    except Exception as error:  # safetensors raises its own SafetensorError
+        raise ValueError(f"cannot read the weights {weights_file!r}: {error}") from error
+
+
 def check_sizes_against_weights(weights_file: str, config: dict[str, Any]) -> None:
     """Refuses a config whose sizes disagree with the weights file, before any allocation.
 
-    Reads only the safetensors header (names, shapes): a config asking for a huge ``dim`` or
-    ``num_clusters`` fails here, cheaply, instead of allocating what it asks for.
+    Reads only the safetensors header (names, shapes). ``dim`` and ``num_clusters`` must be
+    the centers' shapes; every other integer of the config but ``results`` and ``training``
+    (hidden widths, ``in_chans``, ``input_size``, ``projection_layers``, the integers in
+    ``backbone_kwargs`` such as widths, layers or patch sizes) must be at most the number of
+    values of the largest tensor in the file, which no real size exceeds. A config asking for a huge size fails here, cheaply,
+    instead of allocating it; :func:`check_model_against_weights` then compares every shape.
 
     Examples:
         >>> import tempfile
@@ -59,29 +79,100 @@ def check_sizes_against_weights(weights_file: str, config: dict[str, Any]) -> No
         ... except ValueError as error:
         ...     print(str(error).split(": ", 1)[1])
         head 0 has (10, 8) centers, the config asks for (10, 1000000000000)
+        >>> try:
+        ...     check_sizes_against_weights(
+        ...         path, {"dim": 8, "num_clusters": [10], "projection_hidden_dim": 10**12})
+        ... except ValueError as error:
+        ...     print(str(error).split(": ", 1)[1])
+        projection_hidden_dim=1000000000000 is larger than any tensor in the weights (80 values)
     """
-    from safetensors import safe_open
-
-    try:
-        with safe_open(weights_file, framework="pt") as weights:
-            shapes = {name: tuple(weights.get_slice(name).get_shape()) for name in weights.keys()}  # noqa: SIM118 (not a dict)
-    except Exception as error:  # safetensors raises its own SafetensorError
-        raise ValueError(f"cannot read the weights {weights_file!r}: {error}") from error
+    shapes = weight_shapes(weights_file)
     heads = sorted(int(name.split(".")[1]) for name in shapes if name.startswith("centers."))
     num_clusters = config.get("num_clusters")
     dim = config.get("dim")
+    mismatch = f"the config does not match the weights in {weights_file!r}"
     if not isinstance(num_clusters, list) or len(num_clusters) != len(heads):
         raise ValueError(
-            f"the config does not match the weights in {weights_file!r}: num_clusters="
-            f"{num_clusters!r}, the weights hold {len(heads)} heads of centers"
+            f"{mismatch}: num_clusters={num_clusters!r}, the weights hold {len(heads)} heads of "
+            "centers"
         )
     for head, k in enumerate(num_clusters):
         shape = shapes.get(f"centers.{head}")
         if shape != (k, dim):
             raise ValueError(
-                f"the config does not match the weights in {weights_file!r}: head {head} has "
-                f"{shape} centers, the config asks for ({k!r}, {dim!r})"
+                f"{mismatch}: head {head} has {shape} centers, the config asks for ({k!r}, {dim!r})"
             )
+    largest = max((math.prod(shape) for shape in shapes.values()), default=0)
+    for name, value in _config_integers(config):
+        if value > largest:
+            raise ValueError(
+                f"{mismatch}: {name}={value} is larger than any tensor in the weights "
+                f"({largest} values)"
+            )
+
+
+def _config_integers(value: Any, name: str = "") -> list[tuple[str, int]]:
+    """(field, integer) for every integer in a config (nested in lists and dicts), but the
+    centers' sizes (checked exactly), the records of results and training (no sizes) and
+    booleans."""
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int):
+        return [(name, value)]
+    if isinstance(value, dict):
+        skip = ("dim", "num_clusters", "results", "training") if not name else ()
+        return [
+            item
+            for key, inner in value.items()
+            if key not in skip
+            for item in _config_integers(inner, f"{name}[{key!r}]" if name else str(key))
+        ]
+    if isinstance(value, (list, tuple)):
+        return [item for inner in value for item in _config_integers(inner, name)]
+    return []
+
+
+def check_model_against_weights(
+    weights_file: str, build: Callable[[], nn.Module], strict: bool = True
+) -> None:
+    """Builds the model on the meta device (no memory) and refuses it, before it is built for
+    real, if a tensor has another shape than in the weights file, or (``strict``) if the two
+    hold different tensors. With ``strict=False``, the tensors the file lacks (left at their
+    initial values) may hold no more values than the whole file.
+
+    Examples:
+        >>> import tempfile
+        >>> from safetensors.torch import save_file
+        >>> path = os.path.join(tempfile.mkdtemp(), WEIGHTS_FILE)
+        >>> save_file({"weight": torch.zeros(3, 2), "bias": torch.zeros(3)}, path)
+        >>> check_model_against_weights(path, lambda: nn.Linear(2, 3))
+        >>> check_model_against_weights(path, lambda: nn.Linear(2, 4))
+        Traceback (most recent call last):
+        ...
+        ValueError: the config does not match the weights in ...: missing [], unexpected [], wrong shapes ['bias: (3,) in the weights, (4,) in the model', 'weight: (3, 2) in the weights, (4, 2) in the model']
+    """
+    shapes = weight_shapes(weights_file)
+    with torch.device("meta"):
+        model = build()
+    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    wrong_shape = sorted(
+        f"{key}: {shapes[key]} in the weights, {expected[key]} in the model"
+        for key in set(shapes) & set(expected)
+        if shapes[key] != expected[key]
+    )
+    if wrong_shape or (strict and (missing or unexpected)):
+        raise ValueError(
+            f"the config does not match the weights in {weights_file!r}: missing {missing}, "
+            f"unexpected {unexpected}, wrong shapes {wrong_shape}"
+        )
+    fresh = sum(math.prod(expected[key]) for key in missing)
+    if fresh > sum(math.prod(shape) for shape in shapes.values()):
+        raise ValueError(
+            f"the config does not match the weights in {weights_file!r}: the tensors it adds "
+            f"({missing}) hold {fresh} values, more than the whole weights file"
+        )
 
 
 def local_model_files(directory: str) -> tuple[str, str]:

@@ -8,7 +8,6 @@ once training is over. Its input size and normalization are those of the backbon
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,6 +16,7 @@ from PIL import Image
 from timm.data import resolve_model_data_config
 from torch import nn
 
+from secu_plugin.data.transforms import eval_transform, per_channel
 from secu_plugin.models.backbones import create_backbone
 from secu_plugin.models.heads import build_predictor, build_projection_head
 
@@ -63,25 +63,6 @@ def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return value
-
-
-def _channel_values(
-    name: str, values: Sequence[float], channels: int, average_rgb: bool = False
-) -> tuple[float, ...]:
-    """Per-channel statistics: one value per channel (a single value is repeated; with
-    ``average_rgb``, a backbone's RGB statistics are averaged for a grey input)."""
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
-        raise ValueError(f"{name} must be a list of {channels} floats, got {values!r}")
-    floats = tuple(float(v) for v in values)
-    if not all(math.isfinite(v) for v in floats):
-        raise ValueError(f"{name} must be finite, got {list(floats)}")
-    if len(floats) == 1:
-        floats = floats * channels
-    elif len(floats) == 3 and channels == 1 and average_rgb:
-        floats = (sum(floats) / 3,)
-    if len(floats) != channels:
-        raise ValueError(f"{name} must have 1 or {channels} values, got {len(values)}")
-    return floats
 
 
 class SeCuNetwork(nn.Module):
@@ -132,9 +113,7 @@ class SeCuNetwork(nn.Module):
             overlay["input_size"] = (in_chans, size, size)
         for name, values in (("mean", mean), ("std", std)):
             if values is not None:
-                overlay[name] = _channel_values(name, values, in_chans)
-        if any(s <= 0 for s in overlay.get("std", ())):
-            raise ValueError(f"std must be positive, got {list(overlay['std'])}")
+                overlay[name] = per_channel(name, values, in_chans, positive=name == "std")
         timm_kwargs = dict(backbone_kwargs or {})
         if overlay:
             timm_kwargs["pretrained_cfg_overlay"] = overlay
@@ -170,7 +149,7 @@ class SeCuNetwork(nn.Module):
         _, height, width = config["input_size"]
         config["input_size"] = (self.in_chans, height, width)
         for name in ("mean", "std"):
-            config[name] = _channel_values(name, config[name], self.in_chans, average_rgb=True)
+            config[name] = per_channel(name, config[name], self.in_chans, average_rgb=True)
         return config
 
     @property
@@ -209,8 +188,6 @@ class SeCuNetwork(nn.Module):
                 f"PIL inputs need in_chans 1 or 3, this model has {self.in_chans}: pass tensors"
             )
         if self._preprocess_transform is None:
-            from secu_plugin.data.transforms import eval_transform
-
             self._preprocess_transform = eval_transform(self.data_config, self.in_chans)
         return torch.stack([self._preprocess_transform(image) for image in images])
 

@@ -9,12 +9,11 @@ from __future__ import annotations
 import os
 import pickle
 import re
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import torch
-
-if TYPE_CHECKING:
-    from secu_plugin.models.secu_model import SeCuModel
+from torch import nn
 
 # Keys of the official checkpoints that hold training state, not model weights.
 _TRAINING_STATE_KEY = re.compile(r"^(assign_labels|counter|ldual)_(\d+)$")
@@ -22,14 +21,17 @@ _CENTER_KEY = re.compile(r"^center_(\d+)$")
 
 
 def load_reference_checkpoint(
-    model_class: type[SeCuModel],
+    model_class: Callable[..., nn.Module],
     path: str | os.PathLike,
     backbone: str = "secu_resnet18_cifar",
     num_clusters: list[int] | None = None,
     weights_only: bool = True,
     **model_kwargs: Any,
-) -> SeCuModel:
+) -> nn.Module:
     """Imports a checkpoint written by the paper's official code (github.com/idstcv/SeCu).
+
+    ``model_class`` builds the model from the read configuration:
+    :meth:`SeCuModel.from_reference_checkpoint <secu_plugin.models.SeCuModel>` passes itself.
 
     The checkpoint is the ``.pth.tar`` dict the official ``main.py`` / ``main_imagenet.py``
     save: ``state_dict`` keys prefixed ``module.``; ``encoder.*`` a ResNet in torchvision

@@ -22,8 +22,9 @@ from huggingface_hub import ModelCard, PyTorchModelHubMixin, hf_hub_download
 from PIL import Image
 from torch import nn
 
+from secu_plugin.core.bank import DEFAULT_NUM_CLUSTERS
 from secu_plugin.core.nearest import center_probabilities, nearest_center
-from secu_plugin.models import hub
+from secu_plugin.models import hub, reference
 from secu_plugin.models.card import check_results, model_card
 from secu_plugin.models.modules import (
     backbone_architecture,
@@ -32,8 +33,6 @@ from secu_plugin.models.modules import (
     projection_layout,
 )
 from secu_plugin.models.network import SeCuNetwork
-
-DEFAULT_NUM_CLUSTERS: tuple[int, ...] = tuple(range(10, 101, 10))
 
 
 def _json_dict(name: str, value: dict | None) -> dict | None:
@@ -368,8 +367,9 @@ class SeCuModel(
         strict: bool = True,
         **model_kwargs: Any,
     ) -> SeCuModel:
-        """The mixin's hook: the config's sizes are checked against the weights' header, then
-        the model is built and the weights loaded."""
+        """The mixin's hook: the config's sizes, then the shapes of the model it builds (on the
+        meta device), are checked against the weights' header; then the model is built and the
+        weights loaded."""
         if os.path.isdir(model_id):
             weights_file = os.path.join(model_id, hub.WEIGHTS_FILE)
         else:
@@ -379,9 +379,9 @@ class SeCuModel(
                 local_files_only=local_files_only,
             )  # fmt: skip
         num_clusters = model_kwargs.get("num_clusters", list(DEFAULT_NUM_CLUSTERS))
-        hub.check_sizes_against_weights(
-            weights_file, {"dim": model_kwargs.get("dim", 128), "num_clusters": num_clusters}
-        )
+        sizes = {"dim": 128, **model_kwargs, "num_clusters": num_clusters}
+        hub.check_sizes_against_weights(weights_file, sizes)
+        hub.check_model_against_weights(weights_file, lambda: cls(**model_kwargs), strict)
         model = cls(**model_kwargs)
         hub.load_weights(model, weights_file, map_location, strict)
         model.eval()
@@ -393,6 +393,4 @@ class SeCuModel(
     ) -> SeCuModel:
         """Imports a checkpoint of the paper's official code (github.com/idstcv/SeCu); see
         :func:`secu_plugin.models.reference.load_reference_checkpoint`."""
-        from secu_plugin.models.reference import load_reference_checkpoint
-
-        return load_reference_checkpoint(cls, path, backbone=backbone, **kwargs)
+        return reference.load_reference_checkpoint(cls, path, backbone=backbone, **kwargs)

@@ -1,22 +1,25 @@
 """The ``auto`` preset: training settings derived from the data, for small sets of own images.
 
 ``accelerate launch recipes/train.py --data ROOT`` (no ``--preset``) trains with it. A sample
-of the training images is described (:func:`describe_data`: number of images, grey or colour,
-typical size, number of classes when the labels say something, pixel mean and std) and
-:func:`auto_preset` maps that description to a :class:`~secu_plugin.train.presets.Preset`:
+of the training images is described (:func:`secu_plugin.data.describe_data`: number of images,
+grey or colour, typical size, number of classes when the labels say something, pixel mean and
+std) and :func:`auto_preset`, a pure function, maps that description to a
+:class:`~secu_plugin.train.presets.Preset`: the ``mnist5k`` preset with the data-dependent
+settings replaced:
 
 - network: ``secu_convnet_small`` (any ``in_chans``, any input from 8 pixels), 1 channel for
   grey data and 3 for colour, the data's own mean and std, input size from the images (see
   :func:`input_size_for`);
 - views sized to the input (:func:`view_settings`): grey data gets the digits' affine views,
   with neither crop nor erasing on tiny images; colour data gets BYOL's views (colour jitter);
-- the schedule in steps (:func:`schedule_for`): the batch from the number of images, a fixed
+- the schedule in steps (:func:`schedule_for`): the batch from the number of images
+  (:func:`~secu_plugin.train.settings.batch_size_for`, from 64 for up to 20,000 images), a fixed
   budget of training steps turned into epochs, a warm-up of a fixed number of steps turned into
   epochs; epoch 0 still only fills the assignment memory (encoder lr 0), on top of the budget;
 - heads ``[C, 2C, 3C, 4C, 5C]`` for ``C`` known classes, else ``[10, 20, 30, 40, 50]``, each
   kept only if the data has at least 20 images per cluster (:func:`heads_for`);
-- the CPU demo's SeCu settings (``mnist5k``: dual step 1.0, temperatures 0.2, center lr 0.5),
-  which were measured for a few thousand steps rather than the paper's hundreds of epochs.
+- everything else is the CPU demo's (``mnist5k``: backbone, dual step, temperatures, learning
+  rates), measured for a few thousand steps rather than the paper's hundreds of epochs.
 
 Any ``--set``/``--epochs`` override wins, and the derived settings follow it (a different
 batch changes the number of epochs of the step budget; a different input size, the views).
@@ -28,13 +31,14 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass
 
-import numpy as np
+from secu_plugin.data.describe import DataDescription
+from secu_plugin.data.transforms import per_channel
+from secu_plugin.train.presets import AUTO, PRESETS, Preset, get_preset
+from secu_plugin.train.settings import batch_size_for
 
-from secu_plugin.train.presets import AUTO, Preset
-
-BACKBONE = "secu_convnet_small"
+# The named preset the auto settings start from.
+BASE_PRESET = "mnist5k"
 # Training steps after the memory-filling epoch, and of them the linear warm-up.
 STEP_BUDGET = 3000
 WARMUP_STEPS = 100
@@ -42,93 +46,6 @@ WARMUP_STEPS = 100
 MAX_INPUT_SIZE = 32
 MIN_IMAGES_PER_CLUSTER = 20
 DEFAULT_HEADS = (10, 20, 30, 40, 50)
-
-
-@dataclass(frozen=True)
-class DataDescription:
-    """What the auto preset needs to know about a data set.
-
-    Attributes:
-        num_images: Training images.
-        channels: 1 (grey data) or 3 (colour data).
-        image_size: Median shorter side of the sampled images, in pixels.
-        num_classes: Classes, when the labels are informative (two or more); else None.
-        mean, std: Pixel mean and standard deviation in [0, 1] (one value per channel),
-            measured on the sample.
-        sampled: How many images were read to measure the above.
-    """
-
-    num_images: int
-    channels: int
-    image_size: int
-    num_classes: int | None = None
-    mean: tuple[float, ...] = (0.5,)
-    std: tuple[float, ...] = (0.25,)
-    sampled: int = 0
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-
-def _is_colour(pixels: np.ndarray) -> bool:
-    """Whether an RGB image has visible colour (not grey stored as RGB, as JPEGs often are)."""
-    spread = pixels.max(axis=-1).astype(np.int16) - pixels.min(axis=-1).astype(np.int16)
-    return float(spread.mean()) > 4.0
-
-
-def describe_data(dataset, sample_size: int = 256, seed: int = 0) -> DataDescription:
-    """Describes an :class:`~secu_plugin.data.ImageDataset` from a random sample of its images.
-
-    Unreadable images in the sample are passed over. The data counts as colour when at least
-    10% of the sampled images show colour; grey images stored as RGB count as grey.
-
-    Examples:
-        >>> from secu_plugin.data import ImageDataset
-        >>> description = describe_data(ImageDataset.mnist5k(), sample_size=64)
-        >>> description.num_images, description.channels, description.image_size
-        (5000, 1, 28)
-        >>> description.num_classes, round(description.mean[0], 1)
-        (10, 0.1)
-    """
-    from secu_plugin.train.evaluation import has_informative_labels
-
-    count = len(dataset)
-    if count == 0:
-        raise ValueError("the data set has no images")
-    order = np.random.default_rng(seed).permutation(count)[: min(sample_size, count)]
-    images = []
-    for index in order:
-        try:
-            images.append(dataset[int(index)][0])
-        except ValueError:  # an unreadable file: the recipe reports those itself
-            continue
-    if not images:
-        raise ValueError(f"none of the {len(order)} sampled images could be read")
-    arrays = [np.asarray(image.convert("RGB") if image.mode != "L" else image) for image in images]
-    colour = sum(a.ndim == 3 and _is_colour(a) for a in arrays) >= max(1, 0.1 * len(arrays))
-    channels = 3 if colour else 1
-    values = [
-        (a.reshape(-1, 3) if channels == 3 else a.reshape(-1, 3).mean(1, keepdims=True))
-        if a.ndim == 3
-        else (np.repeat(a.reshape(-1, 1), channels, axis=1))
-        for a in arrays
-    ]
-    pixels = np.concatenate(values).astype(np.float64) / 255.0
-    sizes = [min(image.size) for image in images]
-    labels = getattr(dataset, "labels", None)
-    num_classes = None
-    if has_informative_labels(labels):
-        known = np.asarray(labels)[np.asarray(labels) >= 0]
-        num_classes = int(getattr(dataset, "num_classes", None) or len(np.unique(known)))
-    return DataDescription(
-        num_images=count,
-        channels=channels,
-        image_size=int(np.median(sizes)),
-        num_classes=num_classes,
-        mean=tuple(round(float(m), 4) for m in pixels.mean(0)),
-        std=tuple(round(max(float(s), 1e-3), 4) for s in pixels.std(0)),
-        sampled=len(images),
-    )
 
 
 def input_size_for(image_size: int) -> int:
@@ -177,18 +94,16 @@ def view_settings(channels: int, input_size: int) -> tuple[str, float, dict]:
     return "byol", _between(input_size, 0.6, 0.3), {"grayscale_input": False}
 
 
-def batch_size_for(num_images: int) -> int:
+def auto_batch_size(num_images: int) -> int:
     """64 (the CPU demo's: many steps per epoch) up to 20,000 images, 128 up to 200,000, then
-    256; halved (down to 8) until an epoch has at least 16 steps.
+    256; halved (down to 8) until an epoch has at least 16 steps (:func:`batch_size_for`).
 
     Examples:
-        >>> batch_size_for(50), batch_size_for(500), batch_size_for(1797), batch_size_for(50_000)
+        >>> auto_batch_size(50), auto_batch_size(500), auto_batch_size(1797), auto_batch_size(50_000)
         (8, 16, 64, 128)
     """
-    batch = 64 if num_images <= 20_000 else 128 if num_images <= 200_000 else 256
-    while batch > 8 and batch * 16 > num_images:
-        batch //= 2
-    return batch
+    largest = 64 if num_images <= 20_000 else 128 if num_images <= 200_000 else 256
+    return batch_size_for(num_images, largest=largest, smallest=8)
 
 
 def schedule_for(
@@ -240,64 +155,61 @@ def heads_for(num_images: int, num_classes: int | None) -> list[int]:
     return heads
 
 
-def _channel_values(values: tuple[float, ...], channels: int) -> list[float]:
-    if len(values) == channels:
-        return list(values)
-    if len(values) == 1:
-        return list(values) * channels
-    return [round(sum(values) / len(values), 4)] * channels
+def _channel_values(name: str, values: tuple[float, ...], channels: int) -> list[float]:
+    # Rounded as the description is: colour data trained as grey averages its RGB statistics.
+    averaged = per_channel(name, values, channels, average_rgb=True)
+    return [round(v, 4) for v in averaged]
 
 
 def auto_preset(
     description: DataDescription, data: str = "mnist5k", num_workers: int = 0, **overrides
 ) -> Preset:
-    """The auto preset for data described by ``description``; ``overrides`` win.
+    """The auto preset for data described by ``description``: :data:`BASE_PRESET` with the
+    data-dependent settings replaced; ``overrides`` (flat or ``group.name``) win, and the
+    derived settings follow them. A pure function: it reads no data.
 
     Examples:
         >>> grey8 = DataDescription(1797, channels=1, image_size=8, num_classes=10)
         >>> preset = auto_preset(grey8, data="digits")
-        >>> preset.input_size, preset.batch_size, preset.epochs, preset.views, preset.min_scale
-        (8, 64, 109, 'digits', 1.0)
-        >>> auto_preset(grey8, batch_size=32).epochs  # the step budget in 56 steps per epoch
+        >>> preset.network.input_size, preset.loader.batch_size, preset.schedule.epochs
+        (8, 64, 109)
+        >>> preset.augmentation.views, preset.augmentation.min_scale
+        ('digits', 1.0)
+        >>> auto_preset(grey8, batch_size=32).schedule.epochs  # the budget in 56-step epochs
         55
     """
+    overrides = Preset.flat_names(overrides)
     channels = int(overrides.get("in_chans", description.channels))
     input_size = overrides.get("input_size") or input_size_for(description.image_size)
     views, min_scale, view_kwargs = view_settings(channels, int(input_size))
     if overrides.get("views", views) != views:  # views named by hand: their own defaults
         view_kwargs = {}
-    batch_size = int(overrides.get("batch_size", batch_size_for(description.num_images)))
+    batch_size = int(overrides.get("batch_size", auto_batch_size(description.num_images)))
     schedule = schedule_for(description.num_images, batch_size, epochs=overrides.get("epochs"))
-    settings = {
-        "name": AUTO,
-        "data": data,
-        "backbone": BACKBONE,
-        "in_chans": channels,
-        "input_size": int(input_size),
-        "mean": _channel_values(description.mean, channels),
-        "std": _channel_values(description.std, channels),
-        "views": views,
-        "min_scale": min_scale,
-        "view_kwargs": view_kwargs,
-        "epochs": schedule["epochs"],
-        "batch_size": batch_size,
-        "lr": 0.2,
-        "warmup_epochs": schedule["warmup_epochs"],
-        "center_lr": 0.5,
-        "num_clusters": heads_for(description.num_images, description.num_classes),
-        "dual_lr": 1.0,
-        "temperature_x": 0.2,
-        "temperature_c": 0.2,
-        "num_workers": num_workers,
-        "resolved_from": {
+    derived = PRESETS[BASE_PRESET].replace(
+        name=AUTO,
+        data=data,
+        in_chans=channels,
+        input_size=int(input_size),
+        mean=_channel_values("mean", description.mean, channels),
+        std=_channel_values("std", description.std, channels),
+        views=views,
+        min_scale=min_scale,
+        view_kwargs=view_kwargs,
+        epochs=schedule["epochs"],
+        batch_size=batch_size,
+        warmup_epochs=schedule["warmup_epochs"],
+        num_clusters=heads_for(description.num_images, description.num_classes),
+        num_workers=num_workers,
+        resolved_from={
             "data": description.to_dict(),
             "step_budget": STEP_BUDGET,
             "warmup_steps": WARMUP_STEPS,
             "steps_per_epoch": schedule["steps_per_epoch"],
             "training_steps": schedule["training_steps"],
         },
-    }
-    return Preset(**settings).replace(**overrides)
+    )
+    return derived.replace(**overrides)
 
 
 def default_num_workers() -> int:
@@ -311,21 +223,41 @@ def default_num_workers() -> int:
     return max(1, min(8, (cores or 2) // 2))
 
 
-def resolve_auto_preset(data: str = "mnist5k", sample_size: int = 256, **overrides) -> Preset:
-    """Reads the training split of ``data`` (a recipe's ``--data``), describes a sample of it
-    and returns its auto preset (what ``get_preset("auto", data=...)`` returns).
+def preset_data(name: str, overrides: dict) -> str:
+    """The data a run of preset ``name`` trains on: ``overrides["data"]`` (``--data``), else
+    the named preset's (the auto preset's base for ``"auto"``).
 
     Examples:
-        >>> preset = resolve_auto_preset("mnist5k", epochs=5)
-        >>> preset.name, preset.in_chans, preset.input_size, preset.epochs, preset.num_clusters
-        ('auto', 1, 28, 5, [10, 20, 30, 40, 50])
+        >>> preset_data("imagenet", {}), preset_data("auto", {}), preset_data("auto", {"data": "x"})
+        ('imagenet-1k', 'mnist5k', 'x')
     """
-    from secu_plugin.data import ImageDataset
+    if "data" in overrides:
+        return overrides["data"]
+    named = PRESETS.get(BASE_PRESET if name == AUTO else name)
+    return named.data if named is not None else PRESETS[BASE_PRESET].data
 
-    images = ImageDataset.from_source(data, split="train")
-    description = describe_data(images, sample_size=sample_size)
+
+def resolve_preset(name: str, description: DataDescription | None = None, **overrides) -> Preset:
+    """The settings ``recipes/train.py`` trains with: the named preset, or for ``"auto"`` the
+    settings derived from ``description`` (of the training data the recipe read), with the
+    workers of this machine unless ``overrides`` name them.
+
+    Examples:
+        >>> grey8 = DataDescription(1797, channels=1, image_size=8, num_classes=10)
+        >>> resolve_preset("auto", grey8, data="digits", epochs=5).schedule.epochs
+        5
+        >>> resolve_preset("mnist5k", grey8).network.input_size is None  # named: as it is
+        True
+    """
+    if name != AUTO:
+        return get_preset(name, **overrides)
+    if description is None:
+        raise ValueError("the auto preset needs a description of the data (describe_data)")
+    overrides = Preset.flat_names(overrides)
     overrides.setdefault("num_workers", default_num_workers())
-    return auto_preset(description, data=data, **overrides)
+    preset = auto_preset(description, data=overrides.pop("data", "mnist5k"), **overrides)
+    preset.check()
+    return preset
 
 
 def describe_settings(preset: Preset) -> str:
@@ -337,7 +269,7 @@ def describe_settings(preset: Preset) -> str:
         resolved settings (auto, from 1797 grey 8 px images, 10 classes):
     """
     lines = []
-    source = preset.resolved_from or {}
+    source = getattr(preset, "resolved_from", None) or {}
     described = source.get("data")
     if described:
         kind = "colour" if described["channels"] == 3 else "grey"

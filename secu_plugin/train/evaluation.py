@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from secu_plugin.core.nearest import nearest_center
+from secu_plugin.data.describe import has_informative_labels  # also this module's, as before
 from secu_plugin.train.metrics import clustering_metrics
 
 
@@ -88,21 +89,6 @@ def evaluation_head(num_clusters: list[int], num_classes: int) -> int:
         (1, 0)
     """
     return num_clusters.index(num_classes) if num_classes in num_clusters else 0
-
-
-def has_informative_labels(labels: np.ndarray | None) -> bool:
-    """Whether ``labels`` can score a clustering: at least two distinct known classes.
-
-    Examples:
-        >>> has_informative_labels(np.array([0, 1, -1])), has_informative_labels(np.zeros(4))
-        (True, False)
-        >>> has_informative_labels(None)
-        False
-    """
-    if labels is None:
-        return False
-    labels = np.asarray(labels)
-    return len(np.unique(labels[labels >= 0])) >= 2
 
 
 def evaluate_predictions(

@@ -1,91 +1,121 @@
 """Settings of SeCu heads trained on the cached features of a frozen pretrained backbone
-(``recipes/train_head.py``). Numbers only, like :mod:`secu_plugin.train.presets`."""
+(``recipes/train_head.py``): the shared groups of :mod:`secu_plugin.train.settings` plus the
+feature cache and the pairs. A registry of values, like :mod:`secu_plugin.train.presets`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from secu_plugin.train.presets import RunSettings
+from secu_plugin.train.settings import (
+    BankSettings,
+    LossSettings,
+    NetworkSettings,
+    OptimizerSettings,
+    RunSettings,
+    ScheduleSettings,
+    ViewSettings,
+)
 
 
 @dataclass(frozen=True)
+class FeatureCacheSettings:
+    """The feature cache: what is stored, how many augmented views per image besides the
+    plain one, and the extraction's batch and chunk (what an interrupted extraction redoes).
+
+    Examples:
+        >>> FeatureCacheSettings(augmented_views=2).cache_dtype
+        'float16'
+    """
+
+    cache_dtype: str = "float16"
+    augmented_views: int = 0
+    extract_batch_size: int = 64
+    cache_chunk_size: int = 1024
+
+
+@dataclass(frozen=True)
+class PairSettings:
+    """The pairs of the two-view loss: ``"neighbors"`` (an image and one of its k nearest
+    neighbours in the backbone's feature space, measured in the square-rooted, PCA-whitened
+    space of ``neighbor_whitening`` dimensions; 0: plain cosine) or ``"views"`` (two augmented
+    views of the image). The heads still see the plain features.
+
+    Examples:
+        >>> PairSettings(pairs="views").num_neighbors
+        5
+    """
+
+    pairs: str = "neighbors"
+    num_neighbors: int = 5
+    neighbor_whitening: int = 256
+
+
+@dataclass(frozen=True, kw_only=True)
 class HeadPreset(RunSettings):
-    """Every setting of a frozen-backbone run. ``--set name=value`` overrides any field.
+    """Every setting of a frozen-backbone run. ``--set name=value`` overrides any setting.
+
+    ``network.backbone`` is any timm model with pretrained weights; the augmented views are
+    timm's training transform of it (``views="timm"``, crops of at least ``min_scale``).
 
     Examples:
         >>> from secu_plugin.train.presets import get_preset
         >>> preset = get_preset("frozen", HEAD_PRESETS)
-        >>> preset.pairs, preset.num_clusters[:3]
+        >>> preset.pairing.pairs, preset.bank.num_clusters[:3]
         ('neighbors', [10, 20, 30])
-        >>> get_preset("frozen", HEAD_PRESETS, epochs=3).epochs
+        >>> get_preset("frozen", HEAD_PRESETS, epochs=3).schedule.epochs
         3
     """
 
-    name: str
-    data: str = "mnist5k"
-    # the frozen backbone: any timm model with pretrained weights
-    backbone: str = "vit_small_patch14_dinov2.lvd142m"
-    input_size: int | None = None  # None: the backbone's pretrained_cfg
-    # the feature cache
-    cache_dtype: str = "float16"
-    augmented_views: int = 0  # augmented views cached per image, besides the plain one
-    min_scale: float = 0.5  # of the augmented views' random crops
-    extract_batch_size: int = 64
-    cache_chunk_size: int = 1024  # images per chunk: what an interrupted extraction redoes
-    # pairs of the two-view loss: "neighbors" (an image and one of its k nearest neighbours
-    # in the backbone's feature space) or "views" (two augmented views of the image)
-    pairs: str = "neighbors"
-    num_neighbors: int = 5
-    # neighbours in the square-rooted, PCA-whitened feature space of this many dimensions
-    # (0: plain cosine); the heads still see the plain features
-    neighbor_whitening: int = 256
-    # heads: projection MLP (1 = a single linear layer) and centers
-    dim: int = 128
-    projection_layers: int = 2
-    projection_hidden_dim: int = 512
-    projection_batchnorm: bool = True
-    num_clusters: list[int] = field(default_factory=lambda: [10, 20, 30, 40, 50])
-    # optimization, over the cache
-    epochs: int = 30
-    batch_size: int | None = None  # None: from the number of images (batch_size_for)
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    warmup_epochs: int = 3
-    center_lr: float = 0.5
+    # timm's training transform of the backbone, for the cached augmented views
+    augmentation: ViewSettings = field(default_factory=lambda: ViewSettings("timm", 0.5))
+    cache: FeatureCacheSettings = field(default_factory=FeatureCacheSettings)
+    pairing: PairSettings = field(default_factory=PairSettings)
     # at the start of this epoch, every head's centers and memory are reset by spherical
     # k-means on the projections (the head has learnt for a few epochs); -1: never
     kmeans_epoch: int = 3
-    # SeCu
-    assigner: str = "size"
-    dual_lr: float = 1.0
-    lower_bound_ratio: float = 0.9
-    alpha: float = 6000.0
-    temperature_x: float = 0.1
-    temperature_c: float = 0.2
-    label_weight: float = 0.2
-    num_workers: int = 0
 
     def check(self) -> None:
         """Refuses settings that cannot run, naming the setting."""
-        if self.pairs not in ("neighbors", "views"):
-            raise ValueError(f"pairs must be 'neighbors' or 'views', got {self.pairs!r}")
-        if self.pairs == "views" and self.augmented_views < 2:
+        pairs = self.pairing.pairs
+        if pairs not in ("neighbors", "views"):
+            raise ValueError(f"pairs must be 'neighbors' or 'views', got {pairs!r}")
+        if pairs == "views" and self.cache.augmented_views < 2:
             raise ValueError(
                 "pairs=views needs at least 2 augmented views per image: "
                 "--set augmented_views=2 (or more)"
             )
-        if self.num_neighbors < 1:
-            raise ValueError(f"num_neighbors must be positive, got {self.num_neighbors}")
+        if self.pairing.num_neighbors < 1:
+            raise ValueError(f"num_neighbors must be positive, got {self.pairing.num_neighbors}")
+        # What the frozen loop has no use for: said, never silently ignored.
+        if self.augmentation.views != "timm" or self.augmentation.view_kwargs is not None:
+            raise ValueError(
+                "frozen heads cache timm's training views of the backbone: views must be "
+                "'timm' and view_kwargs null (min_scale sets their crop)"
+            )
+        if self.network.predictor_hidden_dim is not None:
+            raise ValueError("frozen heads train no predictor: predictor_hidden_dim must be null")
+        if self.optimization.backbone_lr_factor != 1:
+            raise ValueError("the backbone is frozen: backbone_lr_factor must be 1")
 
+
+# The heads of every frozen preset: a projection MLP (hidden 512) of the pretrained features.
+FROZEN = HeadPreset(
+    name="frozen",
+    network=NetworkSettings(backbone="vit_small_patch14_dinov2.lvd142m", projection_hidden_dim=512),
+    optimization=OptimizerSettings(lr=0.05, center_lr=0.5),
+    schedule=ScheduleSettings(epochs=30, warmup_epochs=3),
+    bank=BankSettings(num_clusters=[10, 20, 30, 40, 50], dual_lr=1.0),
+    loss=LossSettings(temperature_x=0.1, temperature_c=0.2),
+)
 
 HEAD_PRESETS: dict[str, HeadPreset] = {
     # Any data set of a few thousand to a few hundred thousand images (measured on MNIST-5k
-    # through EfficientNet-Lite0 and on sklearn's digits: docs/results.md).
-    "frozen": HeadPreset(name="frozen"),
+    # through EfficientNet-Lite0 and on sklearn's digits: docs/results.md). The batch comes
+    # from the number of images (batch_size_for).
+    "frozen": FROZEN,
     # ImageNet-1k on a DINOv2 ViT-B/14 (not run here: no GPU, no download; see the README):
     # the heads, batch and schedule of TEMI/TURTLE-style heads on frozen features.
-    "frozen-imagenet": HeadPreset(
+    "frozen-imagenet": FROZEN.replace(
         name="frozen-imagenet",
         data="imagenet-1k",
         backbone="vit_base_patch14_dinov2.lvd142m",  # its own 518 px input (fixed in timm)
@@ -105,18 +135,3 @@ HEAD_PRESETS: dict[str, HeadPreset] = {
         num_workers=8,
     ),
 }
-
-
-def batch_size_for(num_images: int, largest: int = 256) -> int:
-    """The batch of a frozen-feature run: the largest power of two up to ``largest`` that
-    gives at least 16 steps per epoch (small sets need steps more than large batches:
-    sklearn's 1797 digits reach ACC 0.915 with 64 and 0.669 with 256).
-
-    Examples:
-        >>> batch_size_for(5000), batch_size_for(1797), batch_size_for(100)
-        (256, 64, 4)
-    """
-    batch = largest
-    while batch > 2 and num_images // batch < 16:
-        batch //= 2
-    return batch

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from secu_plugin.train.settings import OptimizerSettings, ScheduleSettings
+
 
 def encoder_lr(
     base_lr: float,
@@ -128,3 +130,58 @@ def build_optimizer(
         groups = parameter_groups(encoder, centers, weight_decay, True, backbone)
         return LARS(groups, lr=0.0, momentum=momentum, weight_decay=weight_decay)
     raise ValueError(f"optimizer must be 'sgd' or 'lars', got {name!r}")
+
+
+def optimizer_for(
+    settings: OptimizerSettings,
+    encoder: nn.Module,
+    centers: nn.ParameterList,
+    backbone: nn.Module | None = None,
+) -> torch.optim.Optimizer:
+    """:func:`build_optimizer` of ``settings``; ``backbone`` (a part of ``encoder``) gets
+    groups of its own only when it learns at another rate (``backbone_lr_factor`` != 1).
+
+    Examples:
+        >>> encoder, centers = nn.Linear(4, 4), nn.ParameterList([nn.Parameter(torch.randn(3, 4))])
+        >>> optimizer = optimizer_for(OptimizerSettings(), encoder, centers, backbone=encoder)
+        >>> sorted({group["role"] for group in optimizer.param_groups})
+        ['centers', 'encoder']
+    """
+    return build_optimizer(
+        settings.optimizer,
+        encoder,
+        centers,
+        weight_decay=settings.weight_decay,
+        momentum=settings.momentum,
+        backbone=backbone if settings.backbone_lr_factor != 1 else None,
+    )
+
+
+def learning_rates(
+    settings: OptimizerSettings,
+    schedule: ScheduleSettings,
+    epoch: int,
+    step: int,
+    steps_per_epoch: int,
+) -> dict[str, float]:
+    """The learning rate of each optimizer group ``role`` at ``step`` of ``epoch``:
+    :func:`encoder_lr`, :func:`center_lr`, and the backbone's (``backbone_lr_factor`` times
+    the encoder's) when it has groups of its own.
+
+    Examples:
+        >>> rates = learning_rates(OptimizerSettings(), ScheduleSettings(), 50, 0, 10)
+        >>> sorted(rates), rates["centers"]
+        (['centers', 'encoder'], 1.2)
+    """
+    lrs = {
+        "encoder": encoder_lr(
+            settings.lr, epoch, step, steps_per_epoch, schedule.epochs, schedule.warmup_epochs
+        ),
+        "centers": center_lr(
+            settings.center_lr, epoch, step, steps_per_epoch, schedule.epochs,
+            ramp=settings.center_lr_ramp,
+        ),
+    }  # fmt: skip
+    if settings.backbone_lr_factor != 1:
+        lrs["backbone"] = lrs["encoder"] * settings.backbone_lr_factor
+    return lrs

@@ -1,0 +1,302 @@
+"""What the training recipes share around their loops, so that each recipe is its loop.
+
+``recipes/train.py`` (from scratch) and ``recipes/train_head.py`` (heads on a frozen backbone)
+both: turn the command line into setting overrides; start an Accelerate run (output folder,
+trackers, threads, seed); resume from a checkpoint; close each epoch (report line, tracker
+values, the bank's epoch end, checkpoint); find the evaluation split; export (the model
+directory, results.json, figures) and end with one JSON line. :class:`RecipeRun` holds that;
+:func:`open_feature_cache` is the frozen recipe's cache, for its training and evaluation
+splits. Each recipe keeps its own loop and its own Accelerate calls (``prepare``,
+``register_for_checkpointing``, ``skip_first_batches``, ``unwrap_model``, ``accumulate``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import set_seed
+
+from secu_plugin.core import SeCuCenterBank
+from secu_plugin.data import FeatureCache, ImageDataset, MultiViewDataset
+from secu_plugin.data.files import check_output_outside_data
+from secu_plugin.train.checkpoint import TrainProgress, resume_checkpoint, save_checkpoint
+from secu_plugin.train.evaluation import evaluate_predictions, kmeans_baseline
+from secu_plugin.train.features import cache_key, extract_features
+from secu_plugin.train.report import (
+    EpochReport,
+    dataset_names,
+    epoch_metrics,
+    result_metrics,
+    tracker_config,
+)
+from secu_plugin.train.runtime import check_launch, use_cpu_cores
+from secu_plugin.train.settings import RunSettings, parse_overrides
+from secu_plugin.viz import save_cluster_montage, save_cluster_size_plot
+
+if TYPE_CHECKING:
+    from secu_plugin.models import SeCuModel
+
+
+def command_line_overrides(args: argparse.Namespace, flags: tuple[str, ...]) -> dict:
+    """The settings a command line changes: its ``--set name=value`` items, then the
+    recipe's own ``flags`` (``--epochs 3`` is ``--set epochs=3``) where given.
+
+    Examples:
+        >>> args = argparse.Namespace(set=["lr=0.1"], epochs=3, data=None)
+        >>> command_line_overrides(args, ("data", "epochs"))
+        {'lr': 0.1, 'epochs': 3}
+    """
+    overrides = parse_overrides(args.set)
+    for name in flags:
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    return overrides
+
+
+def read_images(data: str, split: str, args: argparse.Namespace) -> ImageDataset:
+    """A split of ``data`` (a recipe's ``--data``), skipping unreadable images where
+    ``--skip_corrupt`` asks for it."""
+    return ImageDataset.from_source(data, split=split, skip_corrupt=args.skip_corrupt)
+
+
+@dataclass
+class RecipeRun:
+    """One run of a recipe: its settings, command line, Accelerator and output directory.
+
+    Examples:
+        >>> import tempfile
+        >>> from secu_plugin.train.presets import get_preset
+        >>> args = argparse.Namespace(output_dir=tempfile.mkdtemp(), report_to="none", seed=0,
+        ...                           resume=False, skip_corrupt=False, push_to_hub=None)
+        >>> run = RecipeRun.start(args, get_preset("mnist5k"))
+        >>> run.checkpoint_dir.is_dir(), run.accelerator.num_processes
+        (True, 1)
+    """
+
+    settings: RunSettings
+    args: argparse.Namespace
+    accelerator: Accelerator
+    output_dir: Path
+    started: float
+
+    @classmethod
+    def start(
+        cls, args: argparse.Namespace, settings: RunSettings, gradient_accumulation_steps: int = 1
+    ) -> RecipeRun:
+        """Refuses an output directory inside the data folder, then sets up Accelerate:
+        precision, devices and processes come from ``accelerate launch`` (or its config)."""
+        started = time.time()
+        output_dir = Path(args.output_dir or f"outputs/{settings.name}")
+        check_output_outside_data(output_dir, settings.data)
+        accelerator = Accelerator(
+            # Whole global batches split over the processes, the last partial one dropped: 1
+            # and N processes train on exactly the same batches (no padding rows trained
+            # twice). The seedable sampler makes each epoch's shuffling a function of (seed,
+            # epoch), so a resumed run visits the same batches as an uninterrupted one.
+            dataloader_config=DataLoaderConfiguration(
+                split_batches=True, use_seedable_sampler=True
+            ),
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            log_with=None if args.report_to == "none" else args.report_to,
+            project_dir=output_dir / "logs",
+        )
+        check_launch(accelerator)
+        use_cpu_cores(accelerator)
+        set_seed(args.seed)
+        run = cls(settings, args, accelerator, output_dir, started)
+        if accelerator.is_main_process:
+            run.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        return run
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.output_dir / "checkpoints"
+
+    def log(self, text: str) -> None:
+        """Prints on the main process only."""
+        self.accelerator.print(text)
+
+    def resume(self, progress: TrainProgress) -> None:
+        """With ``--resume``: loads the newest checkpoint whose manifest verifies, the state
+        registered for checkpointing included (``progress`` then says where it was)."""
+        if self.args.resume:
+            state = resume_checkpoint(self.checkpoint_dir, self.log)
+            self.accelerator.load_state(str(state))
+            self.log(
+                f"resumed from {state} (epoch {progress.epoch}, step {progress.step_in_epoch})"
+            )
+
+    def init_trackers(self) -> None:
+        """Starts the trackers (``--report_to``) with every setting as a hyper-parameter."""
+        config = tracker_config(self.settings.to_dict())
+        self.accelerator.init_trackers(self.settings.name, config=config)
+
+    def end_epoch(
+        self,
+        bank: SeCuCenterBank,
+        report: EpochReport,
+        progress: TrainProgress,
+        epoch_started: float,
+    ) -> None:
+        """The end of an epoch: its report line and tracker values, the bank's epoch end,
+        the next epoch's counters, and a checkpoint."""
+        stats = report.summarize(bank)
+        epoch, loss = progress.epoch, progress.epoch_mean_loss()
+        line = EpochReport.line(epoch, loss, stats, bank.num_clusters)
+        self.log(f"{line} | {time.time() - epoch_started:.1f}s")
+        values = epoch_metrics(stats, bank.num_clusters, loss)
+        self.accelerator.log(values, step=progress.global_step)
+        bank.end_epoch()
+        progress.next_epoch()
+        self.save_checkpoint(progress)
+
+    def save_checkpoint(self, progress: TrainProgress) -> None:
+        keep = getattr(self.args, "keep_checkpoints", 2)
+        save_checkpoint(self.accelerator, self.checkpoint_dir, progress, keep)
+
+    def training_record(self, **backbone: Any) -> dict:
+        """The model's ``training`` record: every setting, ``backbone`` (where pretrained
+        weights came from), the seed, the data and the command."""
+        name, hub_id = dataset_names(self.settings.data)
+        return {
+            "preset": self.settings.to_dict(),
+            **backbone,
+            "seed": self.args.seed,
+            "dataset": name,
+            "dataset_id": hub_id,
+            "command": shlex.join(["accelerate", "launch", *sys.argv]),
+        }
+
+    def evaluation_images(self, train_images: ImageDataset) -> ImageDataset:
+        """The split a run is scored on: ``test`` (or ``val``) where the data has one, else
+        the training images themselves (``split == "train"``: MNIST-5k, a plain folder)."""
+        images = read_images(self.settings.data, "test", self.args)
+        return train_images if images.split == "train" else images
+
+    def export(
+        self,
+        model: SeCuModel,
+        bank: SeCuCenterBank,
+        train_images: ImageDataset,
+        eval_images: ImageDataset,
+        predictions: np.ndarray,
+        labels: np.ndarray | None,
+        baseline_features: torch.Tensor | None = None,
+    ) -> dict:
+        """Scores ``predictions`` (H, N) of ``eval_images`` and the bank's memory, then writes
+        the model directory (card with the results), results.json, the cluster-size plot and a
+        montage of the evaluation images by cluster; returns the figures of the final line.
+        ``baseline_features``: k-means on them is the baseline (same head K, same labels).
+        """
+        data_name, hub_id = dataset_names(self.settings.data)
+        results = evaluate_predictions(
+            predictions,
+            labels,
+            bank.num_clusters,
+            data_name,
+            split=eval_images.split,
+            memory=None if bank.memory_sharded else bank.memory.long().cpu().numpy(),
+            memory_labels=train_images.labels,
+            dataset_id=hub_id,
+        )
+        metrics = result_metrics(results)
+        baseline = {}
+        if not results:
+            self.log("the data has no class labels: no ACC/NMI/ARI reported")
+        elif baseline_features is not None:
+            k = results["evaluations"][0]["num_clusters"]
+            scores = kmeans_baseline(baseline_features, labels, k, self.args.seed)
+            baseline = {"kmeans_" + m: round(v, 4) for m, v in scores.items()}
+        metrics.update(baseline)
+        if self.accelerator.is_main_process:
+            self.write_outputs(model, bank, eval_images, predictions, results, baseline)
+        return {**metrics, "model_dir": str(self.output_dir / "model")}
+
+    def write_outputs(
+        self,
+        model: SeCuModel,
+        bank: SeCuCenterBank,
+        eval_images: ImageDataset,
+        predictions: np.ndarray,
+        results: dict,
+        baseline: dict,
+    ) -> None:
+        """Every file of an evaluated run (main process): what a later report adds goes here."""
+        push_to_hub = self.args.push_to_hub
+        model.set_results(results or None)
+        model.save_pretrained(self.output_dir / "model", repo_id=push_to_hub)
+        (self.output_dir / "results.json").write_text(json.dumps({**results, **baseline}, indent=2))
+        save_cluster_size_plot(
+            [s.cpu().numpy() for s in bank.cluster_sizes()],
+            [f"K={k}" for k in bank.num_clusters],
+            self.output_dir / "cluster_sizes.png",
+        )
+        head = results["evaluations"][0]["head"] if results else 0
+        sample = np.random.default_rng(0).permutation(len(eval_images))[:2000]
+        save_cluster_montage(
+            [eval_images[i][0] for i in sample],
+            predictions[head][sample],
+            self.output_dir / "montage.png",
+        )
+        if push_to_hub:
+            model.push_to_hub(push_to_hub)
+
+    def finish(self, summary: dict) -> dict:
+        """Ends the run on every process; returns ``summary`` with the time and the output."""
+        summary = {**summary, "seconds": round(time.time() - self.started, 1)}
+        summary["output_dir"] = str(self.output_dir)
+        self.accelerator.wait_for_everyone()
+        self.accelerator.end_training()
+        return summary
+
+
+def open_feature_cache(
+    run: RecipeRun,
+    backbone: torch.nn.Module,
+    weights: dict,
+    images: ImageDataset,
+    transforms: list[Callable],
+    cache_root: Path,
+) -> FeatureCache:
+    """The frozen backbone's features of every view (``transforms``) of ``images``: reused
+    when a complete cache exists for exactly these inputs, else embedded (split over the
+    processes, resumed chunk by chunk after an interruption)."""
+    settings, accelerator = run.settings, run.accelerator
+    key = cache_key(settings.network.backbone, weights, transforms, images, run.args.seed)
+    cache_settings = settings.cache
+    shape = (
+        len(images),
+        len(transforms),
+        int(backbone.num_features),
+        cache_settings.cache_dtype,
+        cache_settings.cache_chunk_size,
+    )
+    if accelerator.is_main_process:
+        FeatureCache.open(cache_root, key, *shape)
+    accelerator.wait_for_everyone()
+    cache = FeatureCache.open(cache_root, key, *shape, create=False)
+    if cache.complete:
+        run.log(f"reusing the cached features in {cache.directory}")
+        return cache
+    todo = len(cache.missing_chunks())
+    run.log(
+        f"embedding {len(images)} images x {len(transforms)} views ({todo} chunks) "
+        f"into {cache.directory}"
+    )
+    views = MultiViewDataset(images, transforms, seed=run.args.seed)
+    extract_features(
+        accelerator, backbone, views, cache, cache_settings.extract_batch_size,
+        settings.loader.num_workers, show_progress=not run.args.no_progress,
+    )  # fmt: skip
+    return cache
