@@ -185,19 +185,3 @@ def predict_features(
     """
     z = project_features(head, features, batch_size)
     return torch.stack([nearest_center(z, c.detach())[0] for c in centers]).cpu().numpy()
-
-
-def kmeans_baseline(features: torch.Tensor, labels: np.ndarray, k: int, seed: int = 0) -> dict:
-    """ACC / NMI / ARI of k-means (scikit-learn, 10 restarts) on the L2-normalized
-    ``features``: what SeCu heads on the same features are compared with.
-
-    Examples:
-        >>> points = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
-        >>> kmeans_baseline(points, np.array([0, 0, 1, 1]), k=2)["accuracy"]
-        1.0
-    """
-    from sklearn.cluster import KMeans
-
-    normalized = torch.nn.functional.normalize(features.float(), dim=1).numpy()
-    assigned = KMeans(k, n_init=10, random_state=seed).fit_predict(normalized)
-    return clustering_metrics(labels, assigned)

@@ -30,8 +30,9 @@ from accelerate.utils import set_seed
 from secu_plugin.core import SeCuCenterBank
 from secu_plugin.data import FeatureCache, ImageDataset, MultiViewDataset
 from secu_plugin.data.files import check_output_outside_data
+from secu_plugin.train.baselines import kmeans_baseline
 from secu_plugin.train.checkpoint import TrainProgress, resume_checkpoint, save_checkpoint
-from secu_plugin.train.evaluation import evaluate_predictions, kmeans_baseline
+from secu_plugin.train.evaluation import evaluate_predictions
 from secu_plugin.train.features import cache_key, extract_features
 from secu_plugin.train.report import (
     EpochReport,
