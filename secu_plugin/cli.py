@@ -251,7 +251,7 @@ def _write_report(
     from secu_plugin.cluster_report import write_cluster_report
 
     recommended = None
-    evaluated = (model.results or {}).get("evaluations", [model.results or {}])[0]
+    evaluated = ((model.results or {}).get("evaluations", [model.results or {}]) or [{}])[0]
     if args.num_clusters is not None:
         recommended = model.head_index(args.num_clusters)
     elif evaluated.get("num_clusters") in model.num_clusters:

@@ -86,7 +86,7 @@ def with_cluster_columns(hf_dataset: Any, assignments: ClusterAssignments, rows:
         >>> table = datasets.Dataset.from_dict({"x": [1, 2, 3]})
         >>> found = ClusterAssignments(np.array([[1, 0]]), np.array([[0.9, 0.8]]),
         ...                            np.array([[0.7, 0.6]]), [2])
-        >>> with_cluster_columns(table, found, np.array([0, 2]))["cluster_k2"]
+        >>> list(with_cluster_columns(table, found, np.array([0, 2]))["cluster_k2"])
         [1, -1, 0]
     """
     import datasets

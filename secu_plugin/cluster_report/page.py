@@ -26,10 +26,12 @@ nav.heads a { display: inline-block; margin: 2px 4px 2px 0; padding: 3px 10px;
 nav.heads a[aria-current] { background: #224; color: #fff; }
 .badge { background: #e6a700; color: #000; border-radius: 8px; padding: 0 6px; font-size: 11px; }
 main { padding: 0 16px 32px; }
-img.plot { max-width: 100%; display: block; margin: 8px 0; }
+.plots { display: flex; flex-wrap: wrap; gap: 8px; align-items: flex-start; }
+img.plot { max-width: 100%; display: block; margin: 4px 0; }
+.clusters { display: grid; gap: 0 12px; grid-template-columns: repeat(auto-fill, minmax(480px, 1fr)); }
 table { border-collapse: collapse; margin: 8px 0; }
 td, th { border: 1px solid #ddd; padding: 2px 6px; text-align: right; }
-section.cluster { background: #fff; border: 1px solid #ddd; border-radius: 6px; margin: 12px 0;
+section.cluster { scroll-margin-top: 120px; background: #fff; border: 1px solid #ddd; border-radius: 6px; margin: 12px 0;
   padding: 6px 12px; }
 h3 { margin: 4px 0; font-size: 16px; }
 h4 { margin: 6px 0 2px; font-size: 13px; color: #555; font-weight: normal; }
@@ -49,7 +51,9 @@ SCRIPT = """
   var links = Array.prototype.slice.call(document.querySelectorAll("nav.heads a"));
   var fallback = document.getElementById(document.body.getAttribute("data-default-head"));
   function show(hash) {
-    var target = hash.length > 1 ? document.getElementById(decodeURIComponent(hash.slice(1))) : null;
+    var id = hash.slice(1);
+    try { id = decodeURIComponent(id); } catch (error) { id = ""; }  // a malformed address
+    var target = id ? document.getElementById(id) : null;
     var head = target ? target.closest("section.head") : null;
     if (!head) { head = fallback; }
     heads.forEach(function (section) { section.hidden = section !== head; });
@@ -67,7 +71,15 @@ SCRIPT = """
 
 @dataclass
 class ClusterView:
-    """What one cluster's section shows."""
+    """What one cluster's section shows.
+
+    Examples:
+        >>> view = ClusterView(cluster=3, size=0, nearest=[], least_confident=[],
+        ...                    confidence_quantiles=None)
+        >>> "empty" in _cluster_section(HeadView(0, "K=4", 4, False, "", [], [view], ""), view,
+        ...                             [], np.zeros(0), {})
+        True
+    """
 
     cluster: int
     size: int
@@ -79,7 +91,13 @@ class ClusterView:
 
 @dataclass
 class HeadView:
-    """What one head's section shows."""
+    """What one head's section shows.
+
+    Examples:
+        >>> head = HeadView(0, "K=2 <b>", 2, True, "2 clusters", [], [], "Nearest to the center")
+        >>> _head_section(head, [], np.zeros((1, 0)), {}).count("&lt;b&gt;")
+        1
+    """
 
     index: int
     name: str
@@ -162,21 +180,22 @@ def _head_section(
         f"<h2>{escape(head.name)}{_badge(head.recommended)}</h2>",
         f'<p class="summary">{escape(head.summary)}</p>',
     ]
-    parts += [
+    plots = "".join(
         f'<img class="plot" src="{path}" alt="{escape(alt, quote=True)}">'
         for path, alt in head.plots
-    ]
-    parts.append(head.confusion_table)
+    )
+    parts.append(f'<div class="plots">{plots}{head.confusion_table}</div>')
     parts.append(
         '<table class="cluster-index"><thead><tr><th>cluster</th><th>size</th>'
         "<th>median confidence</th><th>majority class</th></tr></thead><tbody>"
         + "".join(head.cluster_table_rows)
         + "</tbody></table>"
     )
+    parts.append('<div class="clusters">')
     parts += [
         _cluster_section(head, c, names, confidence[head.index], thumbs) for c in head.clusters
     ]
-    parts.append("</section>")
+    parts.append("</div></section>")
     return "\n".join(parts)
 
 

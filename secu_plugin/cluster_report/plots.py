@@ -36,8 +36,11 @@ def save_size_plot(sizes: np.ndarray, title: str, path: Path) -> None:
         >>> path.read_bytes()[:4]
         b'\\x89PNG'
     """
-    figure = _figure(8, 2.6)
+    from matplotlib.ticker import MaxNLocator
+
+    figure = _figure(5.5, 2.4)
     axes = figure.add_subplot()
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.bar(np.arange(len(sizes)), sizes, width=0.8 if len(sizes) <= 200 else 1.0)
     axes.axhline(sizes.mean(), color="tab:red", linestyle="--", linewidth=1, label="balanced")
     axes.set(xlabel="cluster", ylabel="images", title=f"{_plain(title)}: cluster sizes")
@@ -61,7 +64,7 @@ def save_confidence_plot(
         >>> path.stat().st_size > 0
         True
     """
-    figure = _figure(10, 2.8)
+    figure = _figure(8, 2.4)
     overall, per_cluster = figure.subplots(1, 2, width_ratios=[1, 2.5])
     overall.hist(confidence, bins=40, range=(0.0, 1.0), color="tab:blue")
     overall.set(xlabel="confidence", ylabel="images", title=f"{_plain(title)}: confidence")

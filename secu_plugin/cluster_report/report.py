@@ -234,7 +234,8 @@ def _head_view(
         counts = plots.confusion_matrix(labels, ids, len(class_names), k)
         metrics = clustering_metrics(labels, ids)
         summary += "; against the labels: " + ", ".join(
-            f"{m.upper()} {v:.3f}" for m, v in metrics.items()
+            f"{short} {metrics[m]:.3f}"
+            for m, short in (("accuracy", "ACC"), ("nmi", "NMI"), ("ari", "ARI"))
         )
         path = f"{PLOT_FOLDER}/head-{head}-confusion.png"
         plots.save_confusion_plot(counts, class_names, name, directory / path)
