@@ -4,7 +4,9 @@ Loads a model with :meth:`secu_plugin.models.SeCuModel.from_pretrained` (a Hub r
 folder written by ``save_pretrained``), reads every image file under a folder (recursively;
 any size; grey, RGB, RGBA or palette), and writes one CSV row ``path,cluster,confidence`` per
 readable image (``path`` starts with the folder as given), optionally with a montage of each
-cluster's members and a cluster-size chart.
+cluster's members and a cluster-size chart. ``--out x.parquet`` holds every head's
+``cluster_k<K>``/``confidence_k<K>`` columns; ``--data`` takes a Hugging Face data set and gives
+it back with those columns added; ``--report DIR`` writes :mod:`secu_plugin.cluster_report`'s page.
 Unreadable files are reported on stderr and skipped. Rows are written (and flushed) batch by
 batch, so an interrupted run keeps what it did, and ``--resume`` does only the files not yet in
 the CSV. File names that are not valid UTF-8 are written as their original bytes (lossless;
@@ -17,10 +19,11 @@ folder, no head with the requested number of clusters, ...).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
@@ -32,6 +35,7 @@ from secu_plugin.viz import ensure_parent_folder
 if TYPE_CHECKING:
     import torch
 
+    from secu_plugin.cluster_report import ClusterAssignments
     from secu_plugin.models import SeCuModel
 
 PROGRAM = "secu-cluster"
@@ -58,7 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--model", required=True, help="Hub repo id (org/name) or folder from save_pretrained"
     )
-    parser.add_argument("--images", required=True, help="folder of images, searched recursively")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", help="folder of images, searched recursively")
+    source.add_argument(
+        "--data",
+        help="a Hugging Face data set (a save_to_disk folder, an image folder read as "
+        "imagefolder, parquet files or a Hub id); --out gets it back with the cluster columns",
+    )
+    parser.add_argument("--split", default="train", help="the split of --data (default train)")
     parser.add_argument(
         "--num-clusters",
         type=int,
@@ -66,7 +77,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         help="use the head with K clusters (default: the model's first head)",
     )
-    parser.add_argument("--out", required=True, help="CSV file to write: path,cluster,confidence")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="x.csv: path,cluster,confidence of the chosen head; x.parquet: path and "
+        "cluster_k<K>, confidence_k<K> of every head; with --data a folder (save_to_disk) or "
+        "x.parquet: the data set with those columns added",
+    )
+    parser.add_argument(
+        "--report",
+        default=None,
+        metavar="DIR",
+        help="static HTML report of every head (index.html, thumbnails, plots; opens from disk)",
+    )
     parser.add_argument("--montage", default=None, help="PNG montage: a row of samples per cluster")
     parser.add_argument("--sizes", default=None, help="PNG bar chart of the cluster sizes")
     parser.add_argument(
@@ -79,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch device, e.g. cpu or cuda (default: cuda if available, else cpu)",
     )
     parser.add_argument(
-        "--resume", action="store_true", help="keep the rows of --out and do only the rest"
+        "--resume", action="store_true", help="keep the rows of a CSV --out, do only the rest"
     )
     parser.add_argument("--debug", action="store_true", help="tracebacks for usage errors")
     return parser
@@ -119,10 +142,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace, stderr: TextIO) -> int:
     import torch
 
+    from secu_plugin.cluster_report import ClusterAssignments, assign_batch, outputs
     from secu_plugin.models import SeCuModel
 
-    if not os.path.isdir(args.images):
+    if args.out is None and args.report is None:
+        raise _UsageError("nothing to write: give --out, --report or both")
+    parquet = args.out is not None and args.out.lower().endswith(".parquet")
+    if args.resume and (args.data is not None or args.report is not None or parquet):
+        raise _UsageError("--resume continues a CSV --out of --images (without --report)")
+    if args.images is not None and not os.path.isdir(args.images):
         raise _UsageError(f"--images {args.images!r} is not a folder")
+    if args.data is not None and args.out is not None and args.out.lower().endswith(".csv"):
+        raise _UsageError("with --data, --out is a folder (save_to_disk) or a .parquet file")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(device)
@@ -139,6 +170,9 @@ def _run(args: argparse.Namespace, stderr: TextIO) -> int:
     except ValueError as error:
         raise _UsageError(f"--num-clusters {args.num_clusters}: {error}") from error
     num_clusters = model.num_clusters[head]
+    model.to(device).eval()
+    if args.data is not None:
+        return _cluster_dataset(args, model, head, stderr)
     paths = find_image_files(args.images)
     if not paths:
         raise _UsageError(f"no image files under {args.images!r}")
@@ -146,44 +180,92 @@ def _run(args: argparse.Namespace, stderr: TextIO) -> int:
         _drop_partial_last_line(args.out)  # a row an interruption cut is redone
     done = _rows(args.out) if args.resume else {}
     todo = [path for path in paths if path not in done]
-    model.to(device).eval()
 
     skipped: list[str] = []
-    ensure_parent_folder(args.out)
+    found: list[ClusterAssignments] = []  # every head, for a parquet --out and the report
+    found_paths: list[str] = []
+    csv_out = args.out if args.out is not None and not parquet else None
+    if csv_out:
+        ensure_parent_folder(csv_out)
     # Names that are not valid UTF-8 are written as their original bytes (surrogateescape):
     # lossless, the same bytes as on disk; read such a CSV back with errors="surrogateescape".
-    mode = "a" if done else "w"
-    with open(args.out, mode, newline="", encoding="utf-8", errors="surrogateescape") as file:
-        writer = csv.writer(file)
-        if not done:
+    with (
+        open(csv_out, "a" if done else "w", newline="", encoding="utf-8", errors="surrogateescape")
+        if csv_out
+        else contextlib.nullcontext()
+    ) as file:
+        writer = csv.writer(file) if file else None
+        if writer and not done:
             writer.writerow(["path", "cluster", "confidence"])
-        for batch_paths, batch, unreadable in _batches(model, todo, args.batch_size, stderr):
+        for batch_paths, batch, unreadable in _batches(model, todo, _open_file, args.batch_size,
+                                                       stderr):  # fmt: skip
             skipped += unreadable
             if batch_paths:
-                ids, confidence = model.predict(batch, head=head)
-                writer.writerows(
-                    (path, int(cluster), f"{float(conf):.6f}")
-                    for path, cluster, conf in zip(batch_paths, ids.tolist(), confidence.tolist())
-                )
-            file.flush()  # an interrupted run keeps every finished batch
+                assigned = assign_batch(model, batch)
+                if writer:
+                    writer.writerows(
+                        (path, int(cluster), f"{float(conf):.6f}")
+                        for path, cluster, conf in zip(batch_paths,
+                            assigned.cluster_ids[head].tolist(),
+                            assigned.confidence[head].tolist())
+                    )  # fmt: skip
+                if parquet or args.report:
+                    found.append(assigned)
+                    found_paths += batch_paths
+            if file:
+                file.flush()  # an interrupted run keeps every finished batch
     if skipped:
         shown = ", ".join(skipped[:5]) + (", ..." if len(skipped) > 5 else "")
         print(f"{PROGRAM}: skipped {len(skipped)} unreadable file(s) of {len(paths)}: {shown}",
               file=stderr)  # fmt: skip
-    rows = _rows(args.out)
-    if not rows:
+    rows = _rows(csv_out) if csv_out else {}
+    if not rows and not found_paths:
         print(f"{PROGRAM}: error: none of the {len(paths)} image files could be read", file=stderr)
         return 1
+    if found_paths:
+        everything = ClusterAssignments.concatenate(found)
+        if parquet:
+            outputs.write_assignments_parquet(args.out, found_paths, everything)
+        if args.report:
+            _write_report(args, found_paths, found_paths, everything, None, None, model)
+        rows = rows or dict(zip(found_paths, everything.cluster_ids[head].tolist()))
     readable = list(rows)
     ids_all = np.array([rows[path] for path in readable], dtype=np.int64)
     _save_pictures(args, readable, ids_all, num_clusters)
     used = len(np.unique(ids_all))
     print(
         f"{PROGRAM}: {len(readable)} images in {used} of {num_clusters} clusters "
-        f"(head {head}) -> {args.out}",
+        f"(head {head}) -> {', '.join(filter(None, (args.out, args.report)))}",
         file=stderr,
     )
     return 0
+
+
+def _write_report(
+    args: argparse.Namespace, images: Sequence, names: list[str],
+    assignments: ClusterAssignments, labels: np.ndarray | None, class_names: list[str] | None,
+    model: SeCuModel,
+) -> None:  # fmt: skip
+    """The HTML report of every head; the head of --num-clusters (else the one the model's
+    card evaluated) is the recommended one."""
+    from secu_plugin.cluster_report import write_cluster_report
+
+    recommended = None
+    evaluated = ((model.results or {}).get("evaluations", [model.results or {}]) or [{}])[0]
+    if args.num_clusters is not None:
+        recommended = model.head_index(args.num_clusters)
+    elif evaluated.get("num_clusters") in model.num_clusters:
+        recommended = model.head_index(evaluated["num_clusters"])
+    try:
+        write_cluster_report(
+            args.report, images, assignments.cluster_ids, assignments.confidence,
+            assignments.center_similarity, num_clusters=assignments.num_clusters,
+            head_names=assignments.head_names(), recommended_head=recommended, labels=labels,
+            class_names=class_names, names=names,
+            title=f"Clusters of {args.images or args.data} by {args.model}",
+        )  # fmt: skip
+    except ValueError as error:
+        raise _UsageError(f"--report: {error}") from error
 
 
 def _drop_partial_last_line(csv_path: str) -> None:
@@ -205,36 +287,83 @@ def _rows(csv_path: str) -> dict[str, int]:
     return {row[0]: int(row[1]) for row in rows[1:]}
 
 
+def _open_file(path: str) -> Image.Image:
+    with Image.open(path) as image:
+        image.load()
+        return image
+
+
 def _batches(
-    model: SeCuModel, paths: list[str], batch_size: int, stderr: TextIO
-) -> Iterator[tuple[list[str], torch.Tensor | None, list[str]]]:
-    """Yields (paths, preprocessed batch, unreadable paths) per batch of files."""
+    model: SeCuModel, items: list, load: Callable, batch_size: int, stderr: TextIO
+) -> Iterator[tuple[list, torch.Tensor | None, list]]:
+    """Yields (items, preprocessed batch, unreadable items) per batch of ``load(item)``."""
     import torch
     from tqdm.auto import tqdm
 
     progress = tqdm(
-        total=len(paths), unit="img", file=stderr, disable=len(paths) <= batch_size, desc=PROGRAM
+        total=len(items), unit="img", file=stderr, disable=len(items) <= batch_size, desc=PROGRAM
     )
     try:
-        for start in range(0, len(paths), batch_size):
-            batch_paths, tensors, unreadable = [], [], []
-            for path in paths[start : start + batch_size]:
+        for start in range(0, len(items), batch_size):
+            batch_items, tensors, unreadable = [], [], []
+            for item in items[start : start + batch_size]:
                 try:
-                    with Image.open(path) as image:
-                        image.load()
-                        tensors.append(model.preprocess([image])[0])
+                    tensors.append(model.preprocess([load(item)])[0])
                 except UNREADABLE_IMAGE_ERRORS as error:
-                    unreadable.append(path)
+                    unreadable.append(item)
                     progress.write(
-                        f"{PROGRAM}: skipping unreadable image {path}: {error}", file=stderr
+                        f"{PROGRAM}: skipping unreadable image {item}: {error}", file=stderr
                     )
                     continue
-                batch_paths.append(path)
-            progress.update(len(paths[start : start + batch_size]))
+                batch_items.append(item)
+            progress.update(len(items[start : start + batch_size]))
             batch = torch.stack(tensors) if tensors else None
-            yield batch_paths, batch, unreadable
+            yield batch_items, batch, unreadable
     finally:
         progress.close()
+
+
+def _cluster_dataset(args: argparse.Namespace, model: SeCuModel, head: int, stderr: TextIO) -> int:
+    """``--data``: every head's columns added to the data set, saved to ``--out``."""
+    from torch.utils.data import Subset
+
+    from secu_plugin.cluster_report import ClusterAssignments, assign_batch, outputs
+    from secu_plugin.data import ImageDataset
+    from secu_plugin.data.hf import HFSource
+
+    try:
+        loaded = outputs.load_dataset_source(args.data, args.split)
+    except (OSError, ValueError, ConnectionError) as error:
+        raise _UsageError(f"--data {args.data!r}: {error}") from error
+    source = HFSource(loaded.dataset, loaded.image_column, loaded.description)
+    found, rows = [], []
+    for batch_rows, batch, _ in _batches(model, list(range(len(source))), source.load,
+                                         args.batch_size, stderr):  # fmt: skip
+        if batch_rows:
+            found.append(assign_batch(model, batch))
+            rows += batch_rows
+    if not rows:
+        print(f"{PROGRAM}: error: none of the {len(source)} images could be read", file=stderr)
+        return 1
+    everything = ClusterAssignments.concatenate(found)
+    if len(rows) < len(source):
+        print(f"{PROGRAM}: skipped {len(source) - len(rows)} unreadable image(s) of "
+              f"{len(source)} (cluster -1 in --out)", file=stderr)  # fmt: skip
+    if args.out:
+        try:
+            columns = outputs.with_cluster_columns(loaded.dataset, everything, np.array(rows))
+            outputs.save_dataset(columns, args.out, args.data)
+        except ValueError as error:
+            raise _UsageError(str(error)) from error
+    if args.report:
+        labels = None if loaded.labels is None else loaded.labels[rows]
+        images = Subset(ImageDataset(source), rows)  # read only for the images shown
+        _write_report(args, images, [f"row {r}" for r in rows], everything, labels,
+                      loaded.classes, model)  # fmt: skip
+    used = len(np.unique(everything.cluster_ids[head]))
+    print(f"{PROGRAM}: {len(rows)} images in {used} of {model.num_clusters[head]} clusters "
+          f"(head {head}) -> {', '.join(filter(None, (args.out, args.report)))}", file=stderr)  # fmt: skip
+    return 0
 
 
 def _save_pictures(

@@ -1,0 +1,146 @@
+"""The report's figures, drawn with matplotlib (its object API: no pyplot state, no display).
+
+Per head: the cluster sizes, the confidence distribution (overall and per cluster) and, with
+labels, the confusion matrix of classes against clusters.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+# Up to this many clusters a figure draws one box (or labelled tick) per cluster.
+MAX_CLUSTERS_PER_AXIS = 60
+_DPI = 100
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
+
+
+def _plain(text: str) -> str:
+    """Text as matplotlib shows it literally: a ``$`` in a user's name starts no math."""
+    return text.replace("$", r"\$")
+
+
+def save_size_plot(sizes: np.ndarray, title: str, path: Path) -> None:
+    """Bars of the cluster sizes by cluster id, with the size of a balanced clustering.
+
+    Examples:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "sizes.png"
+        >>> save_size_plot(np.array([5, 3, 0, 2]), "K=4", path)
+        >>> path.read_bytes()[:4]
+        b'\\x89PNG'
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    figure = _figure(5.5, 2.4)
+    axes = figure.add_subplot()
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.bar(np.arange(len(sizes)), sizes, width=0.8 if len(sizes) <= 200 else 1.0)
+    axes.axhline(sizes.mean(), color="tab:red", linestyle="--", linewidth=1, label="balanced")
+    axes.set(xlabel="cluster", ylabel="images", title=f"{_plain(title)}: cluster sizes")
+    axes.set_xlim(-0.6, len(sizes) - 0.4)
+    axes.legend(loc="upper right", frameon=False)
+    figure.savefig(path)
+
+
+def save_confidence_plot(
+    confidence: np.ndarray, per_cluster_confidence: list[np.ndarray], title: str, path: Path
+) -> None:
+    """Left: histogram of every image's confidence. Right: its distribution per cluster, a
+    box per cluster up to ``MAX_CLUSTERS_PER_AXIS`` clusters, else each cluster's median
+    against its size.
+
+    Examples:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "confidence.png"
+        >>> groups = [np.array([0.5]), np.array([0.9, 0.7]), np.array([])]
+        >>> save_confidence_plot(np.array([0.5, 0.9, 0.7]), groups, "K=3", path)
+        >>> path.stat().st_size > 0
+        True
+    """
+    figure = _figure(8, 2.4)
+    overall, per_cluster = figure.subplots(1, 2, width_ratios=[1, 2.5])
+    overall.hist(confidence, bins=40, range=(0.0, 1.0), color="tab:blue")
+    overall.set(xlabel="confidence", ylabel="images", title=f"{_plain(title)}: confidence")
+    members, num_clusters = per_cluster_confidence, len(per_cluster_confidence)
+    if num_clusters <= MAX_CLUSTERS_PER_AXIS:
+        per_cluster.boxplot(
+            [m if len(m) else [np.nan] for m in members],
+            positions=np.arange(num_clusters),
+            widths=0.6,
+            showfliers=False,
+        )
+        per_cluster.set_xticks(np.arange(num_clusters), [str(c) for c in range(num_clusters)])
+        per_cluster.tick_params(axis="x", labelsize=7 if num_clusters > 20 else 9)
+        per_cluster.set(xlabel="cluster", ylabel="confidence", title="per cluster")
+    else:
+        sizes = np.array([len(m) for m in members])
+        medians = np.array([np.median(m) if len(m) else np.nan for m in members])
+        per_cluster.scatter(sizes, medians, s=6)
+        per_cluster.set(
+            xlabel="cluster size", ylabel="median confidence", title="per cluster (one dot each)"
+        )
+    per_cluster.set_ylim(0.0, 1.02)
+    figure.savefig(path)
+
+
+def confusion_matrix(
+    labels: np.ndarray, cluster_ids: np.ndarray, num_classes: int, num_clusters: int
+) -> np.ndarray:
+    """Counts (num_classes, num_clusters) of the labelled images (labels < 0 left out).
+
+    Examples:
+        >>> confusion_matrix(np.array([0, 0, 1, -1]), np.array([1, 1, 0, 0]), 2, 2).tolist()
+        [[0, 2], [1, 0]]
+    """
+    known = labels >= 0
+    counts = np.zeros((num_classes, num_clusters), dtype=np.int64)
+    np.add.at(counts, (labels[known], cluster_ids[known]), 1)
+    return counts
+
+
+def cluster_order(counts: np.ndarray) -> np.ndarray:
+    """Clusters ordered by their majority class, then by size: a good clustering shows as a
+    diagonal.
+
+    Examples:
+        >>> cluster_order(np.array([[0, 5, 1], [4, 0, 0]])).tolist()
+        [1, 2, 0]
+    """
+    majority = counts.argmax(axis=0)
+    return np.lexsort((-counts.sum(axis=0), majority))
+
+
+def save_confusion_plot(counts: np.ndarray, class_names: list[str], title: str, path: Path) -> None:
+    """Heatmap of the share of each cluster's labelled images per class (columns sum to 1),
+    clusters in :func:`cluster_order`.
+
+    Examples:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "confusion.png"
+        >>> save_confusion_plot(np.array([[3, 0], [1, 4]]), ["cat", "dog"], "K=2", path)
+        >>> path.exists()
+        True
+    """
+    num_classes, num_clusters = counts.shape
+    order = cluster_order(counts)
+    share = counts[:, order] / np.maximum(counts[:, order].sum(axis=0, keepdims=True), 1)
+    figure = _figure(min(4 + 0.22 * num_clusters, 16), min(2 + 0.25 * num_classes, 10))
+    axes = figure.add_subplot()
+    image = axes.imshow(share, aspect="auto", cmap="Blues", vmin=0.0, vmax=1.0,
+                        interpolation="nearest")  # fmt: skip
+    figure.colorbar(image, ax=axes, label="share of the cluster")
+    if num_clusters <= MAX_CLUSTERS_PER_AXIS:
+        axes.set_xticks(np.arange(num_clusters), [str(c) for c in order], fontsize=7)
+    if num_classes <= MAX_CLUSTERS_PER_AXIS:
+        axes.set_yticks(np.arange(num_classes), [_plain(n) for n in class_names], fontsize=7)
+    axes.set(
+        xlabel="cluster (by majority class)", ylabel="class", title=f"{_plain(title)}: classes"
+    )
+    figure.savefig(path)
