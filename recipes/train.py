@@ -249,7 +249,10 @@ def main(args: argparse.Namespace) -> dict:
         eval_images = run.evaluation_images(train_images)
         batch_size = max(64, settings.loader.batch_size)
         predictions, labels = predict_dataset(accelerator, model, eval_images, batch_size)
-        summary.update(run.export(model, bank, train_images, eval_images, predictions, labels))
+        projections = project_dataset(accelerator, model, eval_images, batch_size)  # the report
+        summary.update(
+            run.export(model, bank, train_images, eval_images, predictions, labels, projections)
+        )
     return run.finish(summary)
 
 

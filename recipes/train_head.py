@@ -184,6 +184,7 @@ def main(args: argparse.Namespace) -> dict:
     summary.update(
         run.export(
             model, bank, images, eval_images, predictions, eval_images.labels,
+            projections=project_features(model.projection_head, eval_features[:, 0]),
             baseline_features=eval_features[:, 0],
         )
     )  # fmt: skip

@@ -27,6 +27,7 @@ import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
 
+from secu_plugin.cluster_report import assign_projections, write_cluster_report
 from secu_plugin.core import SeCuCenterBank
 from secu_plugin.data import FeatureCache, ImageDataset, MultiViewDataset
 from secu_plugin.data.files import check_output_outside_data
@@ -193,11 +194,13 @@ class RecipeRun:
         eval_images: ImageDataset,
         predictions: np.ndarray,
         labels: np.ndarray | None,
+        projections: torch.Tensor,
         baseline_features: torch.Tensor | None = None,
     ) -> dict:
         """Scores ``predictions`` (H, N) of ``eval_images`` and the bank's memory, then writes
-        the model directory (card with the results), results.json, the cluster-size plot and a
-        montage of the evaluation images by cluster; returns the figures of the final line.
+        the model directory (card with the results), results.json, the cluster-size plot, a
+        montage of the evaluation images by cluster and the HTML cluster report (from the
+        evaluation images' ``projections`` (N, dim)); returns the figures of the final line.
         ``baseline_features``: k-means on them is the baseline (same head K, same labels).
         """
         data_name, hub_id = dataset_names(self.settings.data)
@@ -222,7 +225,12 @@ class RecipeRun:
         metrics.update(baseline)
         if self.accelerator.is_main_process:
             self.write_outputs(model, bank, eval_images, predictions, results, baseline)
-        return {**metrics, "model_dir": str(self.output_dir / "model")}
+            self.write_report(model, eval_images, projections, labels)
+        return {
+            **metrics,
+            "model_dir": str(self.output_dir / "model"),
+            "report": str(self.output_dir / "report" / "index.html"),
+        }
 
     def write_outputs(
         self,
@@ -252,6 +260,23 @@ class RecipeRun:
         )
         if push_to_hub:
             model.push_to_hub(push_to_hub)
+
+    def write_report(
+        self,
+        model: SeCuModel,
+        eval_images: ImageDataset,
+        projections: torch.Tensor,
+        labels: np.ndarray | None,
+    ) -> Path:
+        """``report/index.html``: every head's clusters of the evaluation images (their
+        sizes, the images nearest to each center and the least confident ones)."""
+        found = assign_projections(projections, list(model.centers), model.temperature)
+        return write_cluster_report(
+            self.output_dir / "report", eval_images, found.cluster_ids, found.confidence,
+            found.center_similarity, num_clusters=found.num_clusters,
+            head_names=found.head_names(), labels=labels, class_names=eval_images.classes,
+            names=eval_images.paths, title=f"SeCu clusters of {self.settings.data}",
+        )  # fmt: skip
 
     def finish(self, summary: dict) -> dict:
         """Ends the run on every process; returns ``summary`` with the time and the output."""
