@@ -10,8 +10,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "secu_plugin"
 HEAVY = ("timm", "huggingface_hub", "accelerate", "torchvision", "lightly", "datasets", "PIL")
 
 
-def modules_loaded_by(statement: str) -> list[str]:
-    code = f"import json, sys; {statement}; print(json.dumps(sorted(sys.modules)))"
+def modules_loaded_by(statements: list[str]) -> list[list[str]]:
+    """The modules loaded after each statement, run in turn by one fresh interpreter (one
+    interpreter start: the sets only grow, so a heavy module shows up after the statement
+    that loads it, and in every later set)."""
+    lines = ["import json, sys", "loaded = []"]
+    lines += [f"{statement}; loaded.append(sorted(sys.modules))" for statement in statements]
+    code = "\n".join([*lines, "print(json.dumps(loaded))"])
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
@@ -19,15 +24,16 @@ def modules_loaded_by(statement: str) -> list[str]:
 
 
 def test_core_imports_torch_alone():
-    for statement in (
+    statements = [
         "import secu_plugin.core",
         "import secu_plugin",
         "import secu_plugin.train.presets",
-    ):
-        loaded = modules_loaded_by(statement)
+    ]
+    loaded_after = modules_loaded_by(statements)
+    for statement, loaded in zip(statements, loaded_after):
         heavy = sorted(m for m in loaded if m.split(".")[0] in HEAVY)
         assert heavy == [], f"{statement!r} loads {heavy}"
-    assert "torch" in modules_loaded_by("import secu_plugin.core")
+    assert "torch" in loaded_after[0]
 
 
 def test_core_sources_import_nothing_above_the_core():

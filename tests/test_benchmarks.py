@@ -89,6 +89,7 @@ def test_per_head_baseline_matches_secu_loss(assigner, num_views):
     assert (bank.memory >= 0).sum() > BATCH  # both epochs recorded labels
 
 
+@pytest.mark.slow
 def test_torch_compile_matches_eager():
     bank, twin = twin_banks("size", torch.float32)
     eager = SeCuLoss(bank)
@@ -145,6 +146,7 @@ def test_train_step_smoke(tmp_path):
     assert all(row["images_per_s"] > 0 for row in results["modes"])
 
 
+@pytest.mark.slow
 def test_memory_table_smoke(tmp_path):
     """Real banks on 2 gloo processes: the measured shard sizes equal the table's formulas
     (the script asserts it) and the table prints."""

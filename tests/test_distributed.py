@@ -9,12 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from golden_replay import GOLDEN_FILES, replay
 
 SCRIPT = Path(__file__).parent / "scripts" / "distributed_replay.py"
 sys.path.insert(0, str(SCRIPT.parent))
 from distributed_replay import FOUR_PROCESS_FILES, RESHARD
+
+pytestmark = pytest.mark.slow  # real multi-process runs: the slow suite
 
 
 def read_reports(out_dir: Path, world: int) -> list[dict]:

@@ -15,6 +15,7 @@ EXAMPLE = REPO_ROOT / "examples" / "lightning_secu.py"
 
 pytest.importorskip("pytorch_lightning")
 pytest.importorskip("lightly")
+pytestmark = pytest.mark.slow  # two real DDP processes: the slow suite
 
 
 def test_lightning_ddp_on_two_cpu_processes(tmp_path):

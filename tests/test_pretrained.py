@@ -151,6 +151,7 @@ def test_frozen_backbone_recipe_exports_a_working_model(tmp_path, digits, weight
     assert json.loads(again.stdout.strip().splitlines()[-1])["accuracy"] == summary["accuracy"]
 
 
+@pytest.mark.slow
 def test_killed_extraction_resumes_with_identical_features(tmp_path, digits, weights_file):
     chunks = ["cache_chunk_size=25"]
     killed = run_recipe(
@@ -168,6 +169,7 @@ def test_killed_extraction_resumes_with_identical_features(tmp_path, digits, wei
     assert np.array_equal(np.load(cache_dir / "features.npy"), np.load(fresh_dir / "features.npy"))
 
 
+@pytest.mark.slow
 def test_view_pairs_and_a_corrupt_image(tmp_path, digits, weights_file):
     broken = tmp_path / "digits"
     subprocess.run(["cp", "-r", str(digits), str(broken)], check=True)

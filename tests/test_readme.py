@@ -5,17 +5,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
 
-def test_readme_starts_with_the_two_setup_commands_and_ci_runs_the_second():
+def test_readme_starts_with_the_setup_commands_and_ci_runs_both_test_suites():
     first_block = re.search(r"```bash\n(.*?)```", README, re.DOTALL).group(1).splitlines()
     assert first_block[0].startswith("# 1. Set up, then train")
     assert first_block[1].endswith("accelerate launch recipes/train.py")
     assert first_block[2].startswith("# 2. Set up, then run the tests")
     assert first_block[3].endswith("python -m pytest -q")
-    assert "Set up, then run the tests" in (ROOT / ".ci" / "run").read_text()
+    assert first_block[4].startswith("# 3. Then the slow suite")
+    assert first_block[5] == ".venv/bin/python -m pytest -q -m slow"
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "Set up, then run the tests" in ci and "Then the slow suite" in ci
 
 
 def test_lightly_timm_example_runs(tmp_path):
@@ -56,6 +61,7 @@ def run_readme_block(name: str, count: int, shorter: dict[str, str], cwd: Path):
     return result
 
 
+@pytest.mark.slow
 def test_readme_workflow_commands_run(tmp_path):
     """The README's Hub workflow, line by line, in a scratch directory with one epoch."""
     shorter = {"recipes/train.py": " --epochs 1 --no_progress"}
@@ -68,6 +74,7 @@ def test_readme_workflow_commands_run(tmp_path):
     assert result.stdout.strip() == f"{get_preset('mnist5k').bank.num_clusters} True"
 
 
+@pytest.mark.slow
 def test_readme_pretrained_commands_run(tmp_path):
     """The README's offline pretrained-backbone lines, on 200 digits and 3 epochs of heads."""
     from secu_plugin.data import ImageDataset

@@ -68,6 +68,7 @@ def resume_until_done(args, out: Path) -> None:
     raise AssertionError(result.stdout[-2000:] + result.stderr[-3000:])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "moment",
     [
@@ -88,6 +89,7 @@ def test_a_run_killed_at_any_moment_resumes_to_the_same_result(
     assert_same_state(final_state(tmp_path), uninterrupted)
 
 
+@pytest.mark.slow
 def test_a_corrupted_checkpoint_is_detected_and_an_older_one_used(digits, uninterrupted, tmp_path):
     args = ["--data", str(digits), "--output_dir", str(tmp_path), *RUN]
     killed = train(args, env_extra={"SECU_KILL_AT": "step:7"})  # inside epoch 2
@@ -104,6 +106,7 @@ def test_a_corrupted_checkpoint_is_detected_and_an_older_one_used(digits, uninte
     assert_same_state(final_state(tmp_path), uninterrupted)
 
 
+@pytest.mark.slow
 def test_a_full_disk_ends_the_run_clearly_and_keeps_the_last_checkpoint(digits, tmp_path):
     args = ["--data", str(digits), "--output_dir", str(tmp_path), *RUN]
     first = train([*args, "--max_steps", "3"])
@@ -166,6 +169,7 @@ def test_evaluate_reports_a_missing_model_in_one_line(tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("error: ")
 
 
+@pytest.mark.slow
 def test_two_processes_killed_during_a_save_resume_to_the_same_result(digits, tmp_path):
     from launch import accelerate_launch
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import asdict
@@ -211,16 +212,26 @@ def epoch_lines(log) -> dict[str, str]:
     return {line.split(":")[0]: line for line in lines}
 
 
-def test_interrupted_and_resumed_run_matches_uninterrupted_run(digit_folder, tmp_path):
+@pytest.fixture(scope="module")
+def full_run(digit_folder, tmp_path_factory) -> tuple[dict, subprocess.CompletedProcess, Path]:
+    """One uninterrupted 3-epoch run, shared: its summary, its log and its output directory
+    (a test that changes the directory works on a copy)."""
+    out = tmp_path_factory.mktemp("full")
+    summary, log = run_recipe(["--data", str(digit_folder), "--epochs", "3", *TINY,
+                               "--output_dir", str(out)])  # fmt: skip
+    return summary, log, out
+
+
+def test_interrupted_and_resumed_run_matches_uninterrupted_run(digit_folder, full_run, tmp_path):
     args = ["--data", str(digit_folder), "--epochs", "3", *TINY]
-    full, full_log = run_recipe([*args, "--output_dir", str(tmp_path / "full")])
+    full, full_log, full_dir = full_run
     # Interrupted inside epoch 1 (3 steps per epoch), then resumed.
     part, _ = run_recipe([*args, "--output_dir", str(tmp_path / "cut"), "--max_steps", "4"])
     assert part["steps"] == 4
     resumed, log = run_recipe([*args, "--output_dir", str(tmp_path / "cut"), "--resume"])
     assert "resumed from" in log.stdout + log.stderr
     assert resumed["steps"] == full["steps"] == 9
-    full_bank, full_progress, full_weights = saved_state(tmp_path / "full")
+    full_bank, full_progress, full_weights = saved_state(full_dir)
     cut_bank, cut_progress, cut_weights = saved_state(tmp_path / "cut")
     assert cut_progress == full_progress
     for saved, restored in ((full_bank, cut_bank), (full_weights, cut_weights)):
@@ -234,9 +245,9 @@ def test_interrupted_and_resumed_run_matches_uninterrupted_run(digit_folder, tmp
     assert (resumed["accuracy"], resumed["nmi"]) == (full["accuracy"], full["nmi"])
 
 
-def test_checkpoints_are_replaced_atomically(digit_folder, tmp_path):
+def test_checkpoints_are_replaced_atomically(digit_folder, full_run, tmp_path):
     out = tmp_path / "run"
-    run_recipe(["--data", str(digit_folder), "--epochs", "3", *TINY, "--output_dir", str(out)])
+    shutil.copytree(full_run[2], out)  # the shared run's directory, as the run left it
     checkpoints = out / "checkpoints"
     states = sorted((p.name for p in checkpoints.iterdir() if p.is_dir()), reverse=True)
     assert len(states) == 2  # --keep_checkpoints 2: older states removed
@@ -263,6 +274,7 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
     assert result.returncode != 0 and "no complete checkpoint" in result.stderr
 
 
+@pytest.mark.slow
 def test_two_process_accelerate_launch_matches_one_process(digit_folder, tmp_path):
     # No BatchNorm: then a batch split over two processes gives the network the same outputs
     # as the whole batch in one (SyncBatchNorm exists only on CUDA). 50 images, batches of 16:
@@ -291,6 +303,7 @@ def test_two_process_accelerate_launch_matches_one_process(digit_folder, tmp_pat
     assert two_progress["global_step"] == one_progress["global_step"] == 9
 
 
+@pytest.mark.slow
 def test_shortened_demo_run(tmp_path):
     """The README's first command, shortened: MNIST-5k, 2 epochs."""
     summary, log = run_recipe(["--epochs", "2", "--output_dir", str(tmp_path)])
@@ -409,6 +422,7 @@ def test_gradient_accumulation_over_two_half_batches_matches_one_full_batch():
     torch.testing.assert_close(halves, full, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_launch_whose_processes_would_run_alone_is_refused(digit_folder, tmp_path):
     """--multi_gpu without GPUs and without the CPU flag: N separate runs, refused."""
     launch = [*accelerate_launch(2), "-q"]
