@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -121,6 +122,12 @@ def test_frozen_backbone_recipe_exports_a_working_model(tmp_path, digits, weight
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert 0 <= summary["accuracy"] <= 1 and "kmeans_accuracy" in summary
     assert "embedding 120 images x 1 views" in result.stdout
+    # The run's HTML cluster report: every head, every shown thumbnail written.
+    report = Path(summary["report"])
+    page = report.read_text()
+    assert report.name == "index.html" and "K=10" in page and "K=20" in page
+    shown = set(re.findall(r'src="(thumbs/[^"]+)"', page))
+    assert shown and all((report.parent / src).is_file() for src in shown)
 
     # The model: the file's backbone weights untouched, config and card say where they came from.
     os.environ["HF_HUB_OFFLINE"] = "1"

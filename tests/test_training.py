@@ -326,6 +326,7 @@ def test_shortened_demo_run(tmp_path):
     for name in (
         "cluster_sizes.png",
         "montage.png",
+        "report/index.html",
         "results.json",
         "model/config.json",
         "model/model.safetensors",
