@@ -73,10 +73,10 @@ def test_caps_unlabelled_rows_and_the_seed(digits):
     features, labels = digits
     labels = labels.copy()
     labels[::3] = -1  # unlabelled: left out
-    capped = {"max_images": 800, "sample_cap": 300, "probe_cap": 200}
+    capped = {"max_images": 800, "sample_cap": 300, "probe_cap": 200, "spectral_cap": 250}
     first = feature_ceiling(features, labels, num_clusters=10, seed=0, **capped)
     assert first["images"] == 800
-    assert first["spectral_knn_graph"]["images"] == 300 and first["knn_agreement"]["queries"] == 300
+    assert first["spectral_knn_graph"]["images"] == 250 and first["knn_agreement"]["queries"] == 300
     assert first["linear_probe"]["train_images"] + first["linear_probe"]["test_images"] == 200
     again = feature_ceiling(features, labels, num_clusters=10, seed=0, **capped)
     other = feature_ceiling(features, labels, num_clusters=10, seed=1, **capped)
