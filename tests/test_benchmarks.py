@@ -125,6 +125,7 @@ def run_script(name: str, tmp_path: Path) -> tuple[str, dict]:
     return result.stdout, json.loads(output.read_text())
 
 
+@pytest.mark.slow
 def test_loss_step_smoke(tmp_path):
     stdout, results = run_script("loss_step", tmp_path)
     assert "| heads | sum K | B | views | baseline ms | fused ms | SwaV ms |" in stdout
@@ -137,6 +138,7 @@ def test_loss_step_smoke(tmp_path):
     assert memory["memory_mb"] == pytest.approx(2 * 10 * 1_281_167 / 1e6)
 
 
+@pytest.mark.slow
 def test_train_step_smoke(tmp_path):
     stdout, results = run_script("train_step", tmp_path)
     assert "| mode | ms/step | images/s | peak MiB |" in stdout

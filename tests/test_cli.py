@@ -233,6 +233,7 @@ def test_only_unreadable_files_exit_with_code_1(model_dir, tmp_path, capsys):
     assert read_rows(tmp_path / "c.csv") == (["path", "cluster", "confidence"], [])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not CONSOLE_SCRIPT.exists(), reason="the package is not installed")
 def test_console_script(model_dir, image_folder, tmp_path):
     folder, readable, corrupt = image_folder

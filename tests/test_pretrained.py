@@ -234,6 +234,7 @@ def test_efficientnet_lite0_weights_give_real_features(tmp_path):
     assert (labels[neighbor.numpy()] == labels).mean() > 0.7
 
 
+@pytest.mark.slow
 def test_an_output_directory_inside_the_data_folder_is_refused(tmp_path, digits, weights_file):
     inside = digits / "run"
     args = [*head_args(tmp_path, digits, weights_file), "--output_dir", str(inside)]

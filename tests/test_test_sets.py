@@ -82,6 +82,7 @@ def test_no_typeface_is_a_clear_error(tmp_path):
         main(["--out", str(tmp_path / "out"), "--per_class", "0"])
 
 
+@pytest.mark.slow
 def test_frozen_heldout_runs_the_recipe_and_the_ceiling(tmp_path, fonts, monkeypatch):
     """benchmarks/frozen_heldout.py on a tiny held-out set: the real recipe (EfficientNet-Lite0,
     2 epochs), the ceiling of the features it cached, the JSON with provenance."""
