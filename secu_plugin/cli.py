@@ -29,7 +29,12 @@ from typing import TYPE_CHECKING, TextIO
 import numpy as np
 from PIL import Image
 
-from secu_plugin.data.files import UNREADABLE_IMAGE_ERRORS, ImageFiles, find_image_files
+from secu_plugin.data.files import (
+    UNREADABLE_IMAGE_ERRORS,
+    ImageFiles,
+    check_output_outside_data,
+    find_image_files,
+)
 from secu_plugin.viz import ensure_parent_folder
 
 if TYPE_CHECKING:
@@ -152,6 +157,13 @@ def _run(args: argparse.Namespace, stderr: TextIO) -> int:
         raise _UsageError("--resume continues a CSV --out of --images (without --report)")
     if args.images is not None and not os.path.isdir(args.images):
         raise _UsageError(f"--images {args.images!r} is not a folder")
+    for flag, output in (("--out", args.out), ("--report", args.report)):
+        for data_flag, data in (("--images", args.images), ("--data", args.data)):
+            if output is not None and data is not None:
+                try:  # what it writes would be read back as images by the next run
+                    check_output_outside_data(output, data, flag, data_flag)
+                except ValueError as error:
+                    raise _UsageError(str(error)) from error
     if args.data is not None and args.out is not None and args.out.lower().endswith(".csv"):
         raise _UsageError("with --data, --out is a folder (save_to_disk) or a .parquet file")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

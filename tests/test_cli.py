@@ -183,12 +183,13 @@ def test_bad_arguments_exit_with_code_2(
 
 
 def test_missing_model_or_folder_exit_with_code_2(model_dir, tmp_path, capsys):
+    (tmp_path / "images").mkdir()
     code = main(
         [
             "--model",
             str(tmp_path / "no-model"),
             "--images",
-            str(tmp_path),
+            str(tmp_path / "images"),
             "--out",
             str(tmp_path / "c.csv"),
         ]
@@ -220,6 +221,17 @@ def test_missing_model_or_folder_exit_with_code_2(model_dir, tmp_path, capsys):
     )
     assert code == 2
     assert "no image files under" in capsys.readouterr().err
+
+
+def test_an_output_inside_the_image_folder_is_refused(model_dir, image_folder, capsys):
+    folder = image_folder[0]
+    before = sorted(folder.rglob("*"))
+    for flag, output in (("--out", folder / "clusters.csv"), ("--report", folder / "report")):
+        code = main(["--model", model_dir, "--images", str(folder), flag, str(output)])
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert code == 2 and "error:" in error
+        assert f"{flag} {output} is inside the --images folder {folder}" in error
+    assert sorted(folder.rglob("*")) == before  # nothing written into the user's images
 
 
 def test_only_unreadable_files_exit_with_code_1(model_dir, tmp_path, capsys):

@@ -181,7 +181,12 @@ def is_parquet_source(source: str) -> bool:
     return source.lower().endswith(".parquet")
 
 
-def check_output_outside_data(output_dir: str | os.PathLike, data: str) -> None:
+def check_output_outside_data(
+    output_dir: str | os.PathLike,
+    data: str,
+    output_flag: str = "--output_dir",
+    data_flag: str = "--data",
+) -> None:
     """Refuses an output directory inside a local ``data`` folder: a run's output (montages,
     cluster folders, a model's files) would become its next run's input.
 
@@ -202,6 +207,6 @@ def check_output_outside_data(output_dir: str | os.PathLike, data: str) -> None:
     root = os.path.realpath(folder)
     if output == root or output.startswith(root.rstrip(os.sep) + os.sep):
         raise ValueError(
-            f"--output_dir {os.fspath(output_dir)} is inside the --data folder {data}: the "
+            f"{output_flag} {os.fspath(output_dir)} is inside the {data_flag} folder {data}: the "
             "run's output would become the next run's input; write it outside the data folder"
         )
