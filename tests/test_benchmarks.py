@@ -137,6 +137,7 @@ def test_loss_step_smoke(tmp_path):
     assert memory["memory_mb"] == pytest.approx(2 * 10 * 1_281_167 / 1e6)
 
 
+@pytest.mark.slow
 def test_train_step_smoke(tmp_path):
     stdout, results = run_script("train_step", tmp_path)
     assert "| mode | ms/step | images/s | peak MiB |" in stdout
