@@ -108,6 +108,7 @@ class HeadView:
     clusters: list[ClusterView]
     nearest_title: str
     confusion_table: str = ""
+    confusion_plot: tuple[str, str] | None = None  # (relative path, description)
     cluster_table_rows: list[str] = field(default_factory=list)
 
 
@@ -184,12 +185,20 @@ def _head_section(
         f'<img class="plot" src="{path}" alt="{escape(alt, quote=True)}">'
         for path, alt in head.plots
     )
-    parts.append(f'<div class="plots">{plots}{head.confusion_table}</div>')
+    parts.append(f'<div class="plots">{plots}</div>')
+    if head.confusion_plot is not None:  # folded: the images come first
+        path, alt = head.confusion_plot
+        parts.append(
+            "<details><summary>Classes against clusters (confusion matrix)</summary>"
+            f'<div class="plots"><img class="plot" src="{path}" alt="{escape(alt, quote=True)}">'
+            f"{head.confusion_table}</div></details>"
+        )
     parts.append(
+        "<details><summary>Index of the clusters</summary>"
         '<table class="cluster-index"><thead><tr><th>cluster</th><th>size</th>'
         "<th>median confidence</th><th>majority class</th></tr></thead><tbody>"
         + "".join(head.cluster_table_rows)
-        + "</tbody></table>"
+        + "</tbody></table></details>"
     )
     parts.append('<div class="clusters">')
     parts += [

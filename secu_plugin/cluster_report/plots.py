@@ -42,10 +42,10 @@ def save_size_plot(sizes: np.ndarray, title: str, path: Path) -> None:
     axes = figure.add_subplot()
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.bar(np.arange(len(sizes)), sizes, width=0.8 if len(sizes) <= 200 else 1.0)
-    axes.axhline(sizes.mean(), color="tab:red", linestyle="--", linewidth=1, label="balanced")
-    axes.set(xlabel="cluster", ylabel="images", title=f"{_plain(title)}: cluster sizes")
+    axes.axhline(sizes.mean(), color="tab:red", linestyle="--", linewidth=1)
+    axes.set(xlabel="cluster", ylabel="images",
+             title=f"{_plain(title)}: cluster sizes (dashed: balanced)")  # fmt: skip
     axes.set_xlim(-0.6, len(sizes) - 0.4)
-    axes.legend(loc="upper right", frameon=False)
     figure.savefig(path)
 
 

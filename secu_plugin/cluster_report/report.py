@@ -227,7 +227,7 @@ def _head_view(
         f"{k} clusters, {int((sizes > 0).sum())} non-empty; size min {sizes.min()}, median "
         f"{int(np.median(sizes))}, max {sizes.max()}; mean confidence {conf.mean():.3f}"
     )
-    counts, table, majority = None, "", [None] * k
+    counts, table, majority, confusion_plot = None, "", [None] * k, None
     if labels is not None:
         from secu_plugin.train.metrics import clustering_metrics
 
@@ -239,7 +239,7 @@ def _head_view(
         )
         path = f"{PLOT_FOLDER}/head-{head}-confusion.png"
         plots.save_confusion_plot(counts, class_names, name, directory / path)
-        plot_files.append((path, f"classes against the clusters of {name}"))
+        confusion_plot = (path, f"classes against the clusters of {name}")
         if len(class_names) <= MAX_CONFUSION_TABLE and k <= MAX_CONFUSION_TABLE:
             table = confusion_table(counts, plots.cluster_order(counts), class_names)
         for c in range(k):
@@ -257,7 +257,7 @@ def _head_view(
                                  members.least_confident[c].tolist(), quantiles, majority[c]))  # fmt: skip
     return HeadView(
         index=head, name=name, num_clusters=k, recommended=recommended, summary=summary,
-        plots=plot_files, clusters=views, confusion_table=table,
+        plots=plot_files, clusters=views, confusion_table=table, confusion_plot=confusion_plot,
         nearest_title="Nearest to the center" if by_similarity else "Most confident",
         cluster_table_rows=[cluster_table_row(head, v) for v in views],
     )  # fmt: skip
