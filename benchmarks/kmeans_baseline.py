@@ -5,7 +5,7 @@ For each image set (a ``--data`` root as the recipes read it: ``ROOT/<class>/``,
 classes, ``n_init=10``) is fitted on the training images' pixels (flattened, scaled to [0, 1];
 grey images one value per pixel, RGB three) and predicts the evaluation split, which is the
 training split where the set has no other, the same images the recipe evaluates. ACC
-(Hungarian), NMI and ARI as the recipe reports them (``secu_plugin.train.metrics``).
+(Hungarian), NMI and ARI as the recipe reports them (``secu_plugin.metrics``).
 
 A flat folder has no labels: pass them with ``--labels ROOT=CSV`` (``file,label`` rows, the file
 names relative to ROOT, as ``make_test_sets.py`` writes them).
@@ -39,7 +39,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere, without ins
     sys.path.insert(0, str(REPO_ROOT))
 
 from secu_plugin.data import ImageDataset
-from secu_plugin.train.metrics import clustering_metrics
+from secu_plugin.metrics import clustering_metrics
 
 
 def read_labels(csv_path: str) -> dict[str, int]:

@@ -1,11 +1,11 @@
-"""Tests for secu_plugin.train.metrics on small hand-checked labelings."""
+"""Tests for secu_plugin.metrics on small hand-checked labelings."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from secu_plugin.train.metrics import cluster_accuracy, clustering_metrics
+from secu_plugin.metrics import cluster_accuracy, clustering_metrics
 
 
 def test_permuted_labels_are_perfect() -> None:

@@ -229,7 +229,7 @@ def _head_view(
     )
     counts, table, majority, confusion_plot = None, "", [None] * k, None
     if labels is not None:
-        from secu_plugin.train.metrics import clustering_metrics
+        from secu_plugin.metrics import clustering_metrics
 
         counts = plots.confusion_matrix(labels, ids, len(class_names), k)
         metrics = clustering_metrics(labels, ids)

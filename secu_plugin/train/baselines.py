@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from secu_plugin.core.neighbors import nearest_neighbors, whitened
-from secu_plugin.train.metrics import clustering_metrics
+from secu_plugin.metrics import clustering_metrics
 
 MAX_IMAGES = 50_000
 SAMPLE_CAP = 20_000  # the k-NN queries
@@ -145,7 +145,7 @@ def feature_ceiling(
 
     ``whitening``: the whitened space's dimensions (capped by D and N - 1), as the heads'
     ``neighbor_whitening``; ``num_neighbors``: the k of the agreement, as the heads'. Clusterings
-    are scored with ACC / NMI / ARI against ``labels`` (:mod:`secu_plugin.train.metrics`).
+    are scored with ACC / NMI / ARI against ``labels`` (:mod:`secu_plugin.metrics`).
 
     Examples:
         >>> generator = torch.Generator().manual_seed(0)

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from secu_plugin.core.nearest import nearest_center
 from secu_plugin.data.describe import has_informative_labels  # also this module's, as before
-from secu_plugin.train.metrics import clustering_metrics
+from secu_plugin.metrics import clustering_metrics
 
 
 def eval_loader(accelerator, network, dataset, batch_size: int) -> DataLoader:

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from secu_plugin.core import SeCuCenterBank
+from secu_plugin.metrics import cluster_accuracy
 from secu_plugin.train.evaluation import evaluation_head, has_informative_labels
-from secu_plugin.train.metrics import cluster_accuracy
 
 
 class EpochReport:

@@ -1,7 +1,8 @@
 """Clustering quality against ground-truth labels: accuracy (Hungarian matching), NMI, ARI.
 
 These are the three metrics reported by SeCu, SCAN and most deep-clustering papers. Entries
-whose true label is negative (unlabeled) are left out of every metric.
+whose true label is negative (unlabeled) are left out of every metric. A module of its own
+(numpy, scipy, scikit-learn): training's evaluation and the cluster report both score with it.
 """
 
 from __future__ import annotations
