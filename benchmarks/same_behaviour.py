@@ -77,6 +77,7 @@ def main() -> None:
     parser.add_argument("--before", type=Path, required=True, help="the checkout before")
     parser.add_argument("--after", type=Path, required=True, help="the checkout after")
     parser.add_argument("--before_commit", help="default: the --before checkout's HEAD")
+    parser.add_argument("--after_commit", help="default: the --after checkout's HEAD")
     parser.add_argument("--work", type=Path, required=True, help="outputs: WORK/before, /after")
     parser.add_argument("--reuse", action="store_true", help="compare runs already in --work")
     parser.add_argument("--out", type=Path, default=Path("docs/same_behaviour.json"))
@@ -86,7 +87,7 @@ def main() -> None:
         work = (args.work / side).resolve()
         if not args.reuse:
             run(checkout.resolve(), work)
-        commit = args.before_commit if side == "before" and args.before_commit else None
+        commit = args.before_commit if side == "before" else args.after_commit
         record["runs"][side] = {
             "commit": commit or commit_of(checkout),
             "commands": {k: " ".join(v) for k, v in commands(checkout.resolve(), work).items()},
