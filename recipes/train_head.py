@@ -36,7 +36,7 @@ from secu_plugin.models.pretrained import (
     load_pretrained_backbone,
 )
 from secu_plugin.train.checkpoint import TrainProgress
-from secu_plugin.train.evaluation import predict_features, project_features
+from secu_plugin.train.evaluation import predict_projections, project_features
 from secu_plugin.train.features import cached_neighbors, default_cache_root
 from secu_plugin.train.head_presets import HEAD_PRESETS
 from secu_plugin.train.optim import learning_rates, optimizer_for
@@ -174,7 +174,8 @@ def main(args: argparse.Namespace) -> dict:
             run, network.backbone, weights, eval_images, transforms[:1], cache_root
         )
         eval_features = eval_cache.features
-    predictions = predict_features(model.projection_head, model.centers, eval_features[:, 0])
+    projections = project_features(model.projection_head, eval_features[:, 0])
+    predictions = predict_projections(projections, model.centers)
     summary = {
         "epochs": progress.epoch,
         "seconds_features": round(extracted - run.started, 1),
@@ -184,7 +185,7 @@ def main(args: argparse.Namespace) -> dict:
     summary.update(
         run.export(
             model, bank, images, eval_images, predictions, eval_images.labels,
-            projections=project_features(model.projection_head, eval_features[:, 0]),
+            projections=projections,
             baseline_features=eval_features[:, 0],
         )
     )  # fmt: skip

@@ -172,16 +172,11 @@ def project_features(
     return torch.cat(projections)
 
 
-def predict_features(
-    head: torch.nn.Module, centers, features: torch.Tensor, batch_size: int = 4096
-) -> np.ndarray:
-    """Cluster ids (H, N) of precomputed backbone ``features`` (N, D): their projections,
-    then the nearest center of every head.
+def predict_projections(projections: torch.Tensor, centers) -> np.ndarray:
+    """Cluster ids (H, N) of ``projections`` (N, dim): the nearest center of every head.
 
     Examples:
-        >>> head = torch.nn.Linear(4, 2)
-        >>> predict_features(head, [torch.eye(2)], torch.randn(5, 4)).shape
-        (1, 5)
+        >>> predict_projections(torch.tensor([[1.0, 0.1], [0.0, 2.0]]), [torch.eye(2)])
+        array([[0, 1]])
     """
-    z = project_features(head, features, batch_size)
-    return torch.stack([nearest_center(z, c.detach())[0] for c in centers]).cpu().numpy()
+    return torch.stack([nearest_center(projections, c.detach())[0] for c in centers]).cpu().numpy()
