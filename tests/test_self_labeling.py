@@ -7,8 +7,6 @@ import pytest
 import torch
 from torch import nn
 
-from secu_plugin.metrics import clustering_metrics
-from secu_plugin.train.evaluation import predict_projections, project_features
 from secu_plugin.train.head_presets import HEAD_PRESETS, SelfLabelSettings
 from secu_plugin.train.presets import get_preset
 from secu_plugin.train.self_labeling import confident_targets, self_label
@@ -69,28 +67,6 @@ def test_self_labeling_is_reproducible_from_its_seed():
     assert not torch.equal(trained(0), trained(1))
 
 
-def test_self_labeling_sharpens_a_kmeans_clustering_of_digits():
-    """A head whose clusters are k-means' on sklearn's digits: self-labeling on its confident
-    images raises its ACC (the border images follow the confident ones)."""
-    from sklearn.cluster import KMeans
-
-    features, labels = sklearn_digits()
-    torch.manual_seed(0)
-    head = nn.Linear(64, 64)
-    with torch.no_grad():
-        head.weight.copy_(torch.eye(64))
-        head.bias.zero_()
-    z = nn.functional.normalize(project_features(head, features), dim=1).detach().numpy()
-    kmeans = KMeans(10, n_init=10, random_state=0).fit(z)
-    centers = [nn.Parameter(torch.tensor(kmeans.cluster_centers_, dtype=torch.float32))]
-    acc_before = clustering_metrics(labels, kmeans.labels_)["accuracy"]
-    settings = SelfLabelSettings(self_label_epochs=10)
-    self_label(head, centers, features, settings, batch_size=128, log=lambda _: None)
-    predictions = predict_projections(project_features(head, features), centers)[0]
-    acc_after = clustering_metrics(labels, predictions)["accuracy"]
-    assert acc_after > acc_before, (acc_before, acc_after)
-
-
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -105,3 +81,42 @@ def test_self_labeling_sharpens_a_kmeans_clustering_of_digits():
 def test_bad_settings_are_named(change, message):
     with pytest.raises(ValueError, match=message):
         get_preset("frozen", HEAD_PRESETS, **change)
+
+
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory):
+    """'Pretrained' weights of timm's tiny test_efficientnet in a local file (random but fixed)."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "test_efficientnet.safetensors"
+    save_file(timm.create_model("test_efficientnet", num_classes=0).state_dict(), str(path))
+    return path
+
+
+def test_the_recipe_self_labels_and_writes_the_features_ceiling(tmp_path, weights_file):
+    """recipes/train_head.py with a self-labeling phase: it runs after the SeCu epochs, and the
+    run's results.json holds the ceiling of the features it clustered."""
+    import json
+    from pathlib import Path
+
+    from tests.launch import write_digit_folder
+    from tests.test_pretrained import TRAIN_HEAD, head_args, run_recipe
+
+    digits = write_digit_folder(tmp_path / "digits", count=120)
+    extra = ["self_label_epochs=2"]  # after head_args' --set items
+    result = run_recipe(TRAIN_HEAD, *head_args(tmp_path, digits, weights_file), *extra)
+    lines = result.stdout.splitlines()
+    phase = [i for i, line in enumerate(lines) if line.startswith("self-labeling epoch")]
+    last_secu = max(i for i, line in enumerate(lines) if line.startswith("epoch 2:"))
+    assert len(phase) == 2 and phase[0] > last_secu
+    summary = json.loads(lines[-1])
+    results = json.loads((Path(summary["output_dir"]) / "results.json").read_text())
+    ceiling = results["feature_ceiling"]
+    assert ceiling["images"] == 120 and ceiling["num_clusters"] == 10
+    assert ceiling["linear_probe"]["supervised"] is True
+    assert summary["knn_agreement"] == ceiling["knn_agreement"]["whitened"]
+    assert summary["best_plain_clustering_accuracy"] == max(
+        ceiling[m]["accuracy"] for m in ("kmeans_raw", "kmeans_whitened", "spectral_knn_graph")
+    )
