@@ -212,6 +212,10 @@ def add_feature_ceiling(run: RecipeRun, features, labels, args: argparse.Namespa
         return {}
     results = json.loads(results_file.read_text())
     k = results["evaluations"][0]["num_clusters"]
+    labelled = labels[labels >= 0]
+    if len(set(labelled.tolist())) < 2 or len(labelled) <= k + 6:
+        run.log("no features' ceiling: too few labelled images or classes")
+        return {}
     started = time.time()
     ceiling = feature_ceiling(features, labels, k, args.seed, max_images=20_000)
     seconds = round(time.time() - started, 1)
