@@ -100,14 +100,10 @@ def self_label(
                     for logits in cluster_logits(z, centers, settings.self_label_temperature)
                 ]
             )  # (H, N)
-        current = targets.clone()
-        if previous is not None:
-            changes.append(float((cluster_logits(z, centers[:1], 1.0)[0].argmax(1) != previous)
-                                 .float().mean()))  # fmt: skip
-        else:
-            changes.append(0.0)
-        previous = cluster_logits(z, centers[:1], 1.0)[0].argmax(1)
-        confident = (current >= 0).float().mean().item()
+        assigned = cluster_logits(z, centers[:1], 1.0)[0].argmax(1)
+        changes.append(0.0 if previous is None else float((assigned != previous).float().mean()))
+        previous = assigned
+        confident = (targets >= 0).float().mean().item()
         head.eval()  # BatchNorm keeps the SeCu phase statistics: noisy inputs must not shift them
         order = torch.randperm(len(features), generator=generator)
         for start in range(0, len(order) - batch_size + 1, batch_size):
@@ -119,7 +115,7 @@ def self_label(
             logits = cluster_logits(head(x), centers, settings.self_label_temperature)
             loss = torch.zeros((), device=device)
             for h, head_logits in enumerate(logits):
-                batch_targets = current[h, rows].to(device)
+                batch_targets = targets[h, rows].to(device)
                 chosen = batch_targets >= 0
                 if not chosen.any():
                     continue
@@ -129,6 +125,8 @@ def self_label(
                 loss = loss + F.cross_entropy(
                     head_logits[chosen], batch_targets[chosen], weight=weight
                 )
+            if not loss.requires_grad:  # no confident image in this batch
+                continue
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
