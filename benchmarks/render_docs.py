@@ -323,6 +323,38 @@ def render_clustering(datas: list[dict], options: dict[str, str]) -> str:
     return table([*header, "ACC", "NMI", "ARI", *(["seconds"] if seconds else [])], rows)
 
 
+@renderer("frozen_heldout")
+def render_frozen_heldout(datas: list[dict], options: dict[str, str]) -> str:
+    """benchmarks/frozen_heldout.py's summary: per set (and variant), the heads' ACC over the
+    seeds beside the ceiling of the same features, the targets and the seconds."""
+    rows = []
+    for data in datas:
+        for name, s in data["summary"].items():
+            if not s.get("runs"):
+                continue
+            rows.append(
+                [
+                    f"`{name}`",
+                    "tune" if s["role"] == "tune" else "held-out",
+                    f"{s['heads_acc_mean']:.3f} ({s['heads_acc_min']:.3f}-{s['heads_acc_max']:.3f})",
+                    f"{s['kmeans_raw_acc_mean']:.3f}",
+                    f"{s['kmeans_whitened_acc_mean']:.3f}",
+                    f"{s['spectral_knn_graph_acc_mean']:.3f}",
+                    f"{s['knn_agreement_whitened']:.3f}",
+                    f"{s['linear_probe_acc_mean']:.3f}",
+                    "yes" if s["meets_agreement_target"] else "no",
+                    "yes" if s["meets_plain_clustering_target"] else "no",
+                    ", ".join(map(str, s["seeds"])),
+                    " / ".join(map(str, s["seconds_cold"])) or "-",
+                    s["seconds_warm_mean"] if s["seconds_warm_mean"] is not None else "-",
+                ]
+            )
+    header = ["set", "role", "heads ACC mean (min-max)", "k-means raw", "k-means whitened",
+              "spectral k-NN graph", "5-NN agreement", "linear probe (supervised)",
+              ">= 0.85 x agreement", ">= best plain + 0.05", "seeds", "s cold", "s warm (mean)"]  # fmt: skip
+    return table(header, rows)
+
+
 def lookup(data: object, path: str) -> list[object]:
     """Every value at a dotted path; ``*`` takes each element of a list."""
     values = [data]

@@ -18,6 +18,7 @@ backbone is the frozen pretrained network, so that ``predict``, ``evaluate.py``,
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -35,6 +36,7 @@ from secu_plugin.models.pretrained import (
     describe_weights,
     load_pretrained_backbone,
 )
+from secu_plugin.train.baselines import feature_ceiling
 from secu_plugin.train.checkpoint import TrainProgress
 from secu_plugin.train.evaluation import predict_projections, project_features
 from secu_plugin.train.features import cached_neighbors, default_cache_root
@@ -49,6 +51,7 @@ from secu_plugin.train.scaffold import (
     open_feature_cache,
     read_images,
 )
+from secu_plugin.train.self_labeling import self_label
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -160,6 +163,13 @@ def main(args: argparse.Namespace) -> dict:
             optimizer.zero_grad(set_to_none=True)
             progress.record(loss)
         run.end_epoch(bank, report, progress, epoch_started)
+    # ---- Self-labeling: the confident images of each cluster teach the others (seconds; every
+    # process runs it whole on all images, so it is not checkpointed: a resume redoes it).
+    if settings.self_labeling.self_label_epochs:
+        self_label(
+            accelerator.unwrap_model(head), bank.centers, features[:, 0], settings.self_labeling,
+            settings.loader.batch_size, seed=args.seed, log=log,
+        )  # fmt: skip
     trained = time.time()
 
     # ---- Export: the frozen backbone, the trained head and centers, as one SeCuModel.
@@ -189,7 +199,37 @@ def main(args: argparse.Namespace) -> dict:
             baseline_features=eval_features[:, 0],
         )
     )  # fmt: skip
+    if settings.feature_ceiling and eval_images.labels is not None:
+        summary.update(add_feature_ceiling(run, eval_features[:, 0], eval_images.labels, args))
     return run.finish(summary)
+
+
+def add_feature_ceiling(run: RecipeRun, features, labels, args: argparse.Namespace) -> dict:
+    """The features' ceiling (:func:`feature_ceiling`, on at most 20,000 images) into
+    results.json beside the heads' figures; returns its headline figures for the final line."""
+    results_file = run.output_dir / "results.json"
+    if not (run.accelerator.is_main_process and results_file.exists()):
+        return {}
+    results = json.loads(results_file.read_text())
+    k = results["evaluations"][0]["num_clusters"]
+    labelled = labels[labels >= 0]
+    if len(set(labelled.tolist())) < 2 or len(labelled) <= k + 6:
+        run.log("no features' ceiling: too few labelled images or classes")
+        return {}
+    started = time.time()
+    ceiling = feature_ceiling(features, labels, k, args.seed, max_images=20_000)
+    seconds = round(time.time() - started, 1)
+    results["feature_ceiling"] = {**ceiling, "seconds_total": seconds}
+    results_file.write_text(json.dumps(results, indent=2))
+    best = max(
+        ceiling[m]["accuracy"] for m in ("kmeans_raw", "kmeans_whitened", "spectral_knn_graph")
+    )
+    return {
+        "best_plain_clustering_accuracy": best,
+        "knn_agreement": ceiling["knn_agreement"]["whitened"],
+        "linear_probe_accuracy_supervised": ceiling["linear_probe"]["accuracy"],
+        "seconds_ceiling": seconds,
+    }
 
 
 if __name__ == "__main__":

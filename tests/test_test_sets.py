@@ -104,10 +104,19 @@ def test_frozen_heldout_runs_the_recipe_and_the_ceiling(tmp_path, fonts, monkeyp
     evaluation = run["results"]["evaluations"][0]
     assert evaluation["num_clusters"] == 5 and evaluation["num_images"] == 100
     assert Path(run["cache_dir"]).parent == tmp_path / "work" / "cache"
+    assert run["feature_cache"] == "cold" and run["variant"] == "default"
     ceiling = run["ceiling"]
+    assert ceiling == run["results"]["feature_ceiling"]  # the recipe's own
     assert ceiling["images"] == 100 and ceiling["num_clusters"] == 5
     # ImageNet features separate five letters far better than chance, with the labels.
     assert ceiling["linear_probe"]["accuracy"] > 0.5
     assert 0 <= ceiling["knn_agreement"]["whitened"] <= 1
     summary = report["summary"]["letters5_grey28"]
     assert summary["runs"] == 1 and summary["heads_acc_mean"] == evaluation["accuracy"]
+    assert (
+        summary["seconds_cold"] == [run["seconds_recipe"]] and summary["seconds_warm_mean"] is None
+    )
+    best = max(
+        ceiling[m]["accuracy"] for m in ("kmeans_raw", "kmeans_whitened", "spectral_knn_graph")
+    )
+    assert summary["meets_plain_clustering_target"] == (summary["heads_acc_mean"] >= best + 0.05)

@@ -50,6 +50,42 @@ class PairSettings:
     neighbor_whitening: int = 256
 
 
+@dataclass(frozen=True)
+class SelfLabelSettings:
+    """The self-labeling phase after the SeCu epochs (0 epochs: none).
+
+    ``confident_fraction``: the share of each cluster's images, most confident first, that are
+    targets; ``feature_dropout`` and ``feature_noise`` perturb the features the head sees
+    (dropout probability, and Gaussian noise in units of each feature's standard deviation);
+    ``self_label_temperature``: of the cosine similarities to the centers; ``self_label_lr``:
+    SGD's learning rate for the head and the centers (cosine decay over the phase).
+
+    Examples:
+        >>> SelfLabelSettings().confident_fraction
+        0.5
+    """
+
+    self_label_epochs: int = 0
+    confident_fraction: float = 0.5
+    feature_dropout: float = 0.2
+    feature_noise: float = 0.5
+    self_label_temperature: float = 0.1
+    self_label_lr: float = 0.02
+
+    def check(self) -> None:
+        """Refuses values that cannot run, naming the setting."""
+        if self.self_label_epochs < 0:
+            raise ValueError(f"self_label_epochs must be >= 0, got {self.self_label_epochs}")
+        if not 0 < self.confident_fraction <= 1:
+            raise ValueError(f"confident_fraction must be in (0, 1], got {self.confident_fraction}")
+        if not 0 <= self.feature_dropout < 1:
+            raise ValueError(f"feature_dropout must be in [0, 1), got {self.feature_dropout}")
+        if self.feature_noise < 0:
+            raise ValueError(f"feature_noise must be >= 0, got {self.feature_noise}")
+        if self.self_label_temperature <= 0 or self.self_label_lr <= 0:
+            raise ValueError("self_label_temperature and self_label_lr must be positive")
+
+
 @dataclass(frozen=True, kw_only=True)
 class HeadPreset(RunSettings):
     """Every setting of a frozen-backbone run. ``--set name=value`` overrides any setting.
@@ -73,6 +109,11 @@ class HeadPreset(RunSettings):
     # at the start of this epoch, every head's centers and memory are reset by spherical
     # k-means on the projections (the head has learnt for a few epochs); -1: never
     kmeans_epoch: int = 3
+    # after the SeCu epochs: self-labeling on the confident images (secu_plugin.train.self_labeling)
+    self_labeling: SelfLabelSettings = field(default_factory=SelfLabelSettings)
+    # the features' ceiling (k-means, spectral, k-NN agreement, linear probe) in results.json
+    # when the evaluation images have labels (secu_plugin.train.baselines.feature_ceiling)
+    feature_ceiling: bool = True
 
     def check(self) -> None:
         """Refuses settings that cannot run, naming the setting."""
@@ -84,6 +125,7 @@ class HeadPreset(RunSettings):
                 "pairs=views needs at least 2 augmented views per image: "
                 "--set augmented_views=2 (or more)"
             )
+        self.self_labeling.check()
         if self.pairing.num_neighbors < 1:
             raise ValueError(f"num_neighbors must be positive, got {self.pairing.num_neighbors}")
         # What the frozen loop has no use for: said, never silently ignored.
