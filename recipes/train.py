@@ -253,6 +253,10 @@ def main(args: argparse.Namespace) -> dict:
         summary.update(
             run.export(model, bank, train_images, eval_images, predictions, labels, projections)
         )
+        advice = report.advice()  # a run that has not settled: what to try instead
+        if advice:
+            log(f"advice: {advice}")
+            summary["advice"] = advice
     return run.finish(summary)
 
 

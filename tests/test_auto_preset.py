@@ -28,7 +28,7 @@ def schedule(preset: Preset) -> tuple[int, int, int]:
     )
 
 
-def test_small_grey_8px_set_gets_whole_image_views_and_the_step_budget():
+def test_small_grey_8px_set_gets_whole_image_views_and_the_demos_passes():
     preset = auto_preset(DataDescription(1797, channels=1, image_size=8, num_classes=10))
     assert (
         preset.name,
@@ -47,7 +47,7 @@ def test_small_grey_8px_set_gets_whole_image_views_and_the_step_budget():
     assert preset.augmentation.view_kwargs["translate"] * 8 <= 1.0
     assert preset.loader.batch_size == 64 and preset.bank.num_clusters == [10, 20, 30, 40, 50]
     per_epoch, training, warmup = schedule(preset)
-    assert per_epoch == 28 and 3000 <= training < 3000 + per_epoch  # the budget, in epochs
+    assert per_epoch == 28 and training == 40 * per_epoch  # 40 passes: under the step budget
     assert 0 < warmup <= 150 and preset.schedule.warmup_epochs < preset.schedule.epochs
     preset.check_data_size(1797)
 
@@ -94,6 +94,17 @@ def test_large_images_are_resized_down_and_unknown_classes_get_the_default_heads
     tiny.check_data_size(50)
 
 
+def test_time_grows_with_the_data_until_the_step_budget():
+    # 2,000 images take 40 passes (1,240 steps), under half the demo's 3,120 steps; from about
+    # 5,000 images on the 3,000-step budget caps the run.
+    steps = {
+        n: schedule(auto_preset(DataDescription(n, 1, 28, 10)))[1] for n in (2000, 5000, 50_000)
+    }
+    assert steps[2000] == 40 * (2000 // 64) and steps[2000] <= 0.5 * 3120
+    assert 3000 <= steps[5000] < 3000 + 5000 // 64
+    assert 3000 <= steps[50_000] < 3000 + 50_000 // 128
+
+
 def test_heads_follow_the_number_of_classes():
     assert auto_preset(DataDescription(3000, 1, 28, 3)).bank.num_clusters == [3, 6, 9, 12, 15]
     assert auto_preset(DataDescription(3000, 1, 28, 20)).bank.num_clusters == [20, 40, 60, 80, 100]
@@ -102,9 +113,7 @@ def test_heads_follow_the_number_of_classes():
 def test_overrides_win_and_the_derived_settings_follow_them():
     grey8 = DataDescription(1797, 1, 8, 10)
     half = auto_preset(grey8, batch_size=32)
-    assert (
-        half.loader.batch_size == 32 and schedule(half)[1] >= 3000
-    )  # the budget in 56-step epochs
+    assert half.loader.batch_size == 32 and schedule(half)[1] == 40 * 56  # 40 passes of 56 steps
     short = auto_preset(grey8, epochs=3)
     assert short.schedule.epochs == 3 and short.schedule.warmup_epochs == 2
     bigger = auto_preset(grey8, input_size=28)

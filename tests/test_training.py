@@ -222,6 +222,17 @@ def full_run(digit_folder, tmp_path_factory) -> tuple[dict, subprocess.Completed
     return summary, log, out
 
 
+def test_a_run_that_has_not_settled_ends_with_advice(full_run):
+    summary, log, _ = full_run
+    last = [line for line in log.stdout.splitlines() if line.startswith("epoch 2:")][-1]
+    changed = float(last.split("| changed ")[1].split("%")[0]) / 100
+    # Three epochs on 50 images: the heads are still moving, and the run says what to try.
+    assert changed > 0.10, last
+    assert "recipes/train_head.py" in summary["advice"]
+    assert f"advice: {summary['advice']}" in log.stdout
+    assert f"reassigned {100 * changed:.0f}% of the images" in summary["advice"]
+
+
 def test_interrupted_and_resumed_run_matches_uninterrupted_run(digit_folder, full_run, tmp_path):
     args = ["--data", str(digit_folder), "--epochs", "3", *TINY]
     full, full_log, full_dir = full_run

@@ -12,10 +12,11 @@ settings replaced:
   :func:`input_size_for`);
 - views sized to the input (:func:`view_settings`): grey data gets the digits' affine views,
   with neither crop nor erasing on tiny images; colour data gets BYOL's views (colour jitter);
-- the schedule in steps (:func:`schedule_for`): the batch from the number of images
-  (:func:`~secu_plugin.train.settings.batch_size_for`, from 64 for up to 20,000 images), a fixed
-  budget of training steps turned into epochs, a warm-up of a fixed number of steps turned into
-  epochs; epoch 0 still only fills the assignment memory (encoder lr 0), on top of the budget;
+- the schedule (:func:`schedule_for`): the batch from the number of images
+  (:func:`~secu_plugin.train.settings.batch_size_for`, from 64 for up to 20,000 images), the
+  demo's 40 passes over the data but at most a budget of 3,000 training steps (so time grows
+  with the data up to 5,000 images, then stays flat), a warm-up of a fixed number of steps
+  turned into epochs; epoch 0 still only fills the assignment memory (encoder lr 0), on top;
 - heads ``[C, 2C, 3C, 4C, 5C]`` for ``C`` known classes, else ``[10, 20, 30, 40, 50]``, each
   kept only if the data has at least 20 images per cluster (:func:`heads_for`);
 - everything else is the CPU demo's (``mnist5k``: backbone, dual step, temperatures, learning
@@ -39,7 +40,10 @@ from secu_plugin.train.settings import batch_size_for
 
 # The named preset the auto settings start from.
 BASE_PRESET = "mnist5k"
-# Training steps after the memory-filling epoch, and of them the linear warm-up.
+# Passes over the data after the memory-filling epoch (the demo's), at most STEP_BUDGET
+# training steps; of them the linear warm-up. A fixed step budget made 2,000 images cost
+# as much as the demo's 5,000.
+EPOCH_BUDGET = 40
 STEP_BUDGET = 3000
 WARMUP_STEPS = 100
 # Largest input side: larger images are resized down to it (time grows with its square).
@@ -112,22 +116,27 @@ def schedule_for(
     step_budget: int = STEP_BUDGET,
     warmup_steps: int = WARMUP_STEPS,
     epochs: int | None = None,
+    epoch_budget: int = EPOCH_BUDGET,
 ) -> dict:
-    """Epochs and warm-up epochs of a budget of training steps (the recipe counts in epochs).
+    """Epochs and warm-up epochs: ``epoch_budget`` passes over the data, fewer where they
+    would exceed ``step_budget`` training steps (the recipe counts in epochs).
 
-    Epoch 0 only fills the assignment memory, so ``epochs`` is one more than the epochs the
-    budget takes; the warm-up is ``warmup_steps`` rounded to whole epochs (at least one, and
-    it ends before the last epoch). With ``epochs`` given (an override) it is kept.
+    Epoch 0 only fills the assignment memory, so ``epochs`` is one more than the training
+    epochs; the warm-up is ``warmup_steps`` rounded to whole epochs (at least one, and it ends
+    before the last epoch). With ``epochs`` given (an override) it is kept.
 
     Examples:
-        >>> schedule_for(1797, 64)  # 28 steps per epoch: 108 epochs of training, 4 of warm-up
-        {'epochs': 109, 'warmup_epochs': 5, 'steps_per_epoch': 28, 'training_steps': 3024}
+        >>> schedule_for(1797, 64)  # 28 steps per epoch: 40 epochs of training, 4 of warm-up
+        {'epochs': 41, 'warmup_epochs': 5, 'steps_per_epoch': 28, 'training_steps': 1120}
+        >>> schedule_for(20_000, 64)["training_steps"]  # 312 steps per epoch: the step budget
+        3120
         >>> schedule_for(5000, 64)["epochs"], schedule_for(5000, 64, epochs=3)["warmup_epochs"]
         (40, 2)
     """
     steps_per_epoch = max(1, num_images // batch_size)  # the recipe drops the last partial batch
     if epochs is None:
-        epochs = 1 + max(2, math.ceil(step_budget / steps_per_epoch))
+        training = min(epoch_budget, math.ceil(step_budget / steps_per_epoch))
+        epochs = 1 + max(2, training)
     warmup = 1 + max(1, round(warmup_steps / steps_per_epoch))
     warmup = min(warmup, max(1, epochs - 1))
     return {
@@ -172,11 +181,13 @@ def auto_preset(
         >>> grey8 = DataDescription(1797, channels=1, image_size=8, num_classes=10)
         >>> preset = auto_preset(grey8, data="digits")
         >>> preset.network.input_size, preset.loader.batch_size, preset.schedule.epochs
-        (8, 64, 109)
+        (8, 64, 41)
         >>> preset.augmentation.views, preset.augmentation.min_scale
         ('digits', 1.0)
-        >>> auto_preset(grey8, batch_size=32).schedule.epochs  # the budget in 56-step epochs
-        55
+        >>> auto_preset(grey8, batch_size=32).schedule.epochs  # still 40 passes, of 56 steps
+        41
+        >>> auto_preset(DataDescription(9000, 1, 28, 10)).schedule.epochs  # 3000 of 140 steps
+        23
     """
     overrides = Preset.flat_names(overrides)
     channels = int(overrides.get("in_chans", description.channels))
@@ -203,6 +214,7 @@ def auto_preset(
         num_workers=num_workers,
         resolved_from={
             "data": description.to_dict(),
+            "epoch_budget": EPOCH_BUDGET,
             "step_budget": STEP_BUDGET,
             "warmup_steps": WARMUP_STEPS,
             "steps_per_epoch": schedule["steps_per_epoch"],

@@ -34,11 +34,16 @@ class EpochReport:
         (1.0, 1.0, [[2, 2]])
     """
 
+    # A settled run reassigns a few percent of its images per epoch at the end (the demo:
+    # 1.7%); above this share in its last epoch the clusters are still moving.
+    SETTLED_SHARE = 0.10
+
     def __init__(self, labels: np.ndarray | None = None, patience: int = 5) -> None:
         self.labels = labels if has_informative_labels(labels) else None
         self.patience = patience
         self._previous: torch.Tensor | None = None
         self._unsettled_epochs = 0
+        self.last_changed: float | None = None  # the share changed in the last epoch
 
     def start(self, bank: SeCuCenterBank) -> None:
         """Remembers the memory at the start of the epoch."""
@@ -46,11 +51,40 @@ class EpochReport:
 
     def state_dict(self) -> dict:
         """The memory at the epoch start, so that a resumed epoch reports the same figures."""
-        return {"previous": self._previous, "unsettled_epochs": self._unsettled_epochs}
+        return {
+            "previous": self._previous,
+            "unsettled_epochs": self._unsettled_epochs,
+            "last_changed": self.last_changed,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self._previous = state["previous"]
         self._unsettled_epochs = int(state["unsettled_epochs"])
+        self.last_changed = state.get("last_changed")  # absent from older checkpoints
+
+    def advice(self) -> str | None:
+        """What to try when a finished from-scratch run has not settled (its smallest head
+        still reassigned more than :attr:`SETTLED_SHARE` of the images in the last epoch):
+        such clusters are weak, and a pretrained backbone usually does better. ``None`` for a
+        settled run.
+
+        Examples:
+            >>> report = EpochReport()
+            >>> report.last_changed = 0.02
+            >>> report.advice() is None
+            True
+            >>> report.last_changed = 0.35
+            >>> report.advice().split(":")[0]
+            'the heads still reassigned 35% of the images in the last epoch'
+        """
+        if self.last_changed is None or self.last_changed <= self.SETTLED_SHARE:
+            return None
+        return (
+            f"the heads still reassigned {100 * self.last_changed:.0f}% of the images in the "
+            "last epoch: the clusters have not settled. For images like these, SeCu heads on "
+            "a pretrained backbone's features (recipes/train_head.py) usually cluster better "
+            "and faster; see the README, 'Which path for your images'"
+        )
 
     def summarize(self, bank: SeCuCenterBank) -> dict:
         """Cluster sizes per head, the share of assigned images whose label changed this
@@ -64,6 +98,7 @@ class EpochReport:
         if seen is not None and seen.any():  # not in the epoch that fills the memory
             before, after = self._previous[smallest][seen], memory[smallest][seen]
             stats["changed"] = float((before != after).float().mean())
+            self.last_changed = stats["changed"]
             # Random relabelling would change a share 1 - 1/K of the labels.
             chance = 1.0 - 1.0 / bank.num_clusters[smallest]
             self._unsettled_epochs = (

@@ -1,0 +1,163 @@
+"""From-scratch SeCu (``recipes/train.py --data ROOT``, the auto preset) on sets of a
+``make_test_sets.py`` manifest, next to k-means on the same pixels.
+
+For each set and seed the recipe runs as a subprocess, as a user would run it (no preset, no
+settings); k-means on the pixels (``benchmarks/kmeans_baseline.py``) runs once per set. The
+demo's time on this machine is read from a run of the same day (``--demo_json``, the
+``benchmarks/same_behaviour.py`` file) so that the time target (2,000 images in at most half the
+demo's time) compares runs of one machine. Every raw run, its command and the provenance go to
+``--json`` (default ``docs/scratch_heldout.json``), rewritten after each run.
+
+Held-out sets are scored to check a change, never to choose one (docs/heldout.md).
+
+Usage::
+
+    python benchmarks/make_test_sets.py --out /tmp/sets --sets mnist1797 letters10_grey28 \\
+        --per_class 200
+    python benchmarks/scratch_heldout.py --manifest /tmp/sets/sets.json --seeds 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere, without installing
+    sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks.kmeans_baseline import kmeans_baseline
+from benchmarks.provenance import provenance
+
+
+def run_one(entry: dict, seed: int, work: Path) -> dict:
+    """One from-scratch run of the recipe on one set: its final line and its results.json."""
+    run_dir = work / "runs" / entry["name"] / f"seed{seed}"
+    command = [
+        sys.executable, os.fspath(REPO_ROOT / "recipes" / "train.py"), "--data", entry["data"],
+        "--output_dir", os.fspath(run_dir), "--seed", str(seed), "--no_progress",
+        "--report_to", "none",
+    ]  # fmt: skip
+    started = time.time()
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    record = {
+        "set": entry["name"],
+        "role": entry["role"],
+        "images": entry["images"],
+        "seed": seed,
+        "command": command,
+        "returncode": result.returncode,
+        "seconds_recipe": round(time.time() - started, 1),
+    }
+    if result.returncode != 0:
+        record["output_tail"] = (result.stdout + result.stderr)[-3000:]
+        return record
+    record["summary"] = json.loads(result.stdout.strip().splitlines()[-1])
+    record["results"] = json.loads((run_dir / "results.json").read_text())
+    config = json.loads((run_dir / "model" / "config.json").read_text())
+    record["resolved_from"] = config["training"]["preset"].get("resolved_from")
+    return record
+
+
+def summarize(runs: list[dict], baselines: dict) -> dict:
+    """Per set: ACC over the seeds (mean, min, max), k-means on pixels, the margin, seconds."""
+    summary: dict = {}
+    for name in dict.fromkeys(run["set"] for run in runs):
+        done = [r for r in runs if r["set"] == name and r["returncode"] == 0]
+        if not done:
+            summary[name] = {"runs": 0}
+            continue
+        accuracy = [r["results"]["evaluations"][0]["accuracy"] for r in done]
+        kmeans = baselines[name]["kmeans_accuracy"]
+        summary[name] = {
+            "role": done[0]["role"],
+            "images": done[0]["images"],
+            "runs": len(done),
+            "acc_mean": round(float(np.mean(accuracy)), 4),
+            "acc_min": round(min(accuracy), 4),
+            "acc_max": round(max(accuracy), 4),
+            "kmeans_pixels_acc": kmeans,
+            "margin_over_kmeans": round(float(np.mean(accuracy)) - kmeans, 4),
+            "seconds_median": float(np.median([r["summary"]["seconds"] for r in done])),
+            "training_steps": done[0]["summary"]["steps"],
+            "advice_given": sum("advice" in r["summary"] for r in done),
+        }
+    return summary
+
+
+def demo_reference(path: Path) -> dict | None:
+    """The demo's seconds and date from a ``same_behaviour.py`` file (the newest run in it)."""
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    demo = data["runs"]["after"]["demo"]
+    return {
+        "file": os.fspath(path),
+        "date_utc": data["provenance"]["date_utc"],
+        "seconds": demo["seconds"],
+        "epochs": demo["figures"]["epochs"],
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--manifest", required=True, help="sets.json of make_test_sets.py")
+    parser.add_argument("--sets", nargs="*", help="these sets of the manifest only")
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0])
+    parser.add_argument("--work", default="outputs/scratch_heldout", help="runs go here")
+    parser.add_argument("--demo_json", default=os.fspath(REPO_ROOT / "docs/same_behaviour.json"))
+    parser.add_argument("--json", default=os.fspath(REPO_ROOT / "docs" / "scratch_heldout.json"))
+    parser.add_argument(
+        "--add", action="store_true", help="keep the runs already in --json (one set at a time)"
+    )
+    args = parser.parse_args(argv)
+    manifest = json.loads(Path(args.manifest).read_text())
+    entries = {entry["name"]: entry for entry in manifest["sets"]}
+    unknown = sorted(set(args.sets or []) - set(entries))
+    if unknown:
+        parser.error(f"not in {args.manifest}: {', '.join(unknown)}")
+    chosen = [entries[name] for name in (args.sets or entries) if "labels_csv" not in entries[name]]
+    report = {
+        "provenance": provenance(),
+        "manifest": os.fspath(args.manifest),
+        "manifest_provenance": manifest.get("provenance"),
+        "demo_reference": demo_reference(Path(args.demo_json)),
+        "sets": [e["name"] for e in chosen],
+        "seeds": args.seeds,
+        "kmeans_pixels": {},
+        "runs": [],
+    }
+    if args.add and Path(args.json).exists():  # earlier invocations: their runs and provenance
+        earlier = json.loads(Path(args.json).read_text())
+        report["earlier_provenance"] = [
+            *earlier.get("earlier_provenance", []),
+            earlier["provenance"],
+        ]
+        report["sets"] = list(dict.fromkeys([*earlier["sets"], *report["sets"]]))
+        report["kmeans_pixels"] = earlier["kmeans_pixels"]
+        report["runs"] = earlier["runs"]
+    done = {(run["set"], run["seed"]) for run in report["runs"]}
+    for entry in chosen:
+        if entry["data"] == "mnist5k":
+            parser.error("mnist5k is the demo's data: use the demo's own figures")
+        report["kmeans_pixels"][entry["name"]] = kmeans_baseline(entry["data"], {}, seed=0)
+        for seed in [s for s in args.seeds if (entry["name"], s) not in done]:
+            record = run_one(entry, seed, Path(args.work))
+            report["runs"].append(record)
+            report["summary"] = summarize(report["runs"], report["kmeans_pixels"])
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+            brief = {k: record[k] for k in ("set", "seed", "returncode", "seconds_recipe")}
+            print(json.dumps({**brief, **report["summary"][entry["name"]]}), flush=True)
+    return report
+
+
+if __name__ == "__main__":
+    main()
