@@ -3,6 +3,7 @@ manifest, and a run killed during or after a save resumes on 1, 2 or 4 processes
 of the uninterrupted run (real ``accelerate launch`` runs over gloo, ``memory=sharded`` forced
 on 50 digits)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from launch import ROOT, TINY, TRAIN, accelerate_launch, write_digit_folder
 from safetensors.torch import load_file, save_file
 
 from secu_plugin import SeCuCenterBank
+from secu_plugin.data import load_mnist5k
 from secu_plugin.train.checkpoint import resume_checkpoint, write_manifest
 from secu_plugin.train.memory_shards import SHARDS_DIR, MemoryShards, shard_file
 from secu_plugin.train.report import EpochReport
@@ -118,6 +120,39 @@ def resume_checkpoint_or_none(directory: Path) -> Path | None:
         return None
 
 
+@pytest.mark.parametrize("memory", ["sharded", "replicated"])
+def test_evaluate_scores_the_memory_of_a_checkpoint(tmp_path, memory):
+    """recipes/evaluate.py --checkpoint: the training memory's ACC / NMI / ARI from a run's
+    newest verified checkpoint, its shards read one at a time (here: 3 ranks)."""
+    labels = torch.from_numpy(load_mnist5k()[1]).long()
+    bank = SeCuCenterBank(dim=2, num_clusters=[10, 3], num_instances=len(labels), memory=memory)
+    truth = (labels + 3) % 10  # a perfect clustering of the K=10 head, under other ids
+    truth[:100] = -1  # not assigned yet: left out
+    bank.memory[0] = truth.to(bank.memory.dtype)
+    directory = tmp_path / "checkpoints" / "state-00000003-epoch-0001"
+    directory.mkdir(parents=True)
+    state = MemoryShards(bank, None).registered[0].state_dict()
+    if memory == "sharded":
+        state["memory_shards"] = torch.tensor(3)
+        write_shards(directory, bank.memory, 3)
+    torch.save(state, directory / "custom_checkpoint_0.pkl")
+    write_manifest(directory)
+    (directory.parent / "latest").write_text(directory.name)
+    command = [sys.executable, str(ROOT / "recipes" / "evaluate.py"), "--checkpoint",
+               str(tmp_path), "--data", "mnist5k"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    scores = json.loads(result.stdout.strip().splitlines()[-1])
+    assert scores["num_clusters"] == 10 and scores["num_images"] == len(labels) - 100
+    assert scores["accuracy"] == scores["nmi"] == scores["ari"] == 1.0
+    # A shard that does not match the manifest: no verified checkpoint to score.
+    if memory == "sharded":
+        shard_file(directory, 2, 3).write_bytes(b"changed")
+        result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+        assert result.returncode == 2 and "no complete checkpoint" in result.stderr
+
+
 # ---- real runs (slow): 2 and 4 gloo processes, killed, resumed on 1, 2 and 4
 
 
@@ -127,7 +162,9 @@ def digits(tmp_path_factory) -> Path:
 
 
 def launch(digits: Path, out: Path, processes: int, resume=False, kill_at=None):
-    command = [*accelerate_launch(processes), "-q", str(TRAIN), "--data", str(digits),
+    # One process: the recipe itself (accelerate launch refuses --multi_gpu with one).
+    launcher = [*accelerate_launch(processes), "-q"] if processes > 1 else [sys.executable]
+    command = [*launcher, str(TRAIN), "--data", str(digits),
                "--output_dir", str(out), *SHARDED, *(["--resume"] if resume else [])]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", ACCELERATE_USE_CPU="1")
     env.pop("SECU_DEBUG", None)

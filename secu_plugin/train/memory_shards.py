@@ -17,13 +17,17 @@ import re
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from secu_plugin.core import SeCuCenterBank, dist
-from secu_plugin.core.memory import AssignmentMemory
+from secu_plugin.core.memory import AssignmentMemory, shard_size
+
+if TYPE_CHECKING:
+    from secu_plugin.train.report import EpochReport
 
 SHARDS_DIR = "memory_shards"  # in a checkpoint directory: one file per rank
 _WORLD_KEY = "memory_shards"  # in the registered state: the world size of the shard files
@@ -121,7 +125,7 @@ class MemoryShards:
         tensor([[1, 0, 1]], dtype=torch.int16)
     """
 
-    def __init__(self, bank: SeCuCenterBank, report) -> None:
+    def __init__(self, bank: SeCuCenterBank, report: EpochReport | None) -> None:
         self.bank = bank
         self.report = report
         self.pending_world: int | None = None  # shards to read after a load_state
@@ -139,7 +143,7 @@ class MemoryShards:
             "memory": self.bank.memory.detach().cpu().contiguous(),
             "memory_shard": torch.tensor([rank, world]),
         }
-        previous = self.report.state_dict().get("previous")
+        previous = None if self.report is None else self.report.state_dict().get("previous")
         if previous is not None:
             tensors["report_previous"] = previous.detach().cpu().contiguous()
         path = shard_file(Path(directory), rank, world)
@@ -209,3 +213,68 @@ def _world_size(value: object) -> int:
     if world < 1:
         raise ValueError(f"{_WORLD_KEY} must be at least 1, got {world}")
     return world
+
+
+def checkpoint_bank_state(directory: Path) -> dict:
+    """The bank's registered state in checkpoint ``directory`` (``custom_checkpoint_0.pkl``),
+    read without running pickled code (``weights_only``); ValueError if it is not one."""
+    path = Path(directory) / "custom_checkpoint_0.pkl"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # missing, truncated, or pickled objects beyond tensors
+        raise ValueError(f"{path}: not a center bank's state ({error})") from error
+    if not isinstance(state, dict) or not ("memory" in state or _WORLD_KEY in state):
+        raise ValueError(f"{path}: not a center bank's state")
+    return state
+
+
+def checkpoint_memory_head(directory: Path, head: int) -> torch.Tensor:
+    """(N,) the training memory's labels of head ``head`` in checkpoint ``directory`` (a
+    recipe's ``state-*`` folder, already verified): from the bank's state when the memory is
+    replicated, else from every rank's shard file, one file at a time.
+
+    Examples:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> bank = SeCuCenterBank(dim=2, num_clusters=[2, 3], num_instances=3, memory="sharded")
+        >>> bank.memory[1] = torch.tensor([2, 0, 1], dtype=bank.memory.dtype)
+        >>> shards = MemoryShards(bank, None)
+        >>> torch.save(shards.registered[0].state_dict(), folder / "custom_checkpoint_0.pkl")
+        >>> _ = shards.save(folder)
+        >>> checkpoint_memory_head(folder, 1).tolist()
+        [2, 0, 1]
+    """
+    state = checkpoint_bank_state(directory)
+    if _WORLD_KEY not in state:
+        memory = state["memory"]
+        if not 0 <= head < memory.shape[0]:
+            raise ValueError(f"head must be in [0, {memory.shape[0]}), got {head}")
+        return memory[head].clone()
+    world = _world_size(state[_WORLD_KEY])
+    paths = MemoryShards._shard_paths(directory, world)
+    sizes = _columns(paths)
+    num_instances = sum(sizes)
+    if sizes != [shard_size(num_instances, r, world) for r in range(world)]:
+        raise ValueError(f"{directory / SHARDS_DIR}: shards of {sizes} labels are not one memory")
+    labels = torch.full((num_instances,), -1, dtype=torch.int32)
+    for memory, shard in MemoryShards._read(paths, "memory"):
+        rank = int(shard[0])
+        if memory.ndim != 2 or not 0 <= head < memory.shape[0]:
+            raise ValueError(f"{paths[rank]}: no head {head} in labels of shape {memory.shape}")
+        labels[rank::world] = memory[head].to(labels.dtype)
+    return labels
+
+
+def _columns(paths: list[Path]) -> list[int]:
+    """Every shard's number of columns, read from the safetensors headers alone."""
+    sizes = []
+    for path in paths:
+        try:
+            with safe_open(str(path), framework="pt") as file:
+                shape = file.get_slice("memory").get_shape()
+        except Exception as error:  # a truncated or foreign file: safetensors' own errors
+            raise ValueError(f"{path}: not a memory shard ({error})") from error
+        if len(shape) != 2:
+            raise ValueError(f"{path}: the labels must be (heads, instances), got {shape}")
+        sizes.append(shape[1])
+    return sizes
