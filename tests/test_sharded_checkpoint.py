@@ -77,21 +77,22 @@ def test_shards_of_any_world_size_restore_the_bank_and_the_report(tmp_path, worl
 
 
 def test_a_missing_or_foreign_shard_is_refused_by_name(tmp_path):
+    directory = tmp_path / "checkpoints" / "state-00000003-epoch-0001"
     source = trained_bank()
     state = MemoryShards(source, EpochReport()).registered[0].state_dict()
     state["memory_shards"] = torch.tensor(2)
-    write_shards(tmp_path, source.memory, 2)
+    write_shards(directory, source.memory, 2)
 
     def load():
         bank = trained_bank()
         bank.memory.fill_(-1)
         shards = MemoryShards(bank, EpochReport())
         shards.registered[0].load_state_dict(state)
-        shards.load(tmp_path)
+        shards.load(directory)
         return bank
 
     assert torch.equal(load().memory, source.memory)
-    second = shard_file(tmp_path, 1, 2)
+    second = shard_file(directory, 1, 2)
     second.rename(tmp_path / "aside")
     with pytest.raises(ValueError, match="missing \\['rank-00001-of-00002.safetensors'\\]"):
         load()
@@ -104,12 +105,12 @@ def test_a_missing_or_foreign_shard_is_refused_by_name(tmp_path):
         load()
     # The manifest covers the shards: a changed shard makes the checkpoint unusable.
     (tmp_path / "aside").rename(second)
-    write_manifest(tmp_path)
-    assert resume_checkpoint_or_none(tmp_path) == tmp_path
+    write_manifest(directory)
+    assert resume_checkpoint_or_none(directory) == directory
     data = bytearray(second.read_bytes())
     data[-1] ^= 1
     second.write_bytes(bytes(data))
-    assert resume_checkpoint_or_none(tmp_path) is None
+    assert resume_checkpoint_or_none(directory) is None
 
 
 def resume_checkpoint_or_none(directory: Path) -> Path | None:
