@@ -161,8 +161,10 @@ def main(args: argparse.Namespace) -> dict:
     two_views, optimizer, loader = accelerator.prepare(TwoViewNetwork(network), optimizer, loader)
     progress = TrainProgress()
     report = EpochReport(train_images.labels)
-    # register_for_checkpointing: save_state/load_state also cover the bank and the counters.
-    accelerator.register_for_checkpointing(bank, progress, report)
+    # register_for_checkpointing: save_state/load_state also cover the bank and the counters
+    # (run.checkpointed: every rank saves its shard of a sharded memory).
+    bank_state, report_state = run.checkpointed(bank, report)
+    accelerator.register_for_checkpointing(bank_state, progress, report_state)
     run.resume(progress)  # with --resume: the newest checkpoint that verifies
 
     # ---- Training.

@@ -216,6 +216,19 @@ class SeCuCenterBank(BankState):
         """
         return self._memory.gather()
 
+    @torch.no_grad()
+    def memory_head_labels(self, head: int, chunk_size: int = 1 << 22) -> torch.Tensor:
+        """(N,) the memory's labels of every instance in head ``head`` (-1: none yet).
+
+        Sharded: a collective that moves ``chunk_size`` labels at a time, so that scoring the
+        memory (its ACC / NMI / ARI) never holds the whole memory on one rank.
+
+        Examples:
+            >>> SeCuCenterBank(dim=2, num_clusters=[2], num_instances=3).memory_head_labels(0)
+            tensor([-1, -1, -1], dtype=torch.int16)
+        """
+        return self._memory.head_labels(head, chunk_size)
+
     # ---- epochs
     @torch.no_grad()
     def start_epoch(self, epoch: int | None = None) -> None:

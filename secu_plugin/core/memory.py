@@ -19,7 +19,7 @@ rank keeps it identical (replicated) or consistent (sharded) itself, from the gl
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
@@ -199,31 +199,72 @@ class AssignmentMemory:
         self.tensor.copy_(memory)
         self._written = True
 
-    def load_shards(self, shards: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def load_shards(self, shards: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Assembles this rank's labels from the ``(memory, memory_shard)`` entries of every
         rank of a sharded run, whatever its world size (ValueError, nothing changed, if they do
-        not make a whole memory)."""
-        found = {}
+        not make a whole memory).
+
+        ``shards`` may be a generator that reads one shard at a time: each is used and dropped
+        before the next, so a resume holds this rank's labels twice and one saved shard, never
+        the whole memory.
+        """
+        self._materialize()
+        assembled = torch.full_like(self.tensor, -1)
+        found: set[tuple[int, int]] = set()
         for memory, shard in shards:
             rank, world = self._shard_of(shard)
             if world is None or not isinstance(memory, torch.Tensor):
                 raise ValueError(f"not a memory shard: memory_shard={shard!r}")
+            if memory.is_floating_point():
+                raise ValueError(f"shard {rank} of {world}: the labels must be integers")
             expected = (self.num_heads, shard_size(self.num_instances, rank, world))
             if tuple(memory.shape) != expected:
                 raise ValueError(f"shard {rank} of {world} must have shape {expected}")
-            found[(rank, world)] = memory
-        worlds = {world for _, world in found}
-        old_world = next(iter(worlds)) if len(worlds) == 1 else None
-        if old_world is None or len(shards) != old_world or len(found) != old_world:
-            raise ValueError(f"need one shard of every rank of one run, got {sorted(found)}")
-        self._materialize()
-        target = self.tensor
-        for (old_rank, _), memory in found.items():
-            instances = old_rank + old_world * torch.arange(memory.shape[1])
+            if (rank, world) in found or any(w != world for _, w in found):
+                raise ValueError(f"need one shard of every rank of one run, got {rank} of {world}")
+            found.add((rank, world))
+            instances = rank + world * torch.arange(memory.shape[1])
             mine = torch.remainder(instances, self.world_size) == self.rank
             columns = torch.div(instances[mine], self.world_size, rounding_mode="floor")
-            target[:, columns.to(target.device)] = memory[:, mine].to(target)
+            assembled[:, columns.to(assembled.device)] = memory[:, mine].to(assembled)
+        worlds = {world for _, world in found}
+        if len(worlds) != 1 or len(found) != next(iter(worlds)):
+            raise ValueError(f"need one shard of every rank of one run, got {sorted(found)}")
+        self.tensor.copy_(assembled)
         self._written = True
+
+    @torch.no_grad()
+    def head_labels(self, head: int, chunk_size: int = 1 << 22) -> torch.Tensor:
+        """(N,) the labels of every instance in head ``head``, on every rank.
+
+        Sharded: a collective (every rank calls it) that moves ``chunk_size`` labels at a time
+        (one int32 all-reduce per chunk), so no rank holds more than its shard, one chunk and
+        the one head's N labels: what the memory's ACC / NMI / ARI need.
+
+        Examples:
+            >>> memory = AssignmentMemory(2, 5, torch.int16, mode="sharded")
+            >>> memory.write(torch.tensor([4, 1]), torch.tensor([[0, 1], [2, 3]]))
+            >>> memory.head_labels(1, chunk_size=2)
+            tensor([-1,  3, -1, -1,  2], dtype=torch.int16)
+        """
+        if not 0 <= head < self.num_heads:
+            raise ValueError(f"head must be in [0, {self.num_heads}), got {head}")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        self._materialize()
+        if not self.sharded or self.world_size == 1:
+            return self.tensor[head].clone()
+        labels = torch.empty(self.num_instances, dtype=self.dtype, device=self.device)
+        row = self._storage[head]
+        for start in range(0, self.num_instances, chunk_size):
+            indices = torch.arange(
+                start, min(start + chunk_size, self.num_instances), device=self.device
+            )
+            owned = torch.remainder(indices, self.world_size) == self.rank
+            local = row.index_select(0, self._local_columns(indices)).to(torch.int32)
+            local = dist.all_reduce_max(torch.where(owned, local, -1))
+            labels[start : start + len(indices)] = local.to(self.dtype)
+        return labels
 
     @torch.no_grad()
     def gather(self) -> torch.Tensor:

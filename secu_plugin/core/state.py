@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import operator
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -170,6 +170,22 @@ class BankState(nn.Module):
         if not mine.sharded:
             first.pop("memory_shard", None)
         self.load_state_dict(first)
+
+    def load_memory_shards(self, shards: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Restores the memory alone from the ``(memory, memory_shard)`` entries of every rank
+        of a sharded run, saved with any world size; ``shards`` may yield them one at a time
+        (a checkpoint that keeps each rank's shard in its own file). ValueError, nothing
+        changed, if they do not make a whole memory.
+
+        Examples:
+            >>> from secu_plugin import SeCuCenterBank
+            >>> bank = SeCuCenterBank(dim=2, num_clusters=[2], num_instances=3, memory="sharded")
+            >>> halves = [(torch.tensor([[0, 1]]), torch.tensor([0, 2])),
+            ...           (torch.tensor([[1]]), torch.tensor([1, 2]))]
+            >>> bank.load_memory_shards(iter(halves)); bank.memory
+            tensor([[0, 1, 1]], dtype=torch.int16)
+        """
+        self._memory.load_shards(shards)
 
 
 def epoch_number(epoch: object) -> int:

@@ -2,7 +2,8 @@
 
 A run saves ``accelerator.save_state`` (model, optimizer, RNG, sampler, and every object
 registered with ``register_for_checkpointing``: the bank and a :class:`TrainProgress`) into a
-new ``checkpoints/state-<step>-epoch-<epoch>`` directory, then a manifest of its files; only
+new ``checkpoints/state-<step>-epoch-<epoch>`` directory, with every rank's shard of a sharded
+memory (:mod:`secu_plugin.train.memory_shards`), then a manifest of its files; only
 then does the ``latest`` file, replaced atomically, name it. ``--resume`` verifies the manifest
 and falls back to the newest complete checkpoint. docs/reliability.md says what survives what.
 """
@@ -15,6 +16,10 @@ import os
 import shutil
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from secu_plugin.train.memory_shards import MemoryShards
 
 LATEST = "latest"  # file in checkpoints/ naming the last complete state directory
 MANIFEST = "MANIFEST.json"  # written last into a state directory: its files, sizes, sha256
@@ -81,7 +86,11 @@ class TrainProgress:
 
 
 def save_checkpoint(
-    accelerator, checkpoint_dir: Path, progress: TrainProgress, keep: int = 2
+    accelerator,
+    checkpoint_dir: Path,
+    progress: TrainProgress,
+    keep: int = 2,
+    memory_shards: MemoryShards | None = None,
 ) -> Path:
     """Saves the Accelerate state so that no crash, kill or full disk loses the last good one.
 
@@ -89,7 +98,8 @@ def save_checkpoint(
     also a step checkpoint never writes into a directory ``latest`` names). Once every process
     has written its files, a manifest (name, size and sha256 of every file) is written last,
     then the ``latest`` file is replaced atomically to name the directory; the oldest complete
-    checkpoints beyond ``keep`` are removed. A failed write (disk full) removes the partial
+    checkpoints beyond ``keep`` are removed. ``memory_shards``: every rank writes its shard of
+    a sharded memory beside the state, before the manifest. A failed write (disk full) removes the partial
     directory and raises an ``OSError`` saying that ``latest`` still names the previous one.
     """
     if keep < 1:
@@ -105,6 +115,8 @@ def save_checkpoint(
     fault_point("save_start")
     try:
         accelerator.save_state(str(target))
+        if memory_shards is not None:
+            memory_shards.save(target)  # on every rank: save_state wrote rank 0's state only
         accelerator.wait_for_everyone()
         fault_point("state_written")
         if accelerator.is_main_process:

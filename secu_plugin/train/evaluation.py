@@ -4,6 +4,7 @@ ACC / NMI / ARI under SCAN's protocol (which the SeCu paper follows)."""
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -97,13 +98,15 @@ def evaluate_predictions(
     num_clusters: list[int],
     dataset: str,
     split: str,
-    memory: np.ndarray | None = None,
+    memory: np.ndarray | Callable[[int], np.ndarray] | None = None,
     memory_labels: np.ndarray | None = None,
     dataset_id: str | None = None,
 ) -> dict:
     """ACC / NMI / ARI of the head whose K equals the number of classes (SCAN's protocol):
     its predictions on the evaluation split, and the training memory's assignment of that head
-    (``memory``: (H, N_train), scored against ``memory_labels``, the training labels).
+    (``memory``: (H, N_train), or a function of the head giving its (N_train,) labels, such as
+    a sharded bank's ``memory_head_labels``; scored against ``memory_labels``, the training
+    labels).
     ``dataset_id``: the Hugging Face Hub id of the data set, if it is one (for the card).
 
     Returns ``{}`` when the labels cannot score a clustering (none, or a single class: a
@@ -131,9 +134,10 @@ def evaluate_predictions(
     scored = {"predict": (predictions[head], labels, split)}
     if memory is not None and has_informative_labels(memory_labels):
         # Images not assigned yet (a dropped last batch in the only epoch) are left out.
-        assigned = memory[head] >= 0
+        memory_head = np.asarray(memory(head) if callable(memory) else memory[head])
+        assigned = memory_head >= 0
         truth = np.where(assigned, np.asarray(memory_labels), -1)
-        scored["memory"] = (np.where(assigned, memory[head], 0), truth, "train")
+        scored["memory"] = (np.where(assigned, memory_head, 0), truth, "train")
     evaluations = []
     for assignment, (assigned, truth, scored_split) in scored.items():
         evaluations.append(

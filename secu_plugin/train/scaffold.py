@@ -35,6 +35,7 @@ from secu_plugin.train.baselines import kmeans_baseline
 from secu_plugin.train.checkpoint import TrainProgress, resume_checkpoint, save_checkpoint
 from secu_plugin.train.evaluation import evaluate_predictions
 from secu_plugin.train.features import cache_key, extract_features
+from secu_plugin.train.memory_shards import MemoryShards
 from secu_plugin.train.report import (
     EpochReport,
     dataset_names,
@@ -91,6 +92,7 @@ class RecipeRun:
     accelerator: Accelerator
     output_dir: Path
     started: float
+    memory_shards: MemoryShards | None = None  # set by checkpointed()
 
     @classmethod
     def start(
@@ -129,12 +131,22 @@ class RecipeRun:
         """Prints on the main process only."""
         self.accelerator.print(text)
 
+    def checkpointed(self, bank: SeCuCenterBank, report: EpochReport) -> tuple:
+        """The bank and the epoch report as ``register_for_checkpointing`` takes them: a
+        sharded memory is then saved by every rank and resumed on any number of processes
+        (:class:`~secu_plugin.train.memory_shards.MemoryShards`); a replicated one as before."""
+        self.memory_shards = MemoryShards(bank, report)
+        return self.memory_shards.registered
+
     def resume(self, progress: TrainProgress) -> None:
         """With ``--resume``: loads the newest checkpoint whose manifest verifies, the state
-        registered for checkpointing included (``progress`` then says where it was)."""
+        registered for checkpointing included (``progress`` then says where it was), and the
+        memory's shards of every rank, re-sharded for this number of processes."""
         if self.args.resume:
             state = resume_checkpoint(self.checkpoint_dir, self.log)
             self.accelerator.load_state(str(state))
+            if self.memory_shards is not None:
+                self.memory_shards.load(state)
             self.log(
                 f"resumed from {state} (epoch {progress.epoch}, step {progress.step_in_epoch})"
             )
@@ -165,7 +177,7 @@ class RecipeRun:
 
     def save_checkpoint(self, progress: TrainProgress) -> None:
         keep = getattr(self.args, "keep_checkpoints", 2)
-        save_checkpoint(self.accelerator, self.checkpoint_dir, progress, keep)
+        save_checkpoint(self.accelerator, self.checkpoint_dir, progress, keep, self.memory_shards)
 
     def training_record(self, **backbone: Any) -> dict:
         """The model's ``training`` record: every setting, ``backbone`` (where pretrained
@@ -210,7 +222,8 @@ class RecipeRun:
             bank.num_clusters,
             data_name,
             split=eval_images.split,
-            memory=None if bank.memory_sharded else bank.memory.long().cpu().numpy(),
+            # One head's labels (sharded: gathered in chunks, a collective on every rank).
+            memory=lambda head: bank.memory_head_labels(head).long().cpu().numpy(),
             memory_labels=train_images.labels,
             dataset_id=hub_id,
         )
@@ -223,8 +236,11 @@ class RecipeRun:
             scores = kmeans_baseline(baseline_features, labels, k, self.args.seed)
             baseline = {"kmeans_" + m: round(v, 4) for m, v in scores.items()}
         metrics.update(baseline)
+        sizes = [s.cpu().numpy() for s in bank.cluster_sizes()]  # sharded: every rank's part
         if self.accelerator.is_main_process:
-            self.write_outputs(model, bank, eval_images, predictions, results, baseline)
+            self.write_outputs(
+                model, bank, eval_images, predictions, results, baseline, cluster_sizes=sizes
+            )
             self.write_report(model, eval_images, projections, labels)
         return {
             **metrics,
@@ -240,14 +256,18 @@ class RecipeRun:
         predictions: np.ndarray,
         results: dict,
         baseline: dict,
+        cluster_sizes: list[np.ndarray] | None = None,
     ) -> None:
-        """Every file of an evaluated run (main process): what a later report adds goes here."""
+        """Every file of an evaluated run (main process): what a later report adds goes here.
+        ``cluster_sizes``: the bank's, computed on every rank (sharded, it is a collective)."""
         push_to_hub = self.args.push_to_hub
         model.set_results(results or None)
         model.save_pretrained(self.output_dir / "model", repo_id=push_to_hub)
         (self.output_dir / "results.json").write_text(json.dumps({**results, **baseline}, indent=2))
+        if cluster_sizes is None:
+            cluster_sizes = [s.cpu().numpy() for s in bank.cluster_sizes()]
         save_cluster_size_plot(
-            [s.cpu().numpy() for s in bank.cluster_sizes()],
+            cluster_sizes,
             [f"K={k}" for k in bank.num_clusters],
             self.output_dir / "cluster_sizes.png",
         )

@@ -127,6 +127,9 @@ class BankSettings:
     dual_lr: float = 0.1
     lower_bound_ratio: float = 0.9
     alpha: float = 6000.0
+    # "replicated", "sharded" (each rank keeps its own instances' labels) or "auto" (sharded
+    # above 1 GiB of labels); "sharded" at any size tests the per-rank checkpoints.
+    memory: str = "auto"
 
 
 @dataclass(frozen=True)
