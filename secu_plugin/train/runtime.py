@@ -55,15 +55,20 @@ def check_launch(accelerator) -> None:
         )
 
 
-def ranks_hold_identical_state(module: torch.nn.Module) -> bool:
-    """Whether every process holds exactly the same state of ``module`` (e.g. the bank).
+def ranks_hold_identical_state(module: torch.nn.Module, exclude: tuple[str, ...] = ()) -> bool:
+    """Whether every process holds exactly the same state of ``module`` (e.g. the bank),
+    leaving out the entries named in ``exclude`` (a sharded memory differs by design).
 
     Examples:
         >>> from secu_plugin import SeCuCenterBank
         >>> ranks_hold_identical_state(SeCuCenterBank(dim=4, num_clusters=[3], num_instances=5))
         True
+        >>> bank = SeCuCenterBank(dim=4, num_clusters=[3], num_instances=5)
+        >>> ranks_hold_identical_state(bank, exclude=("memory",))
+        True
     """
-    state = torch.cat([t.detach().double().flatten().cpu() for t in module.state_dict().values()])
+    values = [t for name, t in module.state_dict().items() if name not in exclude]
+    state = torch.cat([t.detach().double().flatten().cpu() for t in values])
     weights = torch.arange(len(state), dtype=torch.float64)
     digest = torch.stack([state.sum(), (state * weights).sum()])
     device = next(iter(module.state_dict().values())).device
