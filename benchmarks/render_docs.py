@@ -169,16 +169,19 @@ def render_loss_scaling(datas: list[dict], options: dict[str, str]) -> str:
     """SeCuLoss's step against the total number of centers and the batch."""
     points = [p for data in datas for p in data["scaling"]]
     floor = any("floor_ms" in p for p in points)  # the dense products alone, same run
+    per_head = any("num_clusters" in p for p in points)
     rows = []
     for p in points:
         heads = p.get("num_clusters")
         row = [p["sweep"], p["batch"], f"{p['total_k']:,}"]
-        row += [f"{min(heads):,}-{max(heads):,}" if heads else "not recorded"]
+        if per_head:
+            row += [f"{min(heads):,}-{max(heads):,}" if heads else "not recorded"]
         row += [f"{p['ms']:.2f}", f"{p['ns_per_bk']:.2f}"]
         if floor:
             row += [f"{p['floor_ms']:.2f}", f"{p['ms'] / p['floor_ms']:.2f}x"]
         rows.append(row)
-    header = ["sweep", "B", "sum K", "K per head", "ms", "ns per (B x sum K)"]
+    header = ["sweep", "B", "sum K", *(["K per head"] if per_head else []), "ms"]
+    header += ["ns per (B x sum K)"]
     header += ["products alone ms", "SeCuLoss / products"] if floor else []
     return table(header, rows)
 
