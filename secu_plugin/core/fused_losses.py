@@ -36,7 +36,7 @@ from secu_plugin.core.layout import HeadLayout
 
 #: Rows of one view per block on a CPU: it bounds the scratch memory for large batches. Blocks
 #: of 16 to 128 rows, meant to keep the (rows, sum K) matrices in the cache between their
-#: passes, measured slower than one block of 256 (ImageNet heads, 2 threads, 2026-12-03).
+#: passes, were slower than one block of 256 (timed by hand, ImageNet heads, 2 threads).
 CPU_BLOCK_ROWS = 256
 
 Assign = Callable[[torch.Tensor, slice], torch.Tensor]
