@@ -1,20 +1,27 @@
-"""Times one SeCu loss step: the per-head baseline, the fused SeCuLoss and lightly's SwaV.
+"""Times one SeCu loss step: the per-head baseline, the fused SeCuLoss, lightly's SwaV and the
+product floor.
 
 One step is the forward pass (including the constrained assignment and the state update),
 the backward pass to the features and the centers (prototypes), and clearing the gradients.
-The three forms run on the same inputs, interleaved repeat by repeat (the order rotates), so
-that noise from other processes hits all of them alike; the table gives the median.
+The forms run on the same inputs, interleaved step by step (the order rotates), so that noise
+from other processes hits all of them alike. Each of ``--rounds`` rounds gives the median of its
+``--repeats`` steps per form; the table gives the median over rounds and their min-max.
 
 - ``baseline``: :class:`PerHeadSeCuLoss` (secu_plugin/core/per_head.py), head by head with
   dense autograd through every logit;
 - ``fused``: :class:`secu_plugin.SeCuLoss`;
 - ``swav``: lightly's ``SwaVPrototypes`` (one linear layer per head, normalized each step) and
   ``SwaVLoss`` (Sinkhorn, 3 iterations) on the same heads and the two views, averaged over heads.
-  Skipped with a message when lightly is not installed.
+  Skipped with a message when lightly is not installed;
+- ``floor``: the dense products SeCu's step cannot do without, alone, into preallocated outputs:
+  the similarities to the centers and the logits against the targets, (views x B, dim) x
+  (dim, sum K) each, and the logits' gradient back to the features, (views x B, sum K) x
+  (sum K, dim). No assignment, softmax, state or autograd.
 
 Usage::
 
-    python benchmarks/loss_step.py --device cpu --heads both --threads 1
+    python benchmarks/loss_step.py --device cpu --heads both --threads 2 --scaling \
+        --json docs/cpu_loss_step.json
     python benchmarks/loss_step.py --device cuda --heads both --scaling --json out.json
 """
 
@@ -38,6 +45,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere, without installing
     sys.path.insert(0, str(REPO_ROOT))
 
+from benchmarks.provenance import provenance
 from secu_plugin import SeCuCenterBank, SeCuLoss
 from secu_plugin.core.per_head import PerHeadSeCuLoss
 
@@ -53,9 +61,10 @@ HEADS = {
 }
 NUM_INSTANCES = {"cifar": 50_000, "imagenet": 1_281_167}
 IMAGENET_SIZE = 1_281_167
-SCALING_TOTAL_K = [1_000, 5_500, 11_000, 27_500, 55_000]
+# 10 heads sized 1 : 2 : ... : 10: from 10 (the smallest head of sum K 550) to 10,000 centers.
+SCALING_TOTAL_K = [550, 1_100, 5_500, 11_000, 27_500, 55_000]
 SCALING_BATCH = [64, 128, 256, 512, 1024]
-FORMS = ("baseline", "fused", "swav")
+FORMS = ("baseline", "fused", "swav", "floor")
 
 Step = Callable[[], None]
 
@@ -129,6 +138,25 @@ def swav_step(heads: Sequence[int], inputs: Inputs, device: torch.device) -> Ste
     return step
 
 
+def floor_step(total_k: int, inputs: Inputs, device: torch.device) -> Step:
+    """The three dense products of a SeCu step alone, into preallocated outputs."""
+    generator = torch.Generator().manual_seed(1)
+    flat = torch.cat([view.detach() for view in inputs.views])
+    dim = flat.shape[1]
+    centers = F.normalize(torch.randn(total_k, dim, generator=generator), dim=1).to(device)
+    targets = F.normalize(torch.randn(total_k, dim, generator=generator), dim=1).to(device)
+    similarity = flat.new_empty(flat.shape[0], total_k)
+    logits = flat.new_empty(flat.shape[0], total_k)
+    gradient = torch.empty_like(flat)
+
+    def step() -> None:
+        torch.mm(flat, centers.T, out=similarity)
+        torch.mm(flat, targets.T, out=logits)
+        torch.mm(logits, targets, out=gradient)
+
+    return step
+
+
 def state_bytes(step: Step, bank: SeCuCenterBank | None) -> int:
     module = bank if bank is not None else getattr(step, "module", None)
     if module is None:
@@ -138,23 +166,28 @@ def state_bytes(step: Step, bank: SeCuCenterBank | None) -> int:
 
 
 def time_steps(
-    steps: dict[str, Step], device: torch.device, repeats: int, warmup: int
-) -> dict[str, float]:
-    """Median seconds per step of each form, interleaved, the order rotating each repeat."""
+    steps: dict[str, Step], device: torch.device, repeats: int, warmup: int, rounds: int = 1
+) -> dict[str, list[float]]:
+    """Per form, the median seconds per step of each round: the forms interleaved step by step,
+    the order rotating each step."""
     names = list(steps)
     for _ in range(warmup):
         for name in names:
             steps[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for repeat in range(repeats):
-        shift = repeat % len(names)
-        for name in names[shift:] + names[:shift]:
-            synchronize(device)
-            start = time.perf_counter()
-            steps[name]()
-            synchronize(device)
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    medians: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(rounds):
+        times: dict[str, list[float]] = {name: [] for name in names}
+        for repeat in range(repeats):
+            shift = repeat % len(names)
+            for name in names[shift:] + names[:shift]:
+                synchronize(device)
+                start = time.perf_counter()
+                steps[name]()
+                synchronize(device)
+                times[name].append(time.perf_counter() - start)
+        for name, values in times.items():
+            medians[name].append(statistics.median(values))
+    return medians
 
 
 def peak_memory(steps: dict[str, Step], device: torch.device) -> dict[str, float]:
@@ -187,19 +220,27 @@ def compare_forms(
     }
     if SwaVPrototypes is not None and args.swav:
         steps["swav"] = swav_step(heads, inputs, device)
-    seconds = time_steps(steps, device, args.repeats, args.warmup)
+    steps["floor"] = floor_step(sum(heads), inputs, device)
+    rounds = time_steps(steps, device, args.repeats, args.warmup, args.rounds)
+    seconds = {form: statistics.median(values) for form, values in rounds.items()}
     row = {
         "heads": name,
         "num_clusters": heads,
         "batch": args.batch,
         "views": num_views,
         "ms": {form: 1e3 * value for form, value in seconds.items()},
+        "ms_rounds": {form: [1e3 * v for v in values] for form, values in rounds.items()},
+        "ms_min": {form: 1e3 * min(values) for form, values in rounds.items()},
+        "ms_max": {form: 1e3 * max(values) for form, values in rounds.items()},
         "fused/baseline": seconds["fused"] / seconds["baseline"],
         "fused/swav": seconds["fused"] / seconds["swav"] if "swav" in seconds else None,
         "baseline/swav": seconds["baseline"] / seconds["swav"] if "swav" in seconds else None,
+        "fused/floor": seconds["fused"] / seconds["floor"],
+        "swav/floor": seconds["swav"] / seconds["floor"] if "swav" in seconds else None,
         "state_mib": {
             form: state_bytes(step, {"baseline": baseline_bank, "fused": bank}.get(form)) / 2**20
             for form, step in steps.items()
+            if form != "floor"
         },
     }
     if device.type == "cuda":
@@ -219,18 +260,25 @@ def scaling(args: argparse.Namespace, device: torch.device) -> list[dict]:
         torch.manual_seed(0)
         bank = SeCuCenterBank(args.dim, heads, num_instances).to(device)
         bank.start_epoch()
-        step = {"fused": secu_step(SeCuLoss(bank), inputs)}
-        seconds = time_steps(step, device, args.scaling_repeats, args.warmup)["fused"]
+        steps = {
+            "fused": secu_step(SeCuLoss(bank), inputs),
+            "floor": floor_step(sum(heads), inputs, device),
+        }
+        rounds = time_steps(steps, device, args.scaling_repeats, args.warmup)
+        seconds, floor = rounds["fused"][0], rounds["floor"][0]
         rows.append(
             {
                 "sweep": sweep,
                 "batch": batch,
+                "num_clusters": heads,
                 "total_k": sum(heads),
                 "ms": 1e3 * seconds,
                 "ns_per_bk": 1e9 * seconds / (batch * sum(heads)),
+                "floor_ms": 1e3 * floor,
+                "fused/floor": seconds / floor,
             }
         )
-        del bank, step, inputs
+        del bank, steps, inputs
     return rows
 
 
@@ -295,8 +343,9 @@ def print_tables(results: dict) -> None:
     print(f"\n## SeCu loss step ({env['device']}, torch {env['torch']}, {env['threads']} threads)")
     print(f"CPU: {env['cpu']}" + (f"; GPU: {env['gpu']}" if "gpu" in env else ""))
     print("Median ms per step (forward with assignment and state update, backward).\n")
-    header = "| heads | sum K | B | views | baseline ms | fused ms | SwaV ms | fused/baseline "
-    header += "| fused/SwaV | baseline/SwaV |"
+    print(f"Load average at the start: {results['provenance']['load_average']}\n")
+    header = "| heads | sum K | B | views | baseline ms | fused ms | SwaV ms | floor ms "
+    header += "| fused/baseline | fused/SwaV | baseline/SwaV | fused/floor |"
     cuda = any("step_peak_mib" in row for row in results["forms"])
     if cuda:
         header += " peak MiB base/fused/SwaV |"
@@ -308,8 +357,9 @@ def print_tables(results: dict) -> None:
 
         line = (
             f"| {row['heads']} | {sum(row['num_clusters'])} | {row['batch']} | {row['views']} "
-            f"| {ms['baseline']:.2f} | {ms['fused']:.2f} | {swav} | {_ratio(row, 'fused/baseline')} "
-            f"| {_ratio(row, 'fused/swav')} | {_ratio(row, 'baseline/swav')} |"
+            f"| {ms['baseline']:.2f} | {ms['fused']:.2f} | {swav} | {ms['floor']:.2f} "
+            f"| {_ratio(row, 'fused/baseline')} | {_ratio(row, 'fused/swav')} "
+            f"| {_ratio(row, 'baseline/swav')} | {_ratio(row, 'fused/floor')} |"
         )
         if cuda:
             peaks = row["step_peak_mib"]
@@ -320,12 +370,12 @@ def print_tables(results: dict) -> None:
 
     if results.get("scaling"):
         print("\n## Fused step against total K and batch (ImageNet-like heads)\n")
-        print("| sweep | B | sum K | ms | ns per (B x sum K) |")
-        print("|---|---|---|---|---|")
+        print("| sweep | B | sum K | ms | ns per (B x sum K) | floor ms | fused/floor |")
+        print("|---|---|---|---|---|---|---|")
         for row in results["scaling"]:
             print(
                 f"| {row['sweep']} | {row['batch']} | {row['total_k']} | {row['ms']:.2f} "
-                f"| {row['ns_per_bk']:.3f} |"
+                f"| {row['ns_per_bk']:.3f} | {row['floor_ms']:.2f} | {row['fused/floor']:.2f}x |"
             )
         for sweep, (a, b, residual) in results["scaling_fit"].items():
             print(
@@ -348,7 +398,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--heads", default="both", choices=["cifar", "imagenet", "both"])
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--dim", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=None, help="timed steps per form")
+    parser.add_argument("--repeats", type=int, default=None, help="timed steps per form and round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of --repeats steps")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps per form")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument(
@@ -370,6 +421,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.scaling_batch_heads = HEADS["imagenet"]
     if args.smoke:
         args.batch, args.repeats, args.warmup, args.scaling_repeats = 16, 2, 1, 2
+        args.rounds = min(args.rounds, 2)
         args.num_instances = args.num_instances or 2048
         args.scaling_k, args.scaling_batch = [100, 200], [8, 16]
         args.scaling_batch_heads = scaled_heads(200)
@@ -388,7 +440,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.smoke:
         heads = {name: [max(2, k // 10) for k in value] for name, value in heads.items()}
 
-    results: dict = {"environment": environment(device), "args": vars(args).copy()}
+    results: dict = {
+        "provenance": provenance(),  # first: the load average before the run
+        "role": "speed only: no data set, nothing tuned on it",
+        "environment": environment(device),
+        "args": vars(args).copy(),
+    }
     results["args"]["json"] = str(args.json) if args.json else None
     if SwaVPrototypes is None and args.swav:
         results["swav_skipped"] = "lightly not installed: SwaV column skipped"
@@ -401,6 +458,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             for sweep in ("total K", "batch")
         }
     results["bank_memory"] = bank_memory()
+    results["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     print_tables(results)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

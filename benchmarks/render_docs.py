@@ -129,22 +129,34 @@ def render_loss_step(datas: list[dict], options: dict[str, str]) -> str:
     """One row per head set: the per-head form, SeCuLoss and lightly's SwaV (where measured)."""
     forms = [(machine(data), form) for data in datas for form in data["forms"]]
     swav = any("swav" in form["ms"] for _, form in forms)
+    floor = any("floor" in form["ms"] for _, form in forms)  # the dense products alone
     peak = any("step_peak_mib" in form for _, form in forms)
     header = ["machine", "heads", "sum K", "B", "views", "per-head ms", "SeCuLoss ms"]
     header += ["SwaV ms", "SeCuLoss / per-head", "SeCuLoss / SwaV"] if swav else []
     header += ["SeCuLoss / per-head"] if not swav else []
+    header += ["products alone ms", "SeCuLoss / products"] if floor else []
     header += ["step peak MiB, per-head / SeCuLoss"] if peak else []
     rows = []
+
+    def spread(form: dict, name: str) -> str:  # median, and min-max over rounds if recorded
+        low, high = form.get("ms_min", {}).get(name), form.get("ms_max", {}).get(name)
+        median = f"{form['ms'][name]:.2f}"
+        return median if low is None else f"{median} ({low:.1f}-{high:.1f})"
+
     for where, form in forms:
         ms = form["ms"]
         row = [where, form["heads"], f"{sum(form['num_clusters']):,}", form["batch"]]
         row += [form["views"]]
-        row += [f"{ms['baseline']:.2f}", f"{ms['fused']:.2f}"]
+        row += [spread(form, "baseline"), spread(form, "fused")]
         if swav:
-            row += [f"{ms['swav']:.2f}" if "swav" in ms else "not measured"]
+            row += [spread(form, "swav") if "swav" in ms else "not measured"]
         row += [f"{ms['fused'] / ms['baseline']:.2f}x"]
         if swav:
             row += [f"{ms['fused'] / ms['swav']:.2f}x" if "swav" in ms else "-"]
+        if floor:
+            has = "floor" in ms
+            row += [spread(form, "floor") if has else "not measured"]
+            row += [f"{ms['fused'] / ms['floor']:.2f}x" if has else "-"]
         if peak:
             mib = form.get("step_peak_mib")
             row += [f"{mib['baseline']:.0f} / {mib['fused']:.0f}" if mib else "not measured"]
@@ -155,12 +167,23 @@ def render_loss_step(datas: list[dict], options: dict[str, str]) -> str:
 @renderer("loss_scaling")
 def render_loss_scaling(datas: list[dict], options: dict[str, str]) -> str:
     """SeCuLoss's step against the total number of centers and the batch."""
-    rows = [
-        [p["sweep"], p["batch"], f"{p['total_k']:,}", f"{p['ms']:.2f}", f"{p['ns_per_bk']:.2f}"]
-        for data in datas
-        for p in data["scaling"]
-    ]
-    return table(["sweep", "B", "sum K", "ms", "ns per (B x sum K)"], rows)
+    points = [p for data in datas for p in data["scaling"]]
+    floor = any("floor_ms" in p for p in points)  # the dense products alone, same run
+    per_head = any("num_clusters" in p for p in points)
+    rows = []
+    for p in points:
+        heads = p.get("num_clusters")
+        row = [p["sweep"], p["batch"], f"{p['total_k']:,}"]
+        if per_head:
+            row += [f"{min(heads):,}-{max(heads):,}" if heads else "not recorded"]
+        row += [f"{p['ms']:.2f}", f"{p['ns_per_bk']:.2f}"]
+        if floor:
+            row += [f"{p['floor_ms']:.2f}", f"{p['ms'] / p['floor_ms']:.2f}x"]
+        rows.append(row)
+    header = ["sweep", "B", "sum K", *(["K per head"] if per_head else []), "ms"]
+    header += ["ns per (B x sum K)"]
+    header += ["products alone ms", "SeCuLoss / products"] if floor else []
+    return table(header, rows)
 
 
 @renderer("train_step")

@@ -46,6 +46,10 @@ class ConstrainedAssigner:
 
     #: Whether the bank zeroes the counts at the end of each epoch.
     resets_counts_each_epoch: bool = False
+    #: Whether a row's label depends only on its own cost and stored label (and the state
+    #: before the step): the loss may then assign a batch in row blocks, each as it is scored,
+    #: instead of building the whole (B, sum K) cost first.
+    assigns_rows_independently: bool = False
 
     def assign(
         self,
@@ -114,6 +118,7 @@ class SizeConstrainedAssigner(ConstrainedAssigner):
     """
 
     resets_counts_each_epoch = True
+    assigns_rows_independently = True
 
     def __init__(self, dual_lr: float = 0.1, lower_bound_ratio: float = 0.9) -> None:
         if not dual_lr > 0:
@@ -164,6 +169,7 @@ class EntropyConstrainedAssigner(ConstrainedAssigner):
     """
 
     resets_counts_each_epoch = False
+    assigns_rows_independently = True
 
     def __init__(self, alpha: float = 6000.0) -> None:
         if not alpha >= 0:

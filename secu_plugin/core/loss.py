@@ -275,9 +275,11 @@ class SeCuLoss(nn.Module):
         num_views, num_heads = len(features), bank.num_heads
         batch = features[0].shape[0]
         stacked = torch.cat(features)  # (num_views * B, dim)
-        centers = bank.normalized_centers()
+        # Only the assigned centers get gradient: the step normalizes all of them without
+        # autograd and, with it, only the (B, H) rows it gathers.
+        raw_centers = torch.cat(list(bank.centers))
         if self.sync_center_gradients:
-            centers = dist.mean_gradient_across_ranks(centers)
+            raw_centers = dist.mean_gradient_across_ranks(raw_centers)
 
         # Stored labels: recording needs those of the global batch (every rank updates the
         # counts from all of it); a sharded memory fetches them from their owners.
@@ -290,30 +292,29 @@ class SeCuLoss(nn.Module):
         else:
             stored = bank.stored_labels(indices)
 
+        def assign(cost: torch.Tensor, rows: slice) -> torch.Tensor:
+            return bank.assign(cost, indices[rows], stored[:, rows])
+
         # Both losses without autograd, every head at once; their exact gradients enter through
         # surrogates (see secu_plugin/core/fused_losses.py for why).
-        layout, workspace = bank.layout(stacked.device), self._workspace
         with torch.no_grad():
-            flat = stacked.detach()
-            similarity = fused_losses.similarities(flat, centers.detach(), num_views, workspace)
-            cost = -(1.0 / num_views) * similarity.sum(0)
-            labels = bank.assign(cost, indices, stored)  # (H, B), from the state before the step
-            label_columns = layout.to_columns(labels)  # (H, B)
-            target_columns = layout.to_columns(torch.where(stored >= 0, stored, labels))
-            representation_value, feature_pull = fused_losses.representation_loss(
-                flat, bank.targets, target_columns, layout, self.temperature_x,
-                self.label_weight, workspace,
+            centers = F.normalize(raw_centers.detach(), dim=1)
+            step = fused_losses.loss_step(
+                stacked.detach(), centers, bank.targets, stored, assign,
+                bank.assigner.assigns_rows_independently, bank.layout(stacked.device),
+                self.temperature_x, self.temperature_c, self.label_weight, self._workspace,
             )  # fmt: skip
-            center_value, center_pull = fused_losses.center_loss(
-                similarity, flat, label_columns, layout, self.temperature_c
-            )
-
-        # Only the assigned centers get gradient: gather them, (B, H, dim).
-        assigned = centers.index_select(0, label_columns.T.flatten()).view(batch, num_heads, -1)
+        labels = step.labels
+        label_columns = bank.layout(stacked.device).to_columns(labels)
+        assigned = F.normalize(raw_centers.index_select(0, label_columns.T.flatten()), dim=1)
+        assigned = assigned.view(batch, num_heads, -1)
         scale = 1.0 / (num_views * num_heads)
-        center_loss = fused_losses.with_gradient(center_value, assigned, center_pull) * scale
+        center_loss = (
+            fused_losses.with_gradient(step.center_value, assigned, step.center_gradient) * scale
+        )
         representation_loss = (
-            fused_losses.with_gradient(representation_value, stacked, feature_pull) * scale
+            fused_losses.with_gradient(step.representation_value, stacked, step.feature_gradient)
+            * scale
         )
 
         if record:

@@ -133,7 +133,10 @@ class PerHeadSeCuLoss(nn.Module):
                     if isinstance(bank.assigner, SizeConstrainedAssigner):
                         assigner = bank.assigner
                         num_clusters = counts.numel()
-                        histogram = torch.bincount(labels, minlength=num_clusters)
+                        # index_add_, not bincount: no host synchronization on a GPU.
+                        histogram = torch.zeros(
+                            num_clusters, dtype=torch.long, device=labels.device
+                        ).index_add_(0, labels, torch.ones_like(labels))
                         duals -= (assigner.dual_lr / batch) * histogram.to(duals.dtype)
                         duals += assigner.dual_lr * (assigner.lower_bound_ratio / num_clusters)
                         if assigner.lower_bound_ratio < 1:
