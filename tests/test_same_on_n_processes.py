@@ -10,11 +10,13 @@ rounding level in a healthy run and can flip many labels in a collapsed one.
 
 from __future__ import annotations
 
+import pytest
 import torch
 from launch import TINY, accelerate_launch, write_digit_folder
 from test_training import run_recipe, saved_state
 
 
+@pytest.mark.slow  # two launches, one of 2 processes
 def test_a_batch_that_divides_the_data_trains_the_same_on_2_processes(tmp_path):
     # 48 images in batches of 16: no partial batch (as 5,000 images in batches of 40), the case
     # where the 2-process run ended with other labels than the 1-process run.
