@@ -93,7 +93,8 @@ def main() -> None:
         unknown = sorted(set(args.sets) - {e["name"] for e in entries})
         if unknown:
             raise ValueError(f"sets not in the manifest: {unknown}")
-        entries = [e for e in entries if e["name"] in args.sets]
+        by_name = {e["name"]: e for e in entries}
+        entries = [by_name[name] for name in args.sets]  # in the order asked
     work = Path(args.work)
     weights = lite0_weights(work / "lite0.safetensors")
     output = {
