@@ -78,7 +78,16 @@ class StagedBackbone(nn.Module):
 
 class FlatTrunk(nn.Module):
     """The trunk with flattened output: what a :class:`~secu_plugin.data.FeatureCache` stores
-    (``num_features`` is its width, for the cache's shape)."""
+    (``num_features`` is its width, for the cache's shape).
+
+    Examples:
+        >>> import timm
+        >>> staged = StagedBackbone(timm.create_model("test_efficientnet", num_classes=0), 1)
+        >>> shape = tuple(staged.trunk(torch.zeros(1, 3, 32, 32)).shape[1:])
+        >>> trunk = FlatTrunk(staged, shape)
+        >>> trunk(torch.zeros(2, 3, 32, 32)).shape[1] == trunk.num_features
+        True
+    """
 
     def __init__(self, staged: StagedBackbone, shape: tuple[int, int, int]) -> None:
         super().__init__()
