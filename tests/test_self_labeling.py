@@ -27,6 +27,8 @@ def test_confident_targets_keep_the_share_of_every_cluster():
         confidence = logits.softmax(1).max(1).values
         assert confidence[kept].min() >= confidence[members & ~kept].max()
     assert bool((targets[targets < 0] == -1).all())
+    with pytest.raises(ValueError, match="fraction"):
+        confident_targets(logits, 0)
 
 
 def sklearn_digits() -> tuple[torch.Tensor, np.ndarray]:

@@ -45,6 +45,8 @@ def confident_targets(logits: torch.Tensor, fraction: float) -> torch.Tensor:
         >>> confident_targets(logits, 0.5).tolist()
         [0, -1, 1, -1]
     """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"the confident fraction must be in (0, 1], got {fraction}")
     confidence, assigned = logits.softmax(dim=1).max(dim=1)
     targets = torch.full_like(assigned, -1)
     for cluster in assigned.unique():

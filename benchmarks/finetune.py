@@ -1,0 +1,119 @@
+"""Fine-tuning from the frozen-head model (``recipes/finetune.py``) on sets of a
+``make_test_sets.py`` manifest, tune and held-out: the start's ACC beside the fine-tuned one.
+
+For each set and seed: ``recipes/train_head.py`` (EfficientNet-Lite0, offline weights, 112 px)
+trains the start, then ``recipes/finetune.py --model`` fine-tunes it; both run as subprocesses
+with their exact commands recorded. Every run, the per-epoch history (the label-free
+criterion, cluster-size balance, and ACC, which the run never reads), the provenance and the
+role of each set go to ``--json`` (default ``docs/finetune.json``), rewritten after each run.
+
+Held-out sets are scored to check a change, never to choose one (docs/heldout.md).
+
+Usage::
+
+    python benchmarks/make_test_sets.py --out /tmp/secu_sets --sets mnist5k letters10_grey28
+    python benchmarks/finetune.py --manifest /tmp/secu_sets/sets.json --work /tmp/finetune
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere, without installing
+    sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks.frozen_heldout import lite0_weights
+from benchmarks.provenance import provenance
+
+
+def run_command(command: list[str]) -> tuple[subprocess.CompletedProcess, float]:
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    started = time.time()
+    result = subprocess.run(command, capture_output=True, text=True, env=environment, check=False)
+    return result, round(time.time() - started, 1)
+
+
+def run_one(entry: dict, seed: int, weights: Path, work: Path, finetune_args: list[str]) -> dict:
+    """The start (frozen heads) and its fine-tuning on one set with one seed."""
+    run_dir = work / "runs" / entry["name"] / f"seed{seed}"
+    k = len(entry["classes"])
+    heads = f"num_clusters={[k * m for m in range(1, 6)]}".replace(" ", "")
+    start_command = [
+        sys.executable, os.fspath(REPO_ROOT / "recipes" / "train_head.py"),
+        "--data", entry["data"], "--backbone", "tf_efficientnet_lite0",
+        "--pretrained_file", os.fspath(weights), "--input_size", "112",
+        "--cache_dir", os.fspath(work / "cache"), "--output_dir", os.fspath(run_dir / "start"),
+        "--seed", str(seed), "--no_progress", "--report_to", "none", "--set", heads,
+    ]  # fmt: skip
+    finetune_command = [
+        sys.executable, os.fspath(REPO_ROOT / "recipes" / "finetune.py"),
+        "--model", os.fspath(run_dir / "start"), "--data", entry["data"],
+        "--output_dir", os.fspath(run_dir / "finetuned"), "--cache_dir",
+        os.fspath(work / "cache"), "--seed", str(seed), "--no_progress", *finetune_args,
+    ]  # fmt: skip
+    record: dict = {"set": entry["name"], "role": entry["role"], "seed": seed}
+    for stage, command in (("start", start_command), ("finetune", finetune_command)):
+        result, seconds = run_command(command)
+        record[stage] = {"command": command, "returncode": result.returncode, "seconds": seconds}
+        if result.returncode != 0:
+            record[stage]["output_tail"] = (result.stdout + result.stderr)[-3000:]
+            return record
+        record[stage]["summary"] = json.loads(result.stdout.strip().splitlines()[-1])
+    report = json.loads((run_dir / "finetuned" / "results.json").read_text())
+    record["history"] = report["history"]
+    summary = record["finetune"]["summary"]
+    record["acc_start_recipe"] = record["start"]["summary"].get("accuracy")
+    record["acc_start"] = summary.get("start_accuracy")  # the same start, scored by finetune.py
+    record["acc_finetuned"] = summary.get("accuracy")
+    record["kept_epoch"] = summary["kept_epoch"]
+    return record
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--manifest", required=True, help="make_test_sets.py's sets.json")
+    parser.add_argument("--sets", nargs="*", help="default: every labelled set of the manifest")
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0])
+    parser.add_argument("--work", default="/tmp/finetune_bench", help="weights, caches, runs")
+    parser.add_argument("--json", default=os.fspath(REPO_ROOT / "docs" / "finetune.json"))
+    parser.add_argument("--finetune_args", nargs=argparse.REMAINDER, default=[],
+                        help="passed to recipes/finetune.py (last on the command line)")  # fmt: skip
+    args = parser.parse_args()
+    info = provenance()
+    manifest = json.loads(Path(args.manifest).read_text())
+    entries = [e for e in manifest["sets"] if "flat" not in e["layout"]]
+    if args.sets:
+        unknown = sorted(set(args.sets) - {e["name"] for e in entries})
+        if unknown:
+            raise ValueError(f"sets not in the manifest: {unknown}")
+        by_name = {e["name"]: e for e in entries}
+        entries = [by_name[name] for name in args.sets]  # in the order asked
+    work = Path(args.work)
+    weights = lite0_weights(work / "lite0.safetensors")
+    output = {
+        "provenance": info,
+        "manifest": args.manifest,
+        "manifest_provenance": manifest.get("provenance"),
+        "seeds": args.seeds,
+        "finetune_args": args.finetune_args,
+        "roles": {e["name"]: e["role"] for e in entries},
+        "runs": [],
+    }
+    for entry in entries:
+        for seed in args.seeds:
+            record = run_one(entry, seed, weights, work, args.finetune_args)
+            output["runs"].append(record)
+            print(json.dumps({k: record.get(k) for k in (
+                "set", "role", "seed", "acc_start", "acc_finetuned", "kept_epoch")}), flush=True)  # fmt: skip
+            Path(args.json).write_text(json.dumps(output, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
