@@ -9,10 +9,11 @@ the set has no other, the same images the recipe evaluates) is scored:
 - ``kmeans_pixels``: scikit-learn's ``KMeans`` (``n_init=10``) on the raw pixels;
 - ``kmeans_whitened_pixels``: the same k-means in the space where the frozen heads find their
   neighbours (:func:`secu_plugin.core.neighbors.whitened`: square root, L2 normalization, PCA
-  whitening to ``--whitening`` dimensions, then L2-normalized), fitted on the training images
-  and applied to the evaluation ones;
+  whitening to each of the ``--whitening`` numbers of dimensions, then L2-normalized; whitening
+  every pixel amplifies the noise of nearly constant ones, so fewer dimensions may cluster
+  better), fitted on the training images and applied to the evaluation ones;
 - ``spectral_whitened_pixels`` (``--spectral``; training split = evaluation split only): spectral
-  clustering of the k-NN graph in that whitened space, as the frozen-feature baselines do.
+  clustering of the k-NN graph in the first whitened space, as the frozen-feature baselines do.
 
 ACC (Hungarian), NMI and ARI as the recipe reports them (``secu_plugin.metrics``). The JSON
 (``--json``) holds the provenance (``benchmarks/provenance.py``), every seed's scores and, per
@@ -27,8 +28,8 @@ labels file instead: how the clusters of a run on unlabeled images are measured.
 
 Usage::
 
-    python benchmarks/kmeans_baseline.py mnist5k --seeds 0 1 2 --spectral \\
-        --json docs/kmeans_pixels.json
+    python benchmarks/kmeans_baseline.py mnist5k --seeds 0 1 2 --whitening 256 20 50 \\
+        --spectral --json docs/kmeans_pixels.json
     python benchmarks/kmeans_baseline.py /tmp/secu_sets/digits8 /tmp/secu_sets/mnist8
     python benchmarks/kmeans_baseline.py /tmp/secu_sets/mnist56flat \\
         --labels /tmp/secu_sets/mnist56flat=/tmp/secu_sets/mnist56flat_labels.csv
@@ -104,11 +105,13 @@ def pixel_baselines(
     eval_labels: np.ndarray,
     num_classes: int,
     seed: int,
-    whitening: int,
+    whitening: tuple[int, ...],
     spectral: bool,
 ) -> dict:
     """One seed's scores of every pixel baseline; ``x_eval`` None: the training images are the
-    evaluation images. The whitening is fitted without labels on all the images at once."""
+    evaluation images. The whitening is fitted without labels on all the images at once, once
+    per number of dimensions in ``whitening`` (the k-means scores are keyed by it); spectral
+    clustering uses the first."""
     import torch
     import torch.nn.functional as F
     from sklearn.cluster import KMeans
@@ -123,21 +126,27 @@ def pixel_baselines(
     found["kmeans_pixels"] = rounded(clustering_metrics(eval_labels, assigned))
     found["seconds"]["kmeans_pixels"] = round(time.time() - started, 2)
 
-    started = time.time()
     everything = x_train if x_eval is None else np.concatenate([x_train, x_eval])
-    dim = min(whitening, everything.shape[1], len(everything) - 1)
-    space = F.normalize(whitened(torch.from_numpy(everything), dim), dim=1).numpy()
-    train_space, eval_space = space[: len(x_train)], space[len(x_train) :]
-    kmeans = KMeans(n_clusters=num_classes, n_init=10, random_state=seed).fit(train_space)
-    assigned = kmeans.labels_ if x_eval is None else kmeans.predict(eval_space)
-    found["kmeans_whitened_pixels"] = rounded(clustering_metrics(eval_labels, assigned))
-    found["seconds"]["kmeans_whitened_pixels"] = round(time.time() - started, 2)
-    found["whitening_dim"] = dim
+    found["kmeans_whitened_pixels"] = {}
+    for dims in whitening:
+        started = time.time()
+        dim = min(dims, everything.shape[1], len(everything) - 1)
+        space = F.normalize(whitened(torch.from_numpy(everything), dim), dim=1).numpy()
+        train_space, eval_space = space[: len(x_train)], space[len(x_train) :]
+        kmeans = KMeans(n_clusters=num_classes, n_init=10, random_state=seed).fit(train_space)
+        assigned = kmeans.labels_ if x_eval is None else kmeans.predict(eval_space)
+        found["kmeans_whitened_pixels"][str(dim)] = rounded(
+            clustering_metrics(eval_labels, assigned)
+        )
+        found["seconds"][f"kmeans_whitened_pixels_{dim}"] = round(time.time() - started, 2)
+        if dims == whitening[0]:
+            graph_space, graph_dim = train_space, dim
 
     if spectral and x_eval is None:
         started = time.time()
-        assigned = spectral_clustering(torch.from_numpy(train_space), num_classes, seed)
-        found["spectral_whitened_pixels"] = rounded(clustering_metrics(eval_labels, assigned))
+        assigned = spectral_clustering(torch.from_numpy(graph_space), num_classes, seed)
+        scores = rounded(clustering_metrics(eval_labels, assigned))
+        found["spectral_whitened_pixels"] = {**scores, "whitening_dim": graph_dim}
         found["seconds"]["spectral_whitened_pixels"] = round(time.time() - started, 2)
     return found
 
@@ -146,14 +155,14 @@ def kmeans_baseline(
     root: str,
     labels_files: dict[str, str],
     seeds: tuple[int, ...] = (0,),
-    whitening: int = 256,
+    whitening: tuple[int, ...] = (256,),
     spectral: bool = False,
 ) -> dict:
     """Every pixel baseline of one image set, for each seed (see the module's docstring)."""
     if not seeds:
         raise ValueError("give at least one seed")
-    if whitening < 1:
-        raise ValueError(f"whitening must be a positive number of dimensions, got {whitening}")
+    if not whitening or min(whitening) < 1:
+        raise ValueError(f"whitening: give positive numbers of dimensions, got {whitening}")
     train = ImageDataset.from_source(root, split="train")
     evaluation = ImageDataset.from_source(root, split="test")
     train_labels = labels_of(train, root, labels_files)
@@ -200,7 +209,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--labels", nargs="*", default=[], metavar="ROOT=CSV")
     parser.add_argument("--score", metavar="CSV", help="score a secu-cluster CSV instead")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="k-means seeds")
-    parser.add_argument("--whitening", type=int, default=256, help="whitened dimensions")
+    parser.add_argument(
+        "--whitening", type=int, nargs="+", default=[256], help="whitened dimensions, each tried"
+    )
     parser.add_argument("--spectral", action="store_true", help="add spectral clustering")
     parser.add_argument("--json", help="also write the results (with provenance) to this file")
     args = parser.parse_args(argv)
@@ -221,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(record["scored"]), flush=True)
     for root in args.roots:
         found = kmeans_baseline(os.path.normpath(root), labels_files, tuple(args.seeds),
-                                args.whitening, args.spectral)  # fmt: skip
+                                tuple(args.whitening), args.spectral)  # fmt: skip
         record["sets"].append(found)
         print(json.dumps(found), flush=True)
     if args.json:
