@@ -103,7 +103,8 @@ def render_loss_scaling(datas: list[dict], options: dict[str, str]) -> str:
 
 @renderer("train_step")
 def render_train_step(datas: list[dict], options: dict[str, str]) -> str:
-    """One row per file and mode; SeCu's share is (mode - A) / mode, for every row alike."""
+    """One row per file and mode; SeCu's share is (mode - A) / mode, for every row alike (of
+    the medians where the file has interleaved rounds)."""
     rows = []
     for path, data in zip(options["_paths"], datas):
         modes = {m["mode"]: m for m in data["modes"]}
@@ -118,13 +119,20 @@ def render_train_step(datas: list[dict], options: dict[str, str]) -> str:
                     f"`{Path(path).name}`",
                     reductions,
                     MODES.get(name, name),
-                    f"{mode['ms_per_step']:.1f}",
+                    f"{mode['ms_per_step']:.1f}"
+                    + (
+                        f" ({mode['ms_per_step_min']:.1f}-{mode['ms_per_step_max']:.1f}, "
+                        f"{len(mode['ms_per_step_rounds'])} rounds)"
+                        if "ms_per_step_rounds" in mode
+                        else " (1 run)"
+                    ),
                     f"{mode['images_per_s']:.0f}",
                     f"{mode['peak_mib']:.0f}",
                     share,
                 ]
             )
-    header = ["file", "head_reductions", "mode", "ms/step", "images/s", "peak MiB"]
+    header = ["file", "head_reductions", "mode", "ms/step, median (min-max)", "images/s"]
+    header += ["peak MiB"]
     return table([*header, "SeCu's share of the step"], rows)
 
 
