@@ -1,7 +1,7 @@
 """Kill-and-resume soak: SIGKILL real training runs at random moments, resume each, and check
 that every run ends bit for bit equal to an uninterrupted one (no unusable checkpoint).
 
-    python benchmarks/kill_soak.py --runs 20 --out docs/kill_soak.json
+    python benchmarks/kill_soak.py --runs 10 --preset mnist5k --out docs/kill_soak.json
 
 Each trial starts `recipes/train.py` (a tiny network on 50 MNIST-5k digits, the preset named
 explicitly by ``--preset``, default ``mnist5k``, so that a rerun soaks the same configuration
