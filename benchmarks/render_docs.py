@@ -3,7 +3,8 @@
     python benchmarks/render_docs.py           # rewrite the rendered parts in place
     python benchmarks/render_docs.py --check   # exit 1 and print a diff if any part differs
 
-A table sits between two markers naming its JSON file(s) and its kind (a renderer below):
+A table sits between two markers naming its JSON file(s) and its kind (a renderer in
+``benchmarks/renderers.py``, or one registered here with ``@renderer``):
 
     <!-- render: docs/cpu_loss_step.json table=loss_step -->
     | heads | ... |
