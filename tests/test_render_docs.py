@@ -47,7 +47,7 @@ def test_the_docs_have_markers_for_their_figure_files():
     pages = "".join(p.read_text(encoding="utf-8") for p in render_docs.documents(ROOT))
     named = set(re.findall(r"<!-- render: ([^>]*?) -->", pages))
     files = {token for spec in named for token in shlex.split(spec) if "=" not in token}
-    for path in ["docs/cpu_loss_step.json", "docs/memory_table.json", "docs/kill_soak_report_bug.json",
+    for path in ["docs/cpu_loss_step.json", "docs/memory_table.json", "docs/kill_soak.json",
                  "docs/mnist5k_results.json", "docs/frozen_heads_scale_cuda.json",
                  "docs/gpu_2026-11-27/train_step.json"]:  # fmt: skip
         assert path in files
