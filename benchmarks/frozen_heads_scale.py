@@ -8,7 +8,8 @@ The features are synthetic (random, memory-mapped float16 on disk, as a real cac
 the time and memory matter. Heads: the frozen preset's projection (2 layers, hidden 2048,
 dim 256) and ten heads K = 1000..10000. A full epoch and a full k-NN search take too long on
 a CPU: ``--steps`` training steps and ``--knn_blocks`` query blocks are timed and the full
-figures extrapolated (printed as such). Prints one JSON line.
+figures extrapolated (printed as such). Prints one JSON line, with every timed step
+(``step_seconds``) and the provenance (``benchmarks/provenance.py``); ``--json`` also writes it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import json
 import platform
 import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere, without installing
+    sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks.provenance import provenance
 from secu_plugin import SeCuCenterBank, SeCuLoss
 from secu_plugin.core.neighbors import nearest_neighbors
 
@@ -54,8 +61,10 @@ def main() -> None:
     parser.add_argument("--knn_block_size", type=int, default=4096)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    record = provenance()  # at the start: the load before the run
     device = torch.device(args.device)
 
     # The cache: (N, 1, D) float16 in a memory-mapped .npy, filled block by block.
@@ -133,6 +142,7 @@ def main() -> None:
         "heads": "K=1000..10000 (10 heads)",
         "batch_size": args.batch_size,
         "step_seconds_median": round(step_seconds, 3),
+        "step_seconds": [round(t, 4) for t in times],
         "epoch_seconds_extrapolated": round(step_seconds * steps_per_epoch, 1),
         "knn_k": 20,
         "knn_block_size": args.knn_block_size,
@@ -144,7 +154,10 @@ def main() -> None:
     }
     if device.type == "cuda":
         result["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    result["provenance"] = record
     print(json.dumps(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -5,9 +5,10 @@
 #
 # Needs torch and timm (lightly is optional: without it the SwaV column is skipped; pytest and
 # numpy are optional: without them the tests are skipped). Every result goes under $OUT: the
-# markdown tables (*.md), the raw numbers (*.json) and a log of each step. A failing step does
-# not stop the later ones; the script exits non-zero if any failed. About 2-4 minutes on an
-# H100; each step has its own time limit so that the whole stays under 6 minutes.
+# markdown tables (*.md), the raw numbers (*.json, each with its provenance: command, commit,
+# dirty tree, date, GPU, versions, load) and a log of each step. A failing step does not stop
+# the later ones; the script exits non-zero if any failed. Each step has its own time limit;
+# their sum (110 + 45 + 300 + 60 s, plus 240 s with COMPILE=1) bounds the suite.
 # COMPILE=1 adds a torch.compile run of the training step (about 2 more minutes).
 # SMOKE=1 checks the script itself on a machine without a GPU (tiny sizes on the CPU).
 set -euo pipefail
@@ -40,6 +41,9 @@ run() {
 {
     echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "git: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    echo "dirty: $(git status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo yes || echo no)"
+    echo "load: $(cat /proc/loadavg 2>/dev/null || echo unknown)"
+    echo "cpu: $(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | xargs) ($(nproc) cores)"
     nvidia-smi -L || echo "nvidia-smi not available"
     "$PYTHON" - <<'EOF'
 import platform
@@ -67,8 +71,8 @@ run loss_step_cuda 110 "$PYTHON" benchmarks/loss_step.py "${DEVICE[@]}" --heads 
 run loss_step_cuda_predictor 45 "$PYTHON" benchmarks/loss_step.py "${DEVICE[@]}" \
     --heads imagenet --predictor --no-swav --json "$OUT/loss_step_cuda_predictor.json"
 
-# 2. A full ResNet-50 training step with and without SeCu.
-run train_step 120 "$PYTHON" benchmarks/train_step.py "${DEVICE[@]}" --json "$OUT/train_step.json"
+# 2. A full ResNet-50 training step with and without SeCu (3 interleaved rounds of the modes).
+run train_step 300 "$PYTHON" benchmarks/train_step.py "${DEVICE[@]}" --json "$OUT/train_step.json"
 if [ "${COMPILE:-0}" = "1" ]; then
     run train_step_compile 240 "$PYTHON" benchmarks/train_step.py "${DEVICE[@]}" --compile \
         --json "$OUT/train_step_compile.json"

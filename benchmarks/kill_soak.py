@@ -1,12 +1,19 @@
 """Kill-and-resume soak: SIGKILL real training runs at random moments, resume each, and check
 that every run ends bit for bit equal to an uninterrupted one (no unusable checkpoint).
 
-    python benchmarks/kill_soak.py --runs 20 --out docs/kill_soak.json
+    python benchmarks/kill_soak.py --runs 10 --preset mnist5k --out docs/kill_soak.json
 
-Each trial starts `recipes/train.py` (a tiny network on 50 MNIST-5k digits, a checkpoint every
-3 steps and at each epoch end), kills its whole process group at a uniformly random moment of
-an uninterrupted run's duration, then resumes with `--resume` until it finishes (or starts
-again if it was killed before its first checkpoint).
+Each trial starts `recipes/train.py` (a tiny network on 50 MNIST-5k digits, the preset named
+explicitly by ``--preset``, default ``mnist5k``, so that a rerun soaks the same configuration
+whatever the recipe's default for ``--data`` becomes; a checkpoint every 3 steps and at each
+epoch end), kills its whole process group at a uniformly random moment of an uninterrupted
+run's duration, then resumes with `--resume` until it finishes (or starts again if it was
+killed before its first checkpoint).
+
+The JSON records the provenance (``benchmarks/provenance.py``), the exact training command and,
+per trial, whether the kill happened (a run may finish first), the last step checkpointed when
+it did (``checkpoint_step_at_kill``; None: killed before the first checkpoint) and whether the
+resumed run ended identical to the uninterrupted one.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ import argparse
 import json
 import os
 import random
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -34,6 +43,14 @@ TRAIN = ROOT / "recipes" / "train.py"
 ARGS = ["--epochs", "3", "--no_progress", "--checkpoint_every", "3", "--report_to", "none",
         "--set", "backbone=secu_convnet_tiny", "num_clusters=[10,20]", "batch_size=16",
         "warmup_epochs=1", "num_workers=0"]  # fmt: skip
+STATE = re.compile(r"state-(?P<step>\d+)-epoch-(?P<epoch>\d+)")
+
+
+def checkpointed_step(output_dir: Path) -> int | None:
+    """The global step of the checkpoint that ``latest`` names; None if there is none yet."""
+    latest = output_dir / "checkpoints" / "latest"
+    found = STATE.fullmatch(latest.read_text().strip()) if latest.is_file() else None
+    return int(found["step"]) if found else None
 
 
 def make_digits(root: Path) -> None:
@@ -61,18 +78,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--preset", default="mnist5k", help="the recipe's --preset, named")
     parser.add_argument("--out", type=Path)
     options = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.provenance import provenance
+
+    record = {"provenance": provenance()}
     rng = random.Random(options.seed)
     work = Path(tempfile.mkdtemp(prefix="secu-soak-"))
     make_digits(work / "digits")
-    data = ["--data", str(work / "digits")]
+    data = ["--data", str(work / "digits"), "--preset", options.preset]
 
     began = time.time()
     full = start([*data, "--output_dir", str(work / "full"), *ARGS])
     assert full.wait() == 0, full.stderr.read().decode()[-2000:]
     duration = time.time() - began
     reference = final_state(work / "full")
+    total_steps = checkpointed_step(work / "full")
 
     trials = []
     for trial in range(options.runs):
@@ -84,6 +107,7 @@ def main() -> None:
         if killed:
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+        at_kill = checkpointed_step(out) if killed else None
         resumes = 0
         while True:
             # Killed before its first checkpoint: nothing was saved, so start again.
@@ -99,14 +123,17 @@ def main() -> None:
             torch.equal(state[k], reference[k]) for k in reference)  # fmt: skip
         error = "" if code == 0 else resumed.stderr.read().decode().strip().splitlines()[-1]
         trials.append({"trial": trial, "kill_after_s": round(delay, 2), "killed": killed,
-                       "resumes": resumes, "finished": code == 0, "identical": same,
+                       "checkpoint_step_at_kill": at_kill, "resumes": resumes, "finished": code == 0, "identical": same,
                        "error": error})  # fmt: skip
         print(json.dumps(trials[-1]), flush=True)
 
     summary = {"runs": len(trials), "identical": sum(t["identical"] for t in trials),
-               "killed": sum(t["killed"] for t in trials),
+               "killed": sum(t["killed"] for t in trials), "preset": options.preset,
+               "seed": options.seed, "total_steps": total_steps,
+               "train_command": shlex.join(["recipes/train.py", *data, *ARGS]),
                "uninterrupted_seconds": round(duration, 1), "trials": trials}  # fmt: skip
     print(json.dumps({k: v for k, v in summary.items() if k != "trials"}))
+    summary = {**record, **summary}
     if options.out:
         options.out.write_text(json.dumps(summary, indent=1) + "\n")
 

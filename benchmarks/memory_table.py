@@ -17,6 +17,9 @@ For N instances, H heads and W ranks:
 ``--measure`` builds real banks where they fit in this machine's memory: one process for the
 replicated memory, and W real gloo processes (``torch.multiprocessing``) that each report the
 bytes of their shard; everything else is computed with the formulas above (the table says which).
+The bytes of a built bank are counted from its storage tensor (elements x element size); what
+is measured is how much the process's resident memory grew while it was built. The JSON holds
+the provenance (``benchmarks/provenance.py``) with the rows.
 
 Usage::
 
@@ -43,6 +46,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from benchmarks.provenance import provenance
 from secu_plugin import SeCuCenterBank
 
 IMAGENET_HEADS = list(range(1000, 10001, 1000))  # 10 heads, sum K = 55,000
@@ -187,7 +191,7 @@ def print_table(results: dict) -> None:
     )
     print("|---|---|---|---|---|---|---|")
     for row in results["rows"]:
-        mark = lambda measured: " (measured)" if measured else ""
+        mark = lambda built: " (built)" if built else ""
         print(
             f"| {row['num_instances']:,} | {row['world_size']} | "
             f"{human(row['replicated_bytes'])}{mark(row['replicated_measured'])} | "
@@ -221,7 +225,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    results = table(args)
+    record = provenance()  # at the start: the load before the run
+    results = {"provenance": record, **table(args)}
     print_table(results)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

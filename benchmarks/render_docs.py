@@ -3,7 +3,8 @@
     python benchmarks/render_docs.py           # rewrite the rendered parts in place
     python benchmarks/render_docs.py --check   # exit 1 and print a diff if any part differs
 
-A table sits between two markers naming its JSON file(s) and its kind (a renderer below):
+A table sits between two markers naming its JSON file(s) and its kind (a renderer in
+``benchmarks/renderers.py``, or one registered here with ``@renderer``):
 
     <!-- render: docs/cpu_loss_step.json table=loss_step -->
     | heads | ... |
@@ -26,8 +27,13 @@ import json
 import re
 import shlex
 import sys
-from collections.abc import Callable
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling module of table kinds
+# The registry and its helpers live in renderers.py; a kind may also be added here with
+# @renderer("name"): both register into the same RENDERERS.
+import quality_renderers  # noqa: F401  (registers the clustering-quality kinds)
+from renderers import DATA_SETS, RENDERERS, human_bytes, renderer, table  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = re.compile(
@@ -35,48 +41,6 @@ MARKER = re.compile(
 )
 OPEN, CLOSE = "<!-- render:", "<!-- end render -->"
 FENCE = re.compile(r"(^ {0,3}```.*?^ {0,3}```[^\n]*$)", re.DOTALL | re.MULTILINE)
-
-Renderer = Callable[[list[dict], dict[str, str]], str]
-RENDERERS: dict[str, Renderer] = {}
-
-# Whether a data set's scores were looked at while any default was chosen. A set missing here
-# (and not labelled in its own JSON with "tuned_on") cannot appear in an accuracy table.
-DATA_SETS = {
-    "mnist5k": "tuned on (the `mnist5k` preset, every frozen-head default)",
-    "sklearn_digits": "tuned on (the frozen heads' batch rule)",
-    "digits8": "tuned on (sklearn's digits: the frozen heads' batch rule)",
-    # benchmarks/make_test_sets.py's sets drawn from MNIST-5k share its images
-    **dict.fromkeys(("mnist1797", "mnist8", "color32", "mnist56flat"), "tuned on (MNIST-5k's)"),
-}
-MODES = {
-    "A": "A: backbone + projection + predictor (no SeCu)",
-    "B": "B: A + SeCuLoss, input checks on",
-    "C": "C: A + SeCuLoss(check_values=False)",
-}
-
-
-def renderer(name: str) -> Callable[[Renderer], Renderer]:
-    """Registers a table renderer under ``name`` (the marker's ``table=name``)."""
-
-    def register(function: Renderer) -> Renderer:
-        RENDERERS[name] = function
-        return function
-
-    return register
-
-
-def table(header: list[str], rows: list[list[object]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def human_bytes(value: float) -> str:
-    """Decimal units, three significant digits: ``human_bytes(25623340) == '25.6 MB'``."""
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if value >= size:
-            return f"{value / size:.3g} {unit}"
-    return f"{value:.0f} B"
 
 
 def sidecar(path: Path) -> dict[str, str]:
@@ -92,15 +56,29 @@ def sidecar(path: Path) -> dict[str, str]:
     return found
 
 
+def recorded(path: str, data: dict, root: Path) -> dict:
+    """What a file records of its run, from ``provenance`` (``benchmarks/provenance.py``),
+    ``environment`` (older scripts), its top level, or the GPU suite's ``environment.txt``."""
+    found = {**sidecar(root / path), **data.get("environment", {}), **data}
+    record = data.get("provenance") or {}
+    aliases = {"date": "date_utc", "cpu": "cpu_model", "threads": "torch_threads",
+               "loadavg": "load_average", "commit": "commit", "gpu": "gpu", "dirty": "dirty"}  # fmt: skip
+    for key, name in aliases.items():
+        if record.get(name) is not None:
+            found[key] = record[name]
+    if (record.get("versions") or {}).get("torch"):
+        found["torch"] = record["versions"]["torch"]
+    return found
+
+
 def source_line(path: str, data: dict, root: Path) -> str:
     """Where a table's figures come from, with what the file records of its run."""
-    provenance = {**sidecar(root / path), **data.get("environment", {}), **data}
-    provenance.update(data.get("provenance", {}))
+    provenance = recorded(path, data, root)
     said = []
     for key, label in (("date", "date"), ("commit", "commit"), ("gpu", "GPU"), ("cpu", "CPU")):
         value = provenance.get(key)
         if isinstance(value, str) and value:
-            said.append(f"{label} {value}")
+            said.append(f"{label} {value[:12] if key == 'commit' else value}")
     if provenance.get("dirty"):
         said.append("uncommitted changes")
     for key in ("torch", "threads", "loadavg"):
@@ -114,268 +92,6 @@ def source_line(path: str, data: dict, root: Path) -> str:
 
 def sources(paths: list[str], datas: list[dict], root: Path) -> str:
     return "Source: " + "; ".join(source_line(p, d, root) for p, d in zip(paths, datas)) + "."
-
-
-def machine(data: dict) -> str:
-    """The device a benchmark file ran on, in a few words."""
-    environment = data.get("environment", {})
-    if environment.get("gpu"):
-        return environment["gpu"].removeprefix("NVIDIA ")
-    return f"CPU, {environment.get('threads', '?')} threads"
-
-
-@renderer("loss_step")
-def render_loss_step(datas: list[dict], options: dict[str, str]) -> str:
-    """One row per head set: the per-head form, SeCuLoss and lightly's SwaV (where measured)."""
-    forms = [(machine(data), form) for data in datas for form in data["forms"]]
-    swav = any("swav" in form["ms"] for _, form in forms)
-    floor = any("floor" in form["ms"] for _, form in forms)  # the dense products alone
-    peak = any("step_peak_mib" in form for _, form in forms)
-    header = ["machine", "heads", "sum K", "B", "views", "per-head ms", "SeCuLoss ms"]
-    header += ["SwaV ms", "SeCuLoss / per-head", "SeCuLoss / SwaV"] if swav else []
-    header += ["SeCuLoss / per-head"] if not swav else []
-    header += ["products alone ms", "SeCuLoss / products"] if floor else []
-    header += ["step peak MiB, per-head / SeCuLoss"] if peak else []
-    rows = []
-
-    def spread(form: dict, name: str) -> str:  # median, and min-max over rounds if recorded
-        low, high = form.get("ms_min", {}).get(name), form.get("ms_max", {}).get(name)
-        median = f"{form['ms'][name]:.2f}"
-        return median if low is None else f"{median} ({low:.1f}-{high:.1f})"
-
-    for where, form in forms:
-        ms = form["ms"]
-        row = [where, form["heads"], f"{sum(form['num_clusters']):,}", form["batch"]]
-        row += [form["views"]]
-        row += [spread(form, "baseline"), spread(form, "fused")]
-        if swav:
-            row += [spread(form, "swav") if "swav" in ms else "not measured"]
-        row += [f"{ms['fused'] / ms['baseline']:.2f}x"]
-        if swav:
-            row += [f"{ms['fused'] / ms['swav']:.2f}x" if "swav" in ms else "-"]
-        if floor:
-            has = "floor" in ms
-            row += [spread(form, "floor") if has else "not measured"]
-            row += [f"{ms['fused'] / ms['floor']:.2f}x" if has else "-"]
-        if peak:
-            mib = form.get("step_peak_mib")
-            row += [f"{mib['baseline']:.0f} / {mib['fused']:.0f}" if mib else "not measured"]
-        rows.append(row)
-    return table(header, rows)
-
-
-@renderer("loss_scaling")
-def render_loss_scaling(datas: list[dict], options: dict[str, str]) -> str:
-    """SeCuLoss's step against the total number of centers and the batch."""
-    points = [p for data in datas for p in data["scaling"]]
-    floor = any("floor_ms" in p for p in points)  # the dense products alone, same run
-    per_head = any("num_clusters" in p for p in points)
-    rows = []
-    for p in points:
-        heads = p.get("num_clusters")
-        row = [p["sweep"], p["batch"], f"{p['total_k']:,}"]
-        if per_head:
-            row += [f"{min(heads):,}-{max(heads):,}" if heads else "not recorded"]
-        row += [f"{p['ms']:.2f}", f"{p['ns_per_bk']:.2f}"]
-        if floor:
-            row += [f"{p['floor_ms']:.2f}", f"{p['ms'] / p['floor_ms']:.2f}x"]
-        rows.append(row)
-    header = ["sweep", "B", "sum K", *(["K per head"] if per_head else []), "ms"]
-    header += ["ns per (B x sum K)"]
-    header += ["products alone ms", "SeCuLoss / products"] if floor else []
-    return table(header, rows)
-
-
-@renderer("train_step")
-def render_train_step(datas: list[dict], options: dict[str, str]) -> str:
-    """One row per file and mode; SeCu's share is (mode - A) / mode, for every row alike."""
-    rows = []
-    for path, data in zip(options["_paths"], datas):
-        modes = {m["mode"]: m for m in data["modes"]}
-        reductions = data["args"].get("head_reductions", "not recorded")
-        for name, mode in modes.items():
-            share = "-"
-            if name != "A" and "A" in modes:
-                base = modes["A"]["ms_per_step"]
-                share = f"{100 * (mode['ms_per_step'] - base) / mode['ms_per_step']:.2f}%"
-            rows.append(
-                [
-                    f"`{Path(path).name}`",
-                    reductions,
-                    MODES.get(name, name),
-                    f"{mode['ms_per_step']:.1f}",
-                    f"{mode['images_per_s']:.0f}",
-                    f"{mode['peak_mib']:.0f}",
-                    share,
-                ]
-            )
-    header = ["file", "head_reductions", "mode", "ms/step", "images/s", "peak MiB"]
-    return table([*header, "SeCu's share of the step"], rows)
-
-
-@renderer("frozen_heads_scale")
-def render_frozen_heads_scale(datas: list[dict], options: dict[str, str]) -> str:
-    """Frozen-ImageNet-shaped heads on a cached feature file, one row per file."""
-    rows = []
-    for data in datas:
-        gpu = f", {data['peak_gpu_gib']:.1f} GiB GPU" if "peak_gpu_gib" in data else ""
-        block = data["knn_seconds_per_block"]
-        size = data.get("knn_block_size")
-        block = (
-            f"{block:.2f} s per block of {size:,} queries" if size else f"{block:.2f} s per block"
-        )
-        k = f"k {data['knn_k']}: " if "knn_k" in data else ""
-        rows.append(
-            [
-                f"{data['images']:,} x {data['dim']}",
-                f"{data.get('device', 'cpu')}, {data['machine']}",
-                f"{data['step_seconds_median']:.3g}",
-                f"{data['epoch_seconds_extrapolated']:.1f}",
-                f"{k}{data['knn_seconds_extrapolated']:.0f} s ({block})",
-                f"{data['peak_rss_gib']:.1f} GiB host{gpu}",
-                data.get("note", ""),
-            ]
-        )
-    header = ["cache", "device", "s per step", "s per epoch (extrapolated)"]
-    header += ["exact k-NN (extrapolated)", "peak memory", "note"]
-    return table(header, rows)
-
-
-@renderer("memory_table")
-def render_memory_table(datas: list[dict], options: dict[str, str]) -> str:
-    """Bytes of the assignment memory per rank, and of one step's communication per rank."""
-    rows = []
-    for row in (row for data in datas for row in data["rows"]):
-        growth = []
-        if row["replicated_resident_growth"] is not None:
-            growth.append(f"replicated {human_bytes(row['replicated_resident_growth'])}")
-        if row["sharded_resident_growth_rank0"] is not None:
-            growth.append(f"rank 0 sharded {human_bytes(row['sharded_resident_growth_rank0'])}")
-        rows.append(
-            [
-                f"{row['num_instances']:,}",
-                row["world_size"],
-                human_bytes(row["replicated_bytes"]),
-                human_bytes(row["sharded_bytes"]),
-                ", ".join(growth) or "not built (formula only)",
-                human_bytes(row["replicated_step_bytes"]),
-                human_bytes(row["sharded_step_bytes"]),
-                human_bytes(row["communication"]["center_gradient"]),
-            ]
-        )
-    header = ["N", "ranks", "replicated / rank", "sharded / rank"]
-    header += ["resident memory growth measured", "step comm, replicated", "step comm, sharded"]
-    return table([*header, "of which center gradient"], rows)
-
-
-@renderer("communication")
-def render_communication(datas: list[dict], options: dict[str, str]) -> str:
-    """Each collective's bytes per step and rank, at the ranks named by ``ranks=8,512``."""
-    ranks = [int(r) for r in options.get("ranks", "8,512").split(",")]
-    by_ranks = {row["world_size"]: row["communication"] for row in datas[0]["rows"]}
-    missing = [r for r in ranks if r not in by_ranks]
-    if missing:
-        raise ValueError(f"communication: no row for ranks {missing} in the file")
-    names = [
-        ("sizes", "batch sizes (all-gather, int64)", "8 W"),
-        ("indices", "global batch indices (all-gather, int64)", "8 B_g"),
-        ("labels", "labels + bad-step flag (all-gather, int32)", "4 (H + 1) B_g"),
-        ("sharded_fetch", "sharded only: stored labels (all-reduce MAX, int32)", "2 (W-1)/W x 4 H B_g"),
-        ("center_gradient", "centers' gradient (all-reduce, float32)", "2 (W-1)/W x 4 sum K dim"),
-    ]  # fmt: skip
-    rows = [[label, formula] + [human_bytes(by_ranks[r][key]) for r in ranks]
-            for key, label, formula in names]  # fmt: skip
-    return table(["collective", "bytes", *(f"W = {r}" for r in ranks)], rows)
-
-
-@renderer("kill_soak")
-def render_kill_soak(datas: list[dict], options: dict[str, str]) -> str:
-    """Each soak file's trials: how many were killed, resumed to the same result, failed."""
-    rows, totals = [], [0, 0, 0, 0]
-    for path, data in zip(options["_paths"], datas):
-        trials = data["trials"]
-        counts = [
-            len(trials),
-            sum(t["killed"] for t in trials),
-            sum(t["identical"] for t in trials),
-            sum(bool(t["error"]) for t in trials),
-        ]
-        totals = [a + b for a, b in zip(totals, counts)]
-        rows.append([f"`{Path(path).name}`", *counts, f"{data['uninterrupted_seconds']:.1f}"])
-    if len(datas) > 1:
-        rows.append(["together", *totals, "-"])
-    header = ["file", "trials", "killed at a random moment", "identical to the uninterrupted run"]
-    return table([*header, "errors", "uninterrupted run, s"], rows)
-
-
-@renderer("clustering")
-def render_clustering(datas: list[dict], options: dict[str, str]) -> str:
-    """A run's evaluations (results.json), each data set labelled tuned on or held out."""
-    rows = []
-    seconds = any("seconds" in data for data in datas)
-    for data in datas:
-        spent = data.get("seconds", "-")
-        spent = spent.get("total", "-") if isinstance(spent, dict) else spent
-        for e in data["evaluations"]:
-            status = e.get("tuned_on", DATA_SETS.get(e["dataset"]))
-            if status is None:
-                raise ValueError(
-                    f"data set {e['dataset']!r}: say whether it is tuned on or held out "
-                    "(DATA_SETS in benchmarks/render_docs.py, or 'tuned_on' in its JSON)"
-                )
-            if isinstance(status, bool):
-                status = "tuned on" if status else "held out"
-            rows.append(
-                [
-                    e["dataset"],
-                    status,
-                    f"{e['split']} ({e['num_images']})",
-                    e["num_clusters"],
-                    e["assignment"],
-                    f"{e['accuracy']:.4f}",
-                    f"{e['nmi']:.4f}",
-                    f"{e['ari']:.4f}",
-                    *([spent] if seconds else []),
-                ]
-            )
-        if "kmeans_accuracy" in data:  # the baseline the frozen-head recipe runs on its cache
-            kmeans = [f"{data['kmeans_' + m]:.4f}" for m in ("accuracy", "nmi", "ari")]
-            rows.append([*rows[-1][:4], "k-means on the same features", *kmeans])
-            rows[-1] += ["-"] if seconds else []
-    header = ["data set", "tuned on / held out", "split (images)", "head K", "assignment"]
-    return table([*header, "ACC", "NMI", "ARI", *(["seconds"] if seconds else [])], rows)
-
-
-@renderer("frozen_heldout")
-def render_frozen_heldout(datas: list[dict], options: dict[str, str]) -> str:
-    """benchmarks/frozen_heldout.py's summary: per set (and variant), the heads' ACC over the
-    seeds beside the ceiling of the same features, the targets and the seconds."""
-    rows = []
-    for data in datas:
-        for name, s in data["summary"].items():
-            if not s.get("runs"):
-                continue
-            rows.append(
-                [
-                    f"`{name}`",
-                    "tune" if s["role"] == "tune" else "held-out",
-                    f"{s['heads_acc_mean']:.3f} ({s['heads_acc_min']:.3f}-{s['heads_acc_max']:.3f})",
-                    f"{s['kmeans_raw_acc_mean']:.3f}",
-                    f"{s['kmeans_whitened_acc_mean']:.3f}",
-                    f"{s['spectral_knn_graph_acc_mean']:.3f}",
-                    f"{s['knn_agreement_whitened']:.3f}",
-                    f"{s['linear_probe_acc_mean']:.3f}",
-                    "yes" if s["meets_agreement_target"] else "no",
-                    "yes" if s["meets_plain_clustering_target"] else "no",
-                    ", ".join(map(str, s["seeds"])),
-                    " / ".join(map(str, s["seconds_cold"])) or "-",
-                    s["seconds_warm_mean"] if s["seconds_warm_mean"] is not None else "-",
-                ]
-            )
-    header = ["set", "role", "heads ACC mean (min-max)", "k-means raw", "k-means whitened",
-              "spectral k-NN graph", "5-NN agreement", "linear probe (supervised)",
-              ">= 0.85 x agreement", ">= best plain + 0.05", "seeds", "s cold", "s warm (mean)"]  # fmt: skip
-    return table(header, rows)
 
 
 def lookup(data: object, path: str) -> list[object]:

@@ -10,7 +10,10 @@ channels_last), the paper's ImageNet projection head and predictor, bf16 autocas
   heads (K = 1000..10000) and a bank of N = 1,281,167 instances, its centers in the optimizer.
 
 The difference of the two is what SeCu adds to a step. Prints ms/step, images/s (two views
-count as ``2 * batch`` images), peak memory and the SeCu overhead.
+count as ``2 * batch`` images), peak memory and the SeCu overhead. The modes are timed in
+``--repeats`` interleaved rounds (A B C, A B C, ...: a machine that slows down during the run
+slows every mode alike); each mode's ms/step is the median of its rounds, every round kept in
+the JSON with the provenance (``benchmarks/provenance.py``).
 
 Usage::
 
@@ -25,6 +28,7 @@ import argparse
 import gc
 import json
 import platform
+import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -38,6 +42,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere, without installing
     sys.path.insert(0, str(REPO_ROOT))
 
+from benchmarks.provenance import provenance
 from secu_plugin import SeCuCenterBank, SeCuLoss
 from secu_plugin.models import build_predictor, build_projection_head
 
@@ -139,6 +144,22 @@ def run_mode(mode: str, args: argparse.Namespace, device: torch.device) -> dict:
     return row
 
 
+def summarize(mode: str, rounds: list[dict], batch: int) -> dict:
+    """One mode's row over its rounds: the median ms/step, its min and max, every round."""
+    times = sorted(row["ms_per_step"] for row in rounds)
+    median = float(statistics.median(times))
+    peaks = [row["peak_mib"] for row in rounds if row["peak_mib"] is not None]
+    return {
+        "mode": mode,
+        "ms_per_step": median,
+        "ms_per_step_min": times[0],
+        "ms_per_step_max": times[-1],
+        "ms_per_step_rounds": [row["ms_per_step"] for row in rounds],
+        "images_per_s": 2 * batch / (median / 1e3),
+        "peak_mib": max(peaks) if peaks else None,
+    }
+
+
 def print_table(results: dict) -> None:
     env, args = results["environment"], results["args"]
     print(
@@ -182,7 +203,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--num-instances", type=int, default=IMAGENET_SIZE)
-    parser.add_argument("--steps", type=int, default=30, help="timed steps per mode")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per mode and round")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds of the modes")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps per mode")
     parser.add_argument("--modes", default="ABC", help="modes to run, among A, B and C")
     parser.add_argument("--compile", action="store_true", help="torch.compile the backbone")
@@ -205,6 +227,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.repeats < 1:
+        raise SystemExit(f"--repeats must be at least 1, got {args.repeats}")
+    record = provenance()  # at the start: the load before the run
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("CUDA is not available: use --device cpu (or --smoke)")
@@ -220,9 +245,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     }
     if device.type == "cuda":
         environment["gpu"] = torch.cuda.get_device_name(device)
-    results: dict = {"environment": environment, "args": vars(args).copy()}
+    results: dict = {"provenance": record, "environment": environment, "args": vars(args).copy()}
     results["args"]["json"] = str(args.json) if args.json else None
-    results["modes"] = [run_mode(mode, args, device) for mode in args.modes]
+    rounds: dict[str, list[dict]] = {mode: [] for mode in args.modes}
+    for _ in range(args.repeats):
+        for mode in args.modes:
+            rounds[mode].append(run_mode(mode, args, device))
+    results["modes"] = [summarize(mode, rows, args.batch) for mode, rows in rounds.items()]
     times = {row["mode"]: row["ms_per_step"] for row in results["modes"]}
     if "A" in times and "B" in times:
         results["secu_ms"] = times["B"] - times["A"]

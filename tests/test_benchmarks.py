@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from secu_plugin import SeCuCenterBank, SeCuLoss
 
@@ -146,6 +147,11 @@ def test_train_step_smoke(tmp_path):
     assert [row["mode"] for row in results["modes"]] == ["A", "B", "C"]
     assert "With check_values=False SeCu adds" in stdout
     assert all(row["images_per_s"] > 0 for row in results["modes"])
+    for row in results["modes"]:  # the median of 3 interleaved rounds, every round kept
+        assert len(row["ms_per_step_rounds"]) == 3
+        assert row["ms_per_step_min"] <= row["ms_per_step"] <= row["ms_per_step_max"]
+        assert row["ms_per_step"] == sorted(row["ms_per_step_rounds"])[1]
+    assert results["provenance"]["command"].endswith("--json " + str(tmp_path / "train_step.json"))
 
 
 @pytest.mark.slow
@@ -171,9 +177,78 @@ def test_memory_table_smoke(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "| N | ranks | replicated / rank | sharded / rank |" in result.stdout
-    rows = json.loads(output.read_text())["rows"]
+    written = json.loads(output.read_text())
+    assert written["provenance"]["commit"] and "--smoke" in written["provenance"]["command"]
+    rows = written["rows"]
     measured = [row for row in rows if row["sharded_measured"]]
     assert {row["world_size"] for row in measured} == {2}
     for row in measured:
         assert row["sharded_bytes"] == 2 * 10 * (-(-row["num_instances"] // 2) + 1)
         assert row["replicated_bytes"] == 2 * 10 * row["num_instances"]
+
+
+def test_pixel_baselines_record_every_seed_and_space(tmp_path):
+    """kmeans_baseline.py on a small digit folder: each seed's k-means on raw and whitened
+    pixels and spectral clustering, the provenance, and the set's role from sets.json."""
+    from benchmarks import kmeans_baseline
+    from secu_plugin.data import load_mnist5k
+
+    images, labels = load_mnist5k()
+    root = tmp_path / "digits"
+    for i in range(0, 5000, 25):  # 200 images, 20 per class
+        (root / str(labels[i])).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[i]).save(root / str(labels[i]) / f"{i}.png")
+    (tmp_path / "sets.json").write_text(
+        json.dumps({"sets": [{"name": "digits", "role": "held_out"}]})
+    )
+    output = tmp_path / "pixels.json"
+    record = kmeans_baseline.main(
+        [
+            str(root),
+            "--seeds",
+            "0",
+            "1",
+            "--whitening",
+            "16",
+            "64",
+            "--spectral",
+            "--json",
+            str(output),
+        ]
+    )
+    assert json.loads(output.read_text()) == record
+    assert record["provenance"]["commit"] and record["seeds"] == [0, 1]
+    (found,) = record["sets"]
+    assert found["tuned_on"] == "held out" and found["K"] == 10 and found["train_images"] == 200
+    assert [run["seed"] for run in found["runs"]] == [0, 1]
+    for run in found["runs"]:
+        assert set(run["kmeans_whitened_pixels"]) == {"16", "64"}
+        assert run["spectral_whitened_pixels"]["whitening_dim"] == 16
+        assert run["kmeans_pixels"]["accuracy"] > 0.3  # 10 digit classes: chance is about 0.1
+    with pytest.raises(ValueError, match="whitening"):
+        kmeans_baseline.kmeans_baseline(str(root), {}, (0,), whitening=(0,))
+
+
+def test_kill_soak_reads_the_step_of_the_checkpoint_latest_names(tmp_path):
+    from benchmarks.kill_soak import checkpointed_step
+
+    assert checkpointed_step(tmp_path) is None  # killed before the first checkpoint
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "latest").write_text("state-00000009-epoch-0001")
+    assert checkpointed_step(tmp_path) == 9
+
+
+def test_demo_runs_are_read_from_their_raw_files():
+    """docs/demo_runs.json is what benchmarks/demo_runs.py makes of the files it names."""
+    from benchmarks.demo_runs import demo_runs
+
+    made = demo_runs("docs/same_behaviour.json", ["docs/mnist5k_results.json"])
+    committed = json.loads((REPO_ROOT / "docs" / "demo_runs.json").read_text())
+    assert made["runs"] == committed["runs"] and made["range"] == committed["range"]
+    behaviour = json.loads((REPO_ROOT / "docs" / "same_behaviour.json").read_text())
+    first = behaviour["runs"]["before"]["demo"]
+    assert made["runs"][0]["accuracy"] == first["figures"]["accuracy"]
+    assert made["runs"][0]["seconds"] == first["seconds"]
+    earlier = json.loads((REPO_ROOT / "docs" / "mnist5k_results.json").read_text())
+    assert made["runs"][-1]["accuracy"] == round(earlier["evaluations"][0]["accuracy"], 4)
+    assert made["runs"][-1]["commit"]  # dated by the commit that last changed it

@@ -16,6 +16,7 @@ from launch import write_digit_folder
 from PIL import Image
 
 from secu_plugin.cli import main
+from secu_plugin.cluster_report import report as report_module
 from secu_plugin.cluster_report import write_cluster_report
 from secu_plugin.data import load_mnist5k
 
@@ -196,6 +197,15 @@ def test_bad_inputs_name_the_problem(digits, tmp_path):
     index = write_cluster_report(tmp_path / "e", images[:20], ids[:, :20], np.ones((1, 20)))
     check_report(index, ids[:, :20], [10])
     assert all(int(p.stem) < 20 for p in (tmp_path / "e" / "thumbs").iterdir())
+    # A write killed half-way (its thumbnails written, not its page) is replaced too.
+    (tmp_path / "f" / "thumbs").mkdir(parents=True)
+    (tmp_path / "f" / "thumbs" / "0.png").write_bytes(b"")
+    with pytest.raises(ValueError, match="not empty and holds no earlier report"):
+        write_cluster_report(tmp_path / "f", images, ids, np.ones(ids.shape))
+    report_module._prepare_directory(tmp_path / "g")  # the start of a write, then a kill
+    (tmp_path / "g" / "thumbs").mkdir()
+    (tmp_path / "g" / "thumbs" / "0.png").write_bytes(b"")
+    check_report(write_cluster_report(tmp_path / "g", images, ids, np.ones(ids.shape)), ids, [10])
 
 
 @pytest.fixture(scope="module")

@@ -122,6 +122,13 @@ def test_frozen_backbone_recipe_exports_a_working_model(tmp_path, digits, weight
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert 0 <= summary["accuracy"] <= 1 and "kmeans_accuracy" in summary
     assert "embedding 120 images x 1 views" in result.stdout
+    # results.json has the run's times: the total, each epoch's, the embedding and the heads.
+    seconds = json.loads((Path(summary["output_dir"]) / "results.json").read_text())["seconds"]
+    assert seconds["total"] == summary["seconds"] and len(seconds["epochs"]) == summary["epochs"]
+    assert (seconds["features"], seconds["heads"]) == (
+        summary["seconds_features"],
+        summary["seconds_heads"],
+    )
     # The run's HTML cluster report: every head, every shown thumbnail written.
     report = Path(summary["report"])
     page = report.read_text()

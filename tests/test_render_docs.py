@@ -131,3 +131,44 @@ def test_the_model_cards_secu_cluster_lines_use_real_flags():
         line = re.sub(r"\{\{.*?\}\}", "10", command[1] + command[2])
         args = build_parser().parse_args(shlex.split(line))
         assert args.num_clusters == 10 and args.out == "clusters.csv"
+
+
+def test_a_kind_registered_through_render_docs_is_rendered(tmp_path):
+    """Another script's kind of table, registered with render_docs.renderer, is found."""
+
+    @render_docs.renderer("test_count")
+    def count(datas: list[dict], options: dict[str, str]) -> str:
+        return f"{len(datas[0]['evaluations'])} evaluation(s)"
+
+    try:
+        page = write_repo(
+            tmp_path, "<!-- render: docs/run.json table=test_count -->\n<!-- end render -->\n"
+        )
+        render_docs.render_all(tmp_path, check=False)
+        assert "1 evaluation(s)" in page.read_text()
+    finally:
+        del render_docs.RENDERERS["test_count"]
+
+
+def test_seeds_render_as_mean_and_range_and_rounds_as_median_and_range(tmp_path):
+    runs = [{"seed": seed, "kmeans_pixels": {"accuracy": acc, "nmi": 0.5, "ari": 0.25},
+             "kmeans_whitened_pixels": {}} for seed, acc in enumerate([0.5, 0.6, 0.7])]  # fmt: skip
+    pixels = {"sets": [{"set": "letters", "tuned_on": "held out", "eval_split": "train",
+                        "eval_images": 30, "K": 3, "runs": runs}]}  # fmt: skip
+    page = write_repo(
+        tmp_path,
+        "<!-- render: docs/run.json table=pixel_baselines -->\n<!-- end render -->\n",
+        pixels,
+    )
+    render_docs.render_all(tmp_path, check=False)
+    assert (
+        "| letters | held out | train (30) | 3 | k-means on pixels | 3 | 0.600 (0.500-0.700) |"
+        in page.read_text()
+    )
+    modes = [{"mode": mode, "ms_per_step": ms, "ms_per_step_min": ms - 1, "ms_per_step_max": ms + 2,
+              "ms_per_step_rounds": [ms - 1, ms, ms + 2], "images_per_s": 1.0, "peak_mib": 1.0}
+             for mode, ms in (("A", 100.0), ("B", 125.0))]  # fmt: skip
+    page = write_repo(tmp_path, "<!-- render: docs/run.json table=train_step -->\n<!-- end render -->\n",
+                      {"args": {}, "modes": modes})  # fmt: skip
+    render_docs.render_all(tmp_path, check=False)
+    assert "| 125.0 (124.0-127.0, 3 rounds) | 1 | 1 | 20.00% |" in page.read_text()

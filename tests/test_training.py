@@ -361,7 +361,12 @@ def test_shortened_demo_run(tmp_path):
     )
     assert len(results["evaluations"]) == 2 and reported == measured
     assert summary["accuracy"] == pytest.approx(results["evaluations"][0]["accuracy"], abs=1e-4)
+    # The times are added to results.json as the run ends, after the model was saved.
+    seconds = results.pop("seconds")
     assert model.results == results
+    assert len(seconds["epochs"]) == 2 and seconds["total"] == summary["seconds"]
+    assert seconds["total"] >= sum(seconds["epochs"]) > 0
+    assert min(seconds["epochs"]) <= seconds["median_epoch"] <= max(seconds["epochs"])
 
 
 def test_imagenet_recipe_runs_with_predictor_lars_and_byol_views(digit_folder, tmp_path):

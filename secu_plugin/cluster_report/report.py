@@ -58,6 +58,13 @@ def _prepare_directory(directory: Path) -> None:
             )
         for folder in (THUMBNAIL_FOLDER, PLOT_FOLDER):
             shutil.rmtree(directory / folder, ignore_errors=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    # A stub index names the folder as a report before anything else is written: a write
+    # killed half-way (a training run killed during its export) leaves a folder that the next
+    # write recognizes as its own and replaces, instead of refusing it.
+    stub = directory / f".{index.name}.partial"
+    stub.write_text(f"<!-- {GENERATOR}: being written -->\n", encoding="utf-8")
+    os.replace(stub, index)
     (directory / PLOT_FOLDER).mkdir(parents=True, exist_ok=True)
 
 

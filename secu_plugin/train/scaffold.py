@@ -18,7 +18,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -93,6 +93,9 @@ class RecipeRun:
     output_dir: Path
     started: float
     memory_shards: MemoryShards | None = None  # set by checkpointed()
+    # Each epoch's wall time in this process (a resumed run: the epochs it ran), for results.json
+    epoch_seconds: list[float] = field(default_factory=list)
+    results_written: bool = False  # this run wrote results.json (an old one is left alone)
 
     @classmethod
     def start(
@@ -168,7 +171,8 @@ class RecipeRun:
         stats = report.summarize(bank)
         epoch, loss = progress.epoch, progress.epoch_mean_loss()
         line = EpochReport.line(epoch, loss, stats, bank.num_clusters)
-        self.log(f"{line} | {time.time() - epoch_started:.1f}s")
+        self.epoch_seconds.append(round(time.time() - epoch_started, 1))
+        self.log(f"{line} | {self.epoch_seconds[-1]:.1f}s")
         values = epoch_metrics(stats, bank.num_clusters, loss)
         self.accelerator.log(values, step=progress.global_step)
         bank.end_epoch()
@@ -264,6 +268,7 @@ class RecipeRun:
         model.set_results(results or None)
         model.save_pretrained(self.output_dir / "model", repo_id=push_to_hub)
         (self.output_dir / "results.json").write_text(json.dumps({**results, **baseline}, indent=2))
+        self.results_written = True
         if cluster_sizes is None:
             cluster_sizes = [s.cpu().numpy() for s in bank.cluster_sizes()]
         save_cluster_size_plot(
@@ -299,9 +304,22 @@ class RecipeRun:
         )  # fmt: skip
 
     def finish(self, summary: dict) -> dict:
-        """Ends the run on every process; returns ``summary`` with the time and the output."""
+        """Ends the run on every process; returns ``summary`` with the time and the output.
+        ``results.json`` (written by the export, before the end) gets the times too: the
+        total, each epoch's and their median, and the recipe's ``seconds_*`` parts."""
         summary = {**summary, "seconds": round(time.time() - self.started, 1)}
         summary["output_dir"] = str(self.output_dir)
+        results = self.output_dir / "results.json"
+        if self.accelerator.is_main_process and self.results_written:
+            record = json.loads(results.read_text())
+            record["seconds"] = {
+                "total": summary["seconds"],
+                "epochs": self.epoch_seconds,
+                "median_epoch": float(np.median(self.epoch_seconds)) if self.epoch_seconds else None,
+                **{k.removeprefix("seconds_"): v for k, v in summary.items()
+                   if k.startswith("seconds_")},
+            }  # fmt: skip
+            results.write_text(json.dumps(record, indent=2))
         self.accelerator.wait_for_everyone()
         self.accelerator.end_training()
         return summary

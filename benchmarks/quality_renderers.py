@@ -1,0 +1,74 @@
+"""Table kinds of the clustering-quality benchmarks (held-out protocol, issue 18): registered
+into :data:`renderers.RENDERERS` when ``render_docs.py`` imports this module."""
+
+from __future__ import annotations
+
+from renderers import renderer, table
+
+
+def role(name: str) -> str:
+    return "tuned on" if name == "tune" else "held out"
+
+
+@renderer("frozen_heldout")
+def render_frozen_heldout(datas: list[dict], options: dict[str, str]) -> str:
+    """benchmarks/frozen_heldout.py's summary: per set (and variant), the heads' ACC over the
+    seeds beside the ceiling of the same features, the targets and the seconds."""
+    rows = []
+    for data in datas:
+        for name, s in data["summary"].items():
+            if not s.get("runs"):
+                continue
+            rows.append(
+                [
+                    f"`{name}`",
+                    role(s["role"]),
+                    f"{s['heads_acc_mean']:.3f} ({s['heads_acc_min']:.3f}-{s['heads_acc_max']:.3f})",
+                    f"{s['kmeans_raw_acc_mean']:.3f}",
+                    f"{s['kmeans_whitened_acc_mean']:.3f}",
+                    f"{s['spectral_knn_graph_acc_mean']:.3f}",
+                    f"{s['knn_agreement_whitened']:.3f}",
+                    f"{s['linear_probe_acc_mean']:.3f}",
+                    "yes" if s["meets_agreement_target"] else "no",
+                    "yes" if s["meets_plain_clustering_target"] else "no",
+                    ", ".join(map(str, s["seeds"])),
+                    " / ".join(map(str, s["seconds_cold"])) or "-",
+                    s["seconds_warm_mean"] if s["seconds_warm_mean"] is not None else "-",
+                ]
+            )
+    header = ["set", "role", "heads ACC mean (min-max)", "k-means raw", "k-means whitened",
+              "spectral k-NN graph", "5-NN agreement", "linear probe (supervised)",
+              ">= 0.85 x agreement", ">= best plain + 0.05", "seeds", "s cold", "s warm (mean)"]  # fmt: skip
+    return table(header, rows)
+
+
+@renderer("scratch_heldout")
+def render_scratch_heldout(datas: list[dict], options: dict[str, str]) -> str:
+    """benchmarks/scratch_heldout.py's summary: the auto preset from scratch per set beside
+    k-means on the pixels, the margin (target: + 0.15 on held-out sets) and the time."""
+    rows = []
+    for data in datas:
+        demo = data.get("demo_reference") or {}
+        for name, s in data["summary"].items():
+            if not s.get("runs"):
+                continue
+            share = f"{s['seconds_median'] / demo['seconds']:.2f}" if demo else "-"
+            rows.append(
+                [
+                    f"`{name}`",
+                    role(s["role"]),
+                    f"{s['images']:,}",
+                    f"{s['acc_mean']:.3f} ({s['acc_min']:.3f}-{s['acc_max']:.3f})",
+                    f"{s['kmeans_pixels_acc']:.3f}",
+                    f"{s['margin_over_kmeans']:+.3f}",
+                    s["training_steps"],
+                    f"{s['seconds_median']:.0f}",
+                    share,
+                    f"{s['advice_given']} of {s['runs']}",
+                    s["runs"],
+                ]
+            )
+    header = ["set", "role", "images", "ACC mean (min-max)", "k-means on pixels", "margin",
+              "training steps", "seconds (median)", "/ demo's seconds that day",
+              "runs ending with advice", "seeds"]  # fmt: skip
+    return table(header, rows)
