@@ -54,6 +54,7 @@ FAMILIES = {  # family -> role, the set names for K = 5, 10, 20
         ["letters5_colour64", "letters10_colour64", "letters20_colour64"],
     ),
 }
+SIGNAL_CHOSEN = "modularity_projections"  # what the recipes compute: see docs/k_selection.md
 SIGNALS = ("modularity_projections", "kappa_projections", "modularity_features", "kappa_features")
 
 
@@ -205,6 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--per_class", type=int, default=200, help="letter images per class")
     parser.add_argument("--weights", help="default: WORK/lite0.safetensors (written if missing)")
     parser.add_argument("--lock", help="run each recipe under `flock LOCK` (a shared machine)")
+    parser.add_argument("--resume", action="store_true", help="keep the runs already in --json")
     parser.add_argument("--json", default=os.fspath(REPO_ROOT / "docs" / "k_selection.json"))
     args = parser.parse_args(argv)
     work = Path(args.work)
@@ -212,12 +214,23 @@ def main(argv: list[str] | None = None) -> dict:
     paths = make_digit_sets(work, seed=0)
     letters = [n for f in args.families for n in FAMILIES[f][1] if n.startswith("letters")]
     paths.update(make_letter_sets(work, letters, args.per_class) if letters else {})
-    report = {"provenance": provenance(), "families": args.families, "seeds": args.seeds,
+    report = {"provenance": provenance(), "earlier_provenance": [], "families": args.families, "seeds": args.seeds,
               "heads": args.heads, "per_class_letters": args.per_class,
-              "signal_chosen": "modularity_projections", "runs": []}  # fmt: skip
+              "signal_chosen": SIGNAL_CHOSEN, "runs": []}  # fmt: skip
+    if args.resume and Path(args.json).is_file():  # a JSON of the same benchmark: add to it
+        earlier = json.loads(Path(args.json).read_text())
+        if earlier["heads"] != args.heads or earlier["per_class_letters"] != args.per_class:
+            parser.error(f"{args.json} has other heads or letter sets: no --resume")
+        report["earlier_provenance"] = [*earlier["earlier_provenance"], earlier["provenance"]]
+        report["families"] = list(dict.fromkeys(earlier["families"] + args.families))
+        report["seeds"] = sorted(set(earlier["seeds"]) | set(args.seeds))
+        report["runs"] = [r for r in earlier["runs"] if r["returncode"] == 0]
+    done = {(r["set"], r["seed"]) for r in report["runs"]}
     for family in args.families:
         for true_k, name in zip((5, 10, 20), FAMILIES[family][1]):
             for seed in args.seeds:
+                if (name, seed) in done:
+                    continue
                 record = run_one(name, paths[name], true_k, seed, args, weights)
                 record["family"], record["role"] = family, FAMILIES[family][0]
                 report["runs"].append(record)

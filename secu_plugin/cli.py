@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="K",
-        help="use the head with K clusters (default: the model's first head)",
+        help="use the head with K clusters (default: the head the training run recommends, "
+        "else the model's first head)",
     )
     parser.add_argument(
         "--out",
@@ -178,9 +179,9 @@ def _run(args: argparse.Namespace, stderr: TextIO) -> int:
     except (OSError, ValueError) as error:
         raise _UsageError(f"--model: {error}") from error
     try:
-        head = 0 if args.num_clusters is None else model.head_index(args.num_clusters)
+        head = _chosen_head(args, model, stderr)
     except ValueError as error:
-        raise _UsageError(f"--num-clusters {args.num_clusters}: {error}") from error
+        raise _UsageError(str(error)) from error
     num_clusters = model.num_clusters[head]
     model.to(device).eval()
     if args.data is not None:
@@ -253,20 +254,42 @@ def _run(args: argparse.Namespace, stderr: TextIO) -> int:
     return 0
 
 
+def _chosen_head(args: argparse.Namespace, model: SeCuModel, stderr: TextIO) -> int:
+    """The head of ``--num-clusters``; without it, the head the training run recommended
+    (its label-free K signal, stored in the model's training record), else head 0."""
+    from secu_plugin.model_selection import recorded_recommendation
+
+    if args.num_clusters is not None:
+        try:
+            return model.head_index(args.num_clusters)
+        except ValueError as error:
+            raise ValueError(f"--num-clusters {args.num_clusters}: {error}") from error
+    try:
+        recommended = recorded_recommendation(model.training_recipe, list(model.num_clusters))
+    except ValueError as error:
+        raise ValueError(f"--model: {error}") from error
+    if recommended is None:
+        return 0
+    print(f"{PROGRAM}: using head K={model.num_clusters[recommended]}, the one the training run "
+          "recommends (k-NN modularity, no labels); --num-clusters K picks another", file=stderr)  # fmt: skip
+    return recommended
+
+
 def _write_report(
     args: argparse.Namespace, images: Sequence, names: list[str],
     assignments: ClusterAssignments, labels: np.ndarray | None, class_names: list[str] | None,
     model: SeCuModel,
 ) -> None:  # fmt: skip
-    """The HTML report of every head; the head of --num-clusters (else the one the model's
-    card evaluated) is the recommended one."""
+    """The HTML report of every head; the head of --num-clusters (else the one the training
+    run recommends, else the one the model's card evaluated) is the recommended one."""
     from secu_plugin.cluster_report import write_cluster_report
+    from secu_plugin.model_selection import recorded_recommendation
 
-    recommended = None
     evaluated = ((model.results or {}).get("evaluations", [model.results or {}]) or [{}])[0]
+    recommended = recorded_recommendation(model.training_recipe, list(model.num_clusters))
     if args.num_clusters is not None:
         recommended = model.head_index(args.num_clusters)
-    elif evaluated.get("num_clusters") in model.num_clusters:
+    elif recommended is None and evaluated.get("num_clusters") in model.num_clusters:
         recommended = model.head_index(evaluated["num_clusters"])
     try:
         write_cluster_report(

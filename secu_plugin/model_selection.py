@@ -125,3 +125,38 @@ def head_selection(
         "recommended_head": best["head"],
         "recommended_num_clusters": best["num_clusters"],
     }
+
+
+def recorded_recommendation(training: dict | None, num_clusters: list[int]) -> int | None:
+    """The head a model's training record recommends (its ``k_selection``), or None when the
+    record has none (a model saved before the signal existed, or built by hand).
+
+    The record comes from a model file, which may come from anyone: a malformed one raises a
+    ValueError naming the problem rather than silently choosing a head.
+
+    Examples:
+        >>> recorded_recommendation({"k_selection": {"recommended_num_clusters": 20}}, [10, 20])
+        1
+        >>> recorded_recommendation({"seed": 0}, [10, 20]) is None
+        True
+    """
+    selection = (training or {}).get("k_selection")
+    if selection is None:
+        return None
+    if not isinstance(selection, dict):
+        raise ValueError(f"training['k_selection'] must be a dict, got {type(selection).__name__}")
+    k = selection.get("recommended_num_clusters")
+    if isinstance(k, bool) or not isinstance(k, int) or k not in num_clusters:
+        raise ValueError(
+            f"training['k_selection']['recommended_num_clusters'] is {k!r}, not the K of a head "
+            f"of this model ({num_clusters})"
+        )
+    head = selection.get("recommended_head", num_clusters.index(k))
+    if isinstance(head, bool) or not isinstance(head, int) or not 0 <= head < len(num_clusters):
+        raise ValueError(f"training['k_selection']['recommended_head'] is {head!r}, not a head")
+    if num_clusters[head] != k:
+        raise ValueError(
+            f"training['k_selection'] recommends head {head}, whose K is {num_clusters[head]}, "
+            f"not {k}"
+        )
+    return head
