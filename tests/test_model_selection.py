@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -138,3 +140,22 @@ def test_secu_cluster_uses_the_recommended_head_unless_told_otherwise(
     code = main(["--model", str(tmp_path / "bad"), "--images", str(digit_files),
                  "--out", str(tmp_path / "c.csv")])  # fmt: skip
     assert code == 2 and "--model: training['k_selection']" in capsys.readouterr().err
+
+
+def test_the_benchmark_counts_right_heads_and_the_farthest_pick():
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:  # benchmarks/ is a folder of scripts, not an installed package
+        sys.path.insert(0, root)
+    from benchmarks.k_selection import SIGNALS, summarize
+
+    heads = [5, 10, 20, 40]
+    scores = {"mnist_k5": [0.9, 0.8, 0.1, 0.0], "mnist_k10": [0.1, 0.2, 0.9, 0.0],
+              "mnist_k20": [0.0, 0.1, 0.2, 0.3]}  # fmt: skip
+    runs = [{"set": name, "seed": 0, "true_k": k, "returncode": 0, "recipe_recommended_k": 5,
+             "signals": dict.fromkeys(SIGNALS, scores[name])}
+            for name, k in (("mnist_k5", 5), ("mnist_k10", 10), ("mnist_k20", 20))]  # fmt: skip
+    found = summarize(runs, heads)["mnist"]
+    assert found["role"] == "tuned on"
+    assert found["modularity_projections"]["right"] == 1  # K=5 right, 20 for 10, 40 for 20
+    assert found["modularity_projections"]["max_head_distance"] == 1
+    assert found["recipe"]["right"] == 1 and found["recipe"]["max_head_distance"] == 2
