@@ -221,7 +221,10 @@ def main(argv: list[str] | None = None) -> dict:
         earlier = json.loads(Path(args.json).read_text())
         if earlier["heads"] != args.heads or earlier["per_class_letters"] != args.per_class:
             parser.error(f"{args.json} has other heads or letter sets: no --resume")
-        report["earlier_provenance"] = [*earlier["earlier_provenance"], earlier["provenance"]]
+        report["earlier_provenance"] = [
+            *earlier.get("earlier_provenance", []),
+            earlier["provenance"],
+        ]
         report["families"] = list(dict.fromkeys(earlier["families"] + args.families))
         report["seeds"] = sorted(set(earlier["seeds"]) | set(args.seeds))
         report["runs"] = [r for r in earlier["runs"] if r["returncode"] == 0]
