@@ -214,8 +214,8 @@ def main(argv: list[str] | None = None) -> dict:
     paths = make_digit_sets(work, seed=0)
     letters = [n for f in args.families for n in FAMILIES[f][1] if n.startswith("letters")]
     paths.update(make_letter_sets(work, letters, args.per_class) if letters else {})
-    report = {"provenance": provenance(), "earlier_provenance": [], "families": args.families, "seeds": args.seeds,
-              "heads": args.heads, "per_class_letters": args.per_class,
+    report = {"provenance": provenance(), "earlier_provenance": [], "families": args.families,
+              "seeds": args.seeds, "heads": args.heads, "per_class_letters": args.per_class,
               "signal_chosen": SIGNAL_CHOSEN, "runs": []}  # fmt: skip
     if args.resume and Path(args.json).is_file():  # a JSON of the same benchmark: add to it
         earlier = json.loads(Path(args.json).read_text())
