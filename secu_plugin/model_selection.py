@@ -160,3 +160,29 @@ def recorded_recommendation(training: dict | None, num_clusters: list[int]) -> i
             f"not {k}"
         )
     return head
+
+
+def head_to_use(
+    training: dict | None, num_clusters: list[int], requested: int | None
+) -> tuple[int, bool]:
+    """The head of K = ``requested``; without it, the head the training record recommends,
+    else head 0. Returns (head, whether it came from the record).
+
+    Examples:
+        >>> head_to_use({"k_selection": {"recommended_num_clusters": 20}}, [10, 20], None)
+        (1, True)
+        >>> head_to_use(None, [10, 20], 20), head_to_use(None, [10, 20], None)
+        ((1, False), (0, False))
+    """
+    if requested is not None:
+        if requested not in num_clusters:
+            raise ValueError(
+                f"--num-clusters {requested}: no head has {requested} clusters; this model's "
+                f"heads have {list(num_clusters)}"
+            )
+        return list(num_clusters).index(requested), False
+    try:
+        recommended = recorded_recommendation(training, list(num_clusters))
+    except ValueError as error:
+        raise ValueError(f"--model: {error}") from error
+    return (0, False) if recommended is None else (recommended, True)
