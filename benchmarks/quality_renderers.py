@@ -72,3 +72,30 @@ def render_scratch_heldout(datas: list[dict], options: dict[str, str]) -> str:
               "training steps", "seconds (median)", "/ demo's seconds that day",
               "runs ending with advice", "seeds"]  # fmt: skip
     return table(header, rows)
+
+
+@renderer("k_selection")
+def render_k_selection(datas: list[dict], options: dict[str, str]) -> str:
+    """``view=signals``: per family and candidate signal, the runs whose recommended head is the
+    true K, and the farthest head recommended; ``view=runs``: each run's pick."""
+    data = datas[0]
+    names = {"recipe": "the recipes' signal", "modularity_projections": "modularity, projections",
+             "kappa_projections": "kappa, projections", "modularity_features":
+             "modularity, backbone features", "kappa_features": "kappa, backbone features"}  # fmt: skip
+    if options.get("view") == "runs":
+        heads = data["heads"]
+        signal = data["signal_chosen"]
+        rows = [[r["family"], r["set"], r["seed"], r["true_k"],
+                 heads[max(range(len(heads)), key=lambda h: r["signals"][signal][h])],
+                 f"{r['accuracy_true_k_head']:.3f}", r["seconds_recipe"]]
+                for r in data["runs"] if r["returncode"] == 0]  # fmt: skip
+        header = ["family", "set", "seed", "true K", "recommended K", "ACC of the true-K head"]
+        return table([*header, "run, s (queue included)"], rows)
+    rows = []
+    for family, summary in data["summary"].items():
+        for signal, name in names.items():
+            found = summary[signal]
+            rows.append([family, summary["role"], name, f"{found['right']} of {found['runs']}",
+                         found["max_head_distance"]])  # fmt: skip
+    header = ["family", "role", "signal", "right head", "farthest pick (heads away)"]
+    return table(header, rows)

@@ -7,10 +7,9 @@ readable image (``path`` starts with the folder as given), optionally with a mon
 cluster's members and a cluster-size chart. ``--out x.parquet`` holds every head's
 ``cluster_k<K>``/``confidence_k<K>`` columns; ``--data`` takes a Hugging Face data set and gives
 it back with those columns added; ``--report DIR`` writes :mod:`secu_plugin.cluster_report`'s page.
-Unreadable files are reported on stderr and skipped. Rows are written (and flushed) batch by
-batch, so an interrupted run keeps what it did, and ``--resume`` does only the files not yet in
-the CSV. File names that are not valid UTF-8 are written as their original bytes (lossless;
-read such a CSV with ``encoding="utf-8", errors="surrogateescape"``).
+Unreadable files are skipped (said on stderr). Rows are written (and flushed) batch by batch,
+so an interrupted run keeps what it did; ``--resume`` does the rest. Names not valid UTF-8 are
+written as their bytes (lossless: read the CSV with ``encoding="utf-8", errors="surrogateescape"``).
 
 Exit codes: 0 success; 1 no image could be read; 2 bad arguments (unknown model, missing
 folder, no head with the requested number of clusters, ...).
@@ -35,6 +34,7 @@ from secu_plugin.data.files import (
     check_output_outside_data,
     find_image_files,
 )
+from secu_plugin.model_selection import head_to_use, recorded_recommendation
 from secu_plugin.viz import ensure_parent_folder
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="K",
-        help="use the head with K clusters (default: the model's first head)",
+        help="use the head with K clusters (default: the recommended one, else the first)",
     )
     parser.add_argument(
         "--out",
@@ -178,9 +178,11 @@ def _run(args: argparse.Namespace, stderr: TextIO) -> int:
     except (OSError, ValueError) as error:
         raise _UsageError(f"--model: {error}") from error
     try:
-        head = 0 if args.num_clusters is None else model.head_index(args.num_clusters)
+        head, told = head_to_use(model.training_recipe, model.num_clusters, args.num_clusters)
     except ValueError as error:
-        raise _UsageError(f"--num-clusters {args.num_clusters}: {error}") from error
+        raise _UsageError(str(error)) from error
+    if told:
+        print(f"{PROGRAM}: using head K={model.num_clusters[head]}, the one the training run recommends", file=stderr)  # fmt: skip
     num_clusters = model.num_clusters[head]
     model.to(device).eval()
     if args.data is not None:
@@ -258,15 +260,14 @@ def _write_report(
     assignments: ClusterAssignments, labels: np.ndarray | None, class_names: list[str] | None,
     model: SeCuModel,
 ) -> None:  # fmt: skip
-    """The HTML report of every head; the head of --num-clusters (else the one the model's
-    card evaluated) is the recommended one."""
+    """The HTML report; the recommended head: --num-clusters's, the record's, the card's."""
     from secu_plugin.cluster_report import write_cluster_report
 
-    recommended = None
     evaluated = ((model.results or {}).get("evaluations", [model.results or {}]) or [{}])[0]
+    recommended = recorded_recommendation(model.training_recipe, list(model.num_clusters))
     if args.num_clusters is not None:
         recommended = model.head_index(args.num_clusters)
-    elif evaluated.get("num_clusters") in model.num_clusters:
+    elif recommended is None and evaluated.get("num_clusters") in model.num_clusters:
         recommended = model.head_index(evaluated["num_clusters"])
     try:
         write_cluster_report(

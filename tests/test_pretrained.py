@@ -147,6 +147,16 @@ def test_frozen_backbone_recipe_exports_a_working_model(tmp_path, digits, weight
     card = (Path(summary["model_dir"]) / "README.md").read_text()
     assert "frozen `test_efficientnet`" in card
     assert model.config["input_size"] == 32 and model.num_clusters == [10, 20]
+    # The recommended head (no labels): the same in the final line, results.json, the
+    # training record, the card and the report.
+    selection = json.loads((Path(summary["output_dir"]) / "results.json").read_text())[
+        "k_selection"
+    ]
+    recommended = summary["recommended_num_clusters"]
+    assert recommended == selection["recommended_num_clusters"] in (10, 20)
+    assert model.training_recipe["k_selection"] == selection
+    assert f"| {recommended} (recommended) |" in card and "## Which head (K)" in card
+    assert page.count("data-recommended") == 1
 
     # secu-cluster on the folder gives the clusters the run evaluated.
     out = tmp_path / "clusters.csv"

@@ -37,6 +37,8 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from secu_plugin.model_selection import recorded_recommendation
+
 TEMPLATE_NAME = "template.md"
 METRIC_RANGES: dict[str, tuple[float, float]] = {
     "accuracy": (0.0, 1.0),
@@ -59,7 +61,7 @@ METRIC_NAMES: dict[str, str] = {
     "ari": "Adjusted Rand index (ARI)",
 }
 # Training keys with a place of their own in the card.
-_TRAINING_SPECIAL_KEYS = ("command", "dataset", "dataset_id")
+_TRAINING_SPECIAL_KEYS = ("command", "dataset", "dataset_id", "k_selection")
 
 
 def find_template() -> Path:
@@ -136,6 +138,8 @@ def model_card(
         or (isinstance(command, list) and all(isinstance(arg, str) for arg in command))
     ):
         raise ValueError(f"training['command'] must be a string or a list of strings: {command!r}")
+    # The head the run recommends (secu_plugin.model_selection), checked against the heads.
+    recommended = recorded_recommendation(training, list(config["num_clusters"]))
     if repo_id is not None and (not isinstance(repo_id, str) or not repo_id.strip()):
         raise ValueError(f"repo_id must be a non-empty string or None, got {repo_id!r}")
 
@@ -187,6 +191,7 @@ def model_card(
         evaluations=evaluations,
         training=training,
         training_details=training_details,
+        k_selection=None if recommended is None else training["k_selection"],
         command=shlex.join(command) if isinstance(command, list) else command,
         model_name=model_name,
         repo_id=repo_id if repo_id else "path/to/saved-model",

@@ -31,6 +31,7 @@ from secu_plugin.cluster_report import assign_projections, write_cluster_report
 from secu_plugin.core import SeCuCenterBank
 from secu_plugin.data import FeatureCache, ImageDataset, MultiViewDataset
 from secu_plugin.data.files import check_output_outside_data
+from secu_plugin.model_selection import head_selection
 from secu_plugin.train.baselines import kmeans_baseline
 from secu_plugin.train.checkpoint import TrainProgress, resume_checkpoint, save_checkpoint
 from secu_plugin.train.evaluation import evaluate_predictions
@@ -218,8 +219,15 @@ class RecipeRun:
         montage of the evaluation images by cluster and the HTML cluster report (from the
         evaluation images' ``projections`` (N, dim)); returns the figures of the final line.
         ``baseline_features``: k-means on them is the baseline (same head K, same labels).
+        Every head's label-free K signal (:mod:`secu_plugin.model_selection`, on
+        ``projections``) goes to the model's training record, results.json, the report and
+        the final line, which names the recommended head.
         """
         data_name, hub_id = dataset_names(self.settings.data)
+        selection = head_selection(projections, predictions, bank.num_clusters, seed=self.args.seed)
+        model.training_recipe = {**(model.training_recipe or {}), "k_selection": selection}
+        recommended = selection["recommended_num_clusters"]
+        self.log(f"recommended head: K={recommended} (the highest k-NN modularity, no labels)")
         results = evaluate_predictions(
             predictions,
             labels,
@@ -248,6 +256,7 @@ class RecipeRun:
             self.write_report(model, eval_images, projections, labels)
         return {
             **metrics,
+            "recommended_num_clusters": recommended,
             "model_dir": str(self.output_dir / "model"),
             "report": str(self.output_dir / "report" / "index.html"),
         }
@@ -267,7 +276,8 @@ class RecipeRun:
         push_to_hub = self.args.push_to_hub
         model.set_results(results or None)
         model.save_pretrained(self.output_dir / "model", repo_id=push_to_hub)
-        (self.output_dir / "results.json").write_text(json.dumps({**results, **baseline}, indent=2))
+        record = {**results, **baseline, "k_selection": model.training_recipe["k_selection"]}
+        (self.output_dir / "results.json").write_text(json.dumps(record, indent=2))
         self.results_written = True
         if cluster_sizes is None:
             cluster_sizes = [s.cpu().numpy() for s in bank.cluster_sizes()]
@@ -296,10 +306,12 @@ class RecipeRun:
         """``report/index.html``: every head's clusters of the evaluation images (their
         sizes, the images nearest to each center and the least confident ones)."""
         found = assign_projections(projections, list(model.centers), model.temperature)
+        selection = model.training_recipe["k_selection"]
         return write_cluster_report(
             self.output_dir / "report", eval_images, found.cluster_ids, found.confidence,
             found.center_similarity, num_clusters=found.num_clusters,
-            head_names=found.head_names(), labels=labels, class_names=eval_images.classes,
+            head_names=found.head_names(), recommended_head=selection["recommended_head"],
+            labels=labels, class_names=eval_images.classes,
             names=eval_images.paths, title=f"SeCu clusters of {self.settings.data}",
         )  # fmt: skip
 
