@@ -31,7 +31,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +39,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere, without installing
     sys.path.insert(0, str(REPO_ROOT))
 
+from benchmarks.manifest_runs import manifest_sets, run_recipe
 from benchmarks.provenance import provenance
 
 # What the recipe prints when it opens a feature cache; the last one is the evaluation split's.
@@ -82,19 +82,8 @@ def run_one(entry: dict, seed: int, weights: Path, work: Path, extra: list[str],
         overrides.append(f"num_clusters={[k * m for m in range(1, 6)]}".replace(" ", ""))
     command = recipe_command(entry["data"], seed, weights, work, run_dir, overrides)
     environment = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    started = time.time()
-    result = subprocess.run(command, capture_output=True, text=True, env=environment, check=False)
-    record = {
-        "set": entry["name"],
-        "role": entry["role"],
-        "variant": variant,
-        "seed": seed,
-        "command": command,
-        "returncode": result.returncode,
-        "seconds_recipe": round(time.time() - started, 1),
-    }
+    result, record = run_recipe(command, entry, seed, environment, variant=variant)
     if result.returncode != 0:
-        record["output_tail"] = (result.stdout + result.stderr)[-3000:]
         return record
     record["results"] = json.loads((run_dir / "results.json").read_text())
     lines = result.stdout.splitlines()
@@ -170,14 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
         help="recipe settings compared on every set, e.g. whitening_off:neighbor_whitening=0",
     )  # fmt: skip
     args = parser.parse_args(argv)
-    manifest = json.loads(Path(args.manifest).read_text())
-    entries = {entry["name"]: entry for entry in manifest["sets"]}
-    unknown = sorted(set(args.sets or []) - set(entries))
-    if unknown:
-        parser.error(f"not in {args.manifest}: {', '.join(unknown)}")
-    chosen = [entries[name] for name in (args.sets or entries)]
-    skipped = [e["name"] for e in chosen if "labels_csv" in e]  # no class folders to score
-    chosen = [e for e in chosen if "labels_csv" not in e]
+    manifest, chosen, skipped = manifest_sets(parser, args.manifest, args.sets)
     work = Path(args.work)
     weights = Path(args.weights) if args.weights else lite0_weights(work / "lite0.safetensors")
     extra = ([f"epochs={args.epochs}"] if args.epochs else []) + args.set

@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +33,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere, without ins
     sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.kmeans_baseline import kmeans_baseline
+from benchmarks.manifest_runs import manifest_sets, run_recipe
 from benchmarks.provenance import provenance
 
 
@@ -46,19 +45,8 @@ def run_one(entry: dict, seed: int, work: Path) -> dict:
         "--output_dir", os.fspath(run_dir), "--seed", str(seed), "--no_progress",
         "--report_to", "none",
     ]  # fmt: skip
-    started = time.time()
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    record = {
-        "set": entry["name"],
-        "role": entry["role"],
-        "images": entry["images"],
-        "seed": seed,
-        "command": command,
-        "returncode": result.returncode,
-        "seconds_recipe": round(time.time() - started, 1),
-    }
+    result, record = run_recipe(command, entry, seed, images=entry["images"])
     if result.returncode != 0:
-        record["output_tail"] = (result.stdout + result.stderr)[-3000:]
         return record
     record["summary"] = json.loads(result.stdout.strip().splitlines()[-1])
     record["results"] = json.loads((run_dir / "results.json").read_text())
@@ -135,12 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--add", action="store_true", help="keep the runs already in --json (one set at a time)"
     )
     args = parser.parse_args(argv)
-    manifest = json.loads(Path(args.manifest).read_text())
-    entries = {entry["name"]: entry for entry in manifest["sets"]}
-    unknown = sorted(set(args.sets or []) - set(entries))
-    if unknown:
-        parser.error(f"not in {args.manifest}: {', '.join(unknown)}")
-    chosen = [entries[name] for name in (args.sets or entries) if "labels_csv" not in entries[name]]
+    manifest, chosen, _ = manifest_sets(parser, args.manifest, args.sets)
     report = {
         "provenance": provenance(),
         "manifest": os.fspath(args.manifest),

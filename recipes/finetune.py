@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import shlex
 import sys
@@ -37,7 +36,7 @@ from secu_plugin import SeCuModel
 from secu_plugin.core.nearest import center_probabilities
 from secu_plugin.core.neighbors import nearest_neighbors, whitened
 from secu_plugin.data import FeatureCache, ImageDataset, MultiViewDataset
-from secu_plugin.data.files import check_output_outside_data
+from secu_plugin.data.files import check_output_outside_data, file_sha256
 from secu_plugin.data.transforms import augment_transform, eval_transform
 from secu_plugin.models import hub
 from secu_plugin.train.evaluation import evaluate_predictions
@@ -91,14 +90,6 @@ def model_folder(path: str) -> Path:
     if not (folder / hub.WEIGHTS_FILE).is_file():
         raise ValueError(f"--model {path!r}: no {hub.WEIGHTS_FILE} there or in its model/")
     return folder
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @torch.no_grad()

@@ -3,6 +3,7 @@ read, and how a folder splits into train/test. Every part of the package uses th
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 
@@ -210,3 +211,20 @@ def check_output_outside_data(
             f"{output_flag} {os.fspath(output_dir)} is inside the {data_flag} folder {data}: the "
             "run's output would become the next run's input; write it outside the data folder"
         )
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes, read 1 MiB at a time (weights, checkpoint files).
+
+    Examples:
+        >>> import tempfile
+        >>> with tempfile.NamedTemporaryFile(delete=False) as file:
+        ...     _ = file.write(b"abc")
+        >>> file_sha256(file.name)[:16]
+        'ba7816bf8f01cfea'
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

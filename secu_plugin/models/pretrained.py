@@ -16,7 +16,6 @@ without a download.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,8 @@ from typing import Any
 import timm
 import torch
 from torch import nn
+
+from secu_plugin.data.files import file_sha256
 
 EFFICIENTNET_LITE0 = "tf_efficientnet_lite0"
 
@@ -118,14 +119,10 @@ def describe_weights(name: str, weights_file: str | os.PathLike | None = None) -
         hub_id = timm.get_pretrained_cfg(name.split(":", 1)[-1], allow_unregistered=True)
         hub = getattr(hub_id, "hf_hub_id", None) if hub_id is not None else None
         return {"model": name, "source": f"timm:{name}", **({"hf_hub_id": hub} if hub else {})}
-    digest = hashlib.sha256()
-    with open(weights_file, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
     return {
         "model": name,
         "source": f"file:{Path(weights_file).name}",
-        "sha256": digest.hexdigest(),
+        "sha256": file_sha256(weights_file),
     }
 
 

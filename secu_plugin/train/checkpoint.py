@@ -10,13 +10,14 @@ and falls back to the newest complete checkpoint. docs/reliability.md says what 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from secu_plugin.data.files import file_sha256
 
 if TYPE_CHECKING:
     from secu_plugin.train.memory_shards import MemoryShards
@@ -175,7 +176,7 @@ def write_manifest(directory: Path) -> None:
     files = {
         path.relative_to(directory).as_posix(): {
             "size": path.stat().st_size,
-            "sha256": _sha256(path),
+            "sha256": file_sha256(path),
         }
         for path in sorted(directory.rglob("*"))
         if path.is_file() and path.name != MANIFEST
@@ -203,7 +204,7 @@ def verify_checkpoint(directory: Path) -> str | None:
             return f"{relative}: missing"
         if path.stat().st_size != expected["size"]:
             return f"{relative}: {path.stat().st_size} bytes, the manifest says {expected['size']}"
-        if _sha256(path) != expected["sha256"]:
+        if file_sha256(path) != expected["sha256"]:
             return f"{relative}: sha256 differs from the manifest"
     return None
 
@@ -261,14 +262,6 @@ def fault_point(name: str) -> None:
 
 
 _FAULT_COUNTS: dict[str, int] = {}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _write_atomically(path: Path, text: str) -> None:
