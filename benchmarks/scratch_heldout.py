@@ -147,18 +147,25 @@ def main(argv: list[str] | None = None) -> dict:
     for entry in chosen:
         if entry["data"] == "mnist5k":
             parser.error("mnist5k is the demo's data: use the demo's own figures")
+        # k-means with 10 restarts; the whitening of wide images (a D x D eigendecomposition,
+        # D = 12,288 for 64 px colour) is the slow part, so one seed
         report["kmeans_pixels"][entry["name"]] = kmeans_baseline(
-            entry["data"], {}, seeds=(0, 1, 2), whitening=(20, 50, 256)
+            entry["data"], {}, seeds=(0,), whitening=(20, 50, 256)
         )
         for seed in [s for s in args.seeds if (entry["name"], s) not in done]:
             record = run_one(entry, seed, Path(args.work))
             report["runs"].append(record)
-            report["summary"] = summarize(report["runs"], report["kmeans_pixels"])
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+            write(report, Path(args.json))
             brief = {k: record[k] for k in ("set", "seed", "returncode", "seconds_recipe")}
             print(json.dumps({**brief, **report["summary"][entry["name"]]}), flush=True)
+        write(report, Path(args.json))  # the baselines, when every run was already there
     return report
+
+
+def write(report: dict, path: Path) -> None:
+    report["summary"] = summarize(report["runs"], report["kmeans_pixels"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":
