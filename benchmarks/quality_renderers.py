@@ -59,7 +59,7 @@ def render_scratch_heldout(datas: list[dict], options: dict[str, str]) -> str:
                     role(s["role"]),
                     f"{s['images']:,}",
                     f"{s['acc_mean']:.3f} ({s['acc_min']:.3f}-{s['acc_max']:.3f})",
-                    f"{s['kmeans_pixels_acc']:.3f}",
+                    f"{s['kmeans_pixels_acc']:.3f} / {s['kmeans_whitened_pixels_acc']:.3f}",
                     f"{s['margin_over_kmeans']:+.3f}",
                     s["training_steps"],
                     f"{s['seconds_median']:.0f}",
@@ -68,7 +68,8 @@ def render_scratch_heldout(datas: list[dict], options: dict[str, str]) -> str:
                     s["runs"],
                 ]
             )
-    header = ["set", "role", "images", "ACC mean (min-max)", "k-means on pixels", "margin",
+    header = ["set", "role", "images", "ACC mean (min-max)",
+              "k-means on pixels, raw / whitened (best of 20, 50, 256 dims)", "margin",
               "training steps", "seconds (median)", "/ demo's seconds that day",
               "runs ending with advice", "seeds"]  # fmt: skip
     return table(header, rows)
