@@ -213,6 +213,8 @@ def add_feature_ceiling(run: RecipeRun, features, labels, args: argparse.Namespa
     if not (run.accelerator.is_main_process and results_file.exists()):
         return {}
     results = json.loads(results_file.read_text())
+    if not results.get("evaluations"):  # no labels: nothing to compare the ceiling with
+        return {}
     k = results["evaluations"][0]["num_clusters"]
     labelled = labels[labels >= 0]
     if len(set(labelled.tolist())) < 2 or len(labelled) <= k + 6:

@@ -363,6 +363,8 @@ def test_shortened_demo_run(tmp_path):
     assert summary["accuracy"] == pytest.approx(results["evaluations"][0]["accuracy"], abs=1e-4)
     # The times are added to results.json as the run ends, after the model was saved.
     seconds = results.pop("seconds")
+    # the recommended head is in results.json and in the model's training record
+    assert results.pop("k_selection") == model.training_recipe["k_selection"]
     assert model.results == results
     assert len(seconds["epochs"]) == 2 and seconds["total"] == summary["seconds"]
     assert seconds["total"] >= sum(seconds["epochs"]) > 0
