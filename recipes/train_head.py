@@ -18,7 +18,6 @@ backbone is the frozen pretrained network, so that ``predict``, ``evaluate.py``,
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -209,11 +208,8 @@ def main(args: argparse.Namespace) -> dict:
 def add_feature_ceiling(run: RecipeRun, features, labels, args: argparse.Namespace) -> dict:
     """The features' ceiling (:func:`feature_ceiling`, on at most 20,000 images) into
     results.json beside the heads' figures; returns its headline figures for the final line."""
-    results_file = run.output_dir / "results.json"
-    if not (run.accelerator.is_main_process and results_file.exists()):
-        return {}
-    results = json.loads(results_file.read_text())
-    if not results.get("evaluations"):  # no labels: nothing to compare the ceiling with
+    results = run.update_results()  # the export's record, on the main process
+    if not (results and results.get("evaluations")):  # no labels: nothing to compare with
         return {}
     k = results["evaluations"][0]["num_clusters"]
     labelled = labels[labels >= 0]
@@ -223,8 +219,7 @@ def add_feature_ceiling(run: RecipeRun, features, labels, args: argparse.Namespa
     started = time.time()
     ceiling = feature_ceiling(features, labels, k, args.seed, max_images=20_000)
     seconds = round(time.time() - started, 1)
-    results["feature_ceiling"] = {**ceiling, "seconds_total": seconds}
-    results_file.write_text(json.dumps(results, indent=2))
+    run.update_results(feature_ceiling={**ceiling, "seconds_total": seconds})
     best = max(
         ceiling[m]["accuracy"] for m in ("kmeans_raw", "kmeans_whitened", "spectral_knn_graph")
     )

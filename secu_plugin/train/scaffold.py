@@ -315,23 +315,32 @@ class RecipeRun:
             names=eval_images.paths, title=f"SeCu clusters of {self.settings.data}",
         )  # fmt: skip
 
+    def update_results(self, **entries: Any) -> dict | None:
+        """Adds ``entries`` to the results.json this run's export wrote (main process); returns
+        the updated record, or None where there is none (another process, no export)."""
+        results = self.output_dir / "results.json"
+        if not (self.accelerator.is_main_process and self.results_written):
+            return None
+        record = {**json.loads(results.read_text()), **entries}
+        if entries:
+            results.write_text(json.dumps(record, indent=2))
+        return record
+
     def finish(self, summary: dict) -> dict:
         """Ends the run on every process; returns ``summary`` with the time and the output.
         ``results.json`` (written by the export, before the end) gets the times too: the
         total, each epoch's and their median, and the recipe's ``seconds_*`` parts."""
         summary = {**summary, "seconds": round(time.time() - self.started, 1)}
         summary["output_dir"] = str(self.output_dir)
-        results = self.output_dir / "results.json"
-        if self.accelerator.is_main_process and self.results_written:
-            record = json.loads(results.read_text())
-            record["seconds"] = {
+        self.update_results(
+            seconds={
                 "total": summary["seconds"],
                 "epochs": self.epoch_seconds,
                 "median_epoch": float(np.median(self.epoch_seconds)) if self.epoch_seconds else None,
                 **{k.removeprefix("seconds_"): v for k, v in summary.items()
                    if k.startswith("seconds_")},
-            }  # fmt: skip
-            results.write_text(json.dumps(record, indent=2))
+            }
+        )  # fmt: skip
         self.accelerator.wait_for_everyone()
         self.accelerator.end_training()
         return summary
