@@ -37,8 +37,11 @@ def committed_in(path: str) -> dict:
     committed (empty outside a git checkout)."""
     found = subprocess.run(
         ["git", "log", "-1", "--format=%H %cI", "--", path],
-        cwd=REPO_ROOT, capture_output=True, text=True, check=False,
-    ).stdout.split()  # fmt: skip
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
     return {"commit": found[-2], "date": found[-1]} if len(found) >= 2 else {}
 
 
@@ -50,18 +53,20 @@ def this_release(path: str) -> list[dict]:
         demo = run["demo"]
         figures = demo["figures"]
         seconds = demo.get("seconds")
-        runs.append({
-            "release": "this release",
-            "source": f"{path} runs.{side}.demo",
-            "commit": run["commit"],
-            "date": record["provenance"]["date_utc"][:10],
-            "command": run["commands"]["demo"],
-            "epochs": figures["epochs"],
-            **{name: figures[name] for name in FIGURES},
-            "seconds": seconds,
-            "seconds_per_epoch": round(seconds / figures["epochs"], 1) if seconds else None,
-            "model_sha256": demo["model_sha256"],
-        })  # fmt: skip
+        runs.append(
+            {
+                "release": "this release",
+                "source": f"{path} runs.{side}.demo",
+                "commit": run["commit"],
+                "date": record["provenance"]["date_utc"][:10],
+                "command": run["commands"]["demo"],
+                "epochs": figures["epochs"],
+                **{name: figures[name] for name in FIGURES},
+                "seconds": seconds,
+                "seconds_per_epoch": round(seconds / figures["epochs"], 1) if seconds else None,
+                "model_sha256": demo["model_sha256"],
+            }
+        )
     return runs
 
 
@@ -79,24 +84,34 @@ def earlier_release(path: str) -> dict:
         "command": "accelerate launch recipes/train.py",
         "epochs": results.get("epochs", 40),
         **{name: round(predicted[name], 4) for name in ("accuracy", "nmi", "ari")},
-        **{f"memory_{name}": round(memory[name], 4) for name in ("accuracy", "nmi", "ari")
-           if name in memory},
+        **{
+            f"memory_{name}": round(memory[name], 4)
+            for name in ("accuracy", "nmi", "ari")
+            if name in memory
+        },
         "seconds": None,
         "seconds_per_epoch": None,
-    }  # fmt: skip
+    }
 
 
 def demo_runs(current: str, earlier: list[str]) -> dict:
     """Every run, and the range (min, max) of each figure over all of them."""
     runs = [*this_release(current), *(earlier_release(path) for path in earlier)]
     ranges = {
-        name: [min(r[name] for r in runs if r.get(name) is not None),
-               max(r[name] for r in runs if r.get(name) is not None)]
+        name: [
+            min(r[name] for r in runs if r.get(name) is not None),
+            max(r[name] for r in runs if r.get(name) is not None),
+        ]
         for name in (*FIGURES, "seconds", "seconds_per_epoch")
         if any(r.get(name) is not None for r in runs)
-    }  # fmt: skip
-    return {"provenance": provenance(), "tuned_on": True, "dataset": "mnist5k", "runs": runs,
-            "range": ranges}  # fmt: skip
+    }
+    return {
+        "provenance": provenance(),
+        "tuned_on": True,
+        "dataset": "mnist5k",
+        "runs": runs,
+        "range": ranges,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -46,18 +46,44 @@ def run_one(entry: dict, seed: int, weights: Path, work: Path, finetune_args: li
     k = len(entry["classes"])
     heads = f"num_clusters={[k * m for m in range(1, 6)]}".replace(" ", "")
     start_command = [
-        sys.executable, os.fspath(REPO_ROOT / "recipes" / "train_head.py"),
-        "--data", entry["data"], "--backbone", "tf_efficientnet_lite0",
-        "--pretrained_file", os.fspath(weights), "--input_size", "112",
-        "--cache_dir", os.fspath(work / "cache"), "--output_dir", os.fspath(run_dir / "start"),
-        "--seed", str(seed), "--no_progress", "--report_to", "none", "--set", heads,
-    ]  # fmt: skip
+        sys.executable,
+        os.fspath(REPO_ROOT / "recipes" / "train_head.py"),
+        "--data",
+        entry["data"],
+        "--backbone",
+        "tf_efficientnet_lite0",
+        "--pretrained_file",
+        os.fspath(weights),
+        "--input_size",
+        "112",
+        "--cache_dir",
+        os.fspath(work / "cache"),
+        "--output_dir",
+        os.fspath(run_dir / "start"),
+        "--seed",
+        str(seed),
+        "--no_progress",
+        "--report_to",
+        "none",
+        "--set",
+        heads,
+    ]
     finetune_command = [
-        sys.executable, os.fspath(REPO_ROOT / "recipes" / "finetune.py"),
-        "--model", os.fspath(run_dir / "start"), "--data", entry["data"],
-        "--output_dir", os.fspath(run_dir / "finetuned"), "--cache_dir",
-        os.fspath(work / "cache"), "--seed", str(seed), "--no_progress", *finetune_args,
-    ]  # fmt: skip
+        sys.executable,
+        os.fspath(REPO_ROOT / "recipes" / "finetune.py"),
+        "--model",
+        os.fspath(run_dir / "start"),
+        "--data",
+        entry["data"],
+        "--output_dir",
+        os.fspath(run_dir / "finetuned"),
+        "--cache_dir",
+        os.fspath(work / "cache"),
+        "--seed",
+        str(seed),
+        "--no_progress",
+        *finetune_args,
+    ]
     record: dict = {"set": entry["name"], "role": entry["role"], "seed": seed}
     for stage, command in (("start", start_command), ("finetune", finetune_command)):
         result, seconds = run_command(command)
@@ -83,8 +109,12 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="*", type=int, default=[0])
     parser.add_argument("--work", default="/tmp/finetune_bench", help="weights, caches, runs")
     parser.add_argument("--json", default=os.fspath(REPO_ROOT / "docs" / "finetune.json"))
-    parser.add_argument("--finetune_args", nargs=argparse.REMAINDER, default=[],
-                        help="passed to recipes/finetune.py (last on the command line)")  # fmt: skip
+    parser.add_argument(
+        "--finetune_args",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="passed to recipes/finetune.py (last on the command line)",
+    )
     args = parser.parse_args()
     info = provenance()
     manifest = json.loads(Path(args.manifest).read_text())
@@ -110,8 +140,15 @@ def main() -> None:
         for seed in args.seeds:
             record = run_one(entry, seed, weights, work, args.finetune_args)
             output["runs"].append(record)
-            print(json.dumps({k: record.get(k) for k in (
-                "set", "role", "seed", "acc_start", "acc_finetuned", "kept_epoch")}), flush=True)  # fmt: skip
+            print(
+                json.dumps(
+                    {
+                        k: record.get(k)
+                        for k in ("set", "role", "seed", "acc_start", "acc_finetuned", "kept_epoch")
+                    }
+                ),
+                flush=True,
+            )
             Path(args.json).write_text(json.dumps(output, indent=2) + "\n")
 
 

@@ -110,9 +110,12 @@ def main() -> None:
     head = build_projection_head(args.dim, 2048, 256, 2).to(device)
     num_clusters = list(range(1000, 10001, 1000))
     bank = SeCuCenterBank(
-        dim=256, num_clusters=num_clusters, num_instances=args.images, dual_lr=20.0,
+        dim=256,
+        num_clusters=num_clusters,
+        num_instances=args.images,
+        dual_lr=20.0,
         lower_bound_ratio=0.4,
-    ).to(device)  # fmt: skip
+    ).to(device)
     criterion = SeCuLoss(bank, temperature_x=0.1, temperature_c=0.2)
     optimizer = torch.optim.SGD([*head.parameters(), *bank.centers.parameters()], lr=0.1)
     bank.start_epoch()

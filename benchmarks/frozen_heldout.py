@@ -4,7 +4,7 @@ next to the ceiling of the same cached features.
 For each labelled set, each variant (default: the preset as it is) and each seed,
 ``recipes/train_head.py`` runs as a subprocess with the offline ImageNet EfficientNet-Lite0
 weights at 112 px (the README's frozen-backbone section); the recipe writes the ceiling of the
-features it cached (:func:`secu_plugin.train.baselines.feature_ceiling`) into its results.json.
+features it cached (:func:`secu_plugin.baselines.feature_ceiling`) into its results.json.
 Every raw run (its exact command, whether its feature cache was cold or warm, the seconds), and
 the provenance of the whole benchmark go to ``--json`` (default ``docs/frozen_heldout.json``),
 rewritten after each run, with a per-set summary that says whether the issue's targets are met.
@@ -46,16 +46,33 @@ from benchmarks.provenance import provenance
 CACHE_LINE = re.compile(r"(?:reusing the cached features in|\) into) (\S.*)$")
 
 
-def recipe_command(data: str, seed: int, weights: Path, work: Path, run_dir: Path,
-                   overrides: list[str]) -> list[str]:  # fmt: skip
+def recipe_command(
+    data: str, seed: int, weights: Path, work: Path, run_dir: Path, overrides: list[str]
+) -> list[str]:
     """The recipe's command line; ``overrides``: its ``--set NAME=VALUE`` items."""
     return [
-        sys.executable, os.fspath(REPO_ROOT / "recipes" / "train_head.py"),
-        "--data", data, "--backbone", "tf_efficientnet_lite0",
-        "--pretrained_file", os.fspath(weights), "--input_size", "112",
-        "--cache_dir", os.fspath(work / "cache"), "--output_dir", os.fspath(run_dir),
-        "--seed", str(seed), "--no_progress", "--report_to", "none", "--set", *overrides,
-    ]  # fmt: skip
+        sys.executable,
+        os.fspath(REPO_ROOT / "recipes" / "train_head.py"),
+        "--data",
+        data,
+        "--backbone",
+        "tf_efficientnet_lite0",
+        "--pretrained_file",
+        os.fspath(weights),
+        "--input_size",
+        "112",
+        "--cache_dir",
+        os.fspath(work / "cache"),
+        "--output_dir",
+        os.fspath(run_dir),
+        "--seed",
+        str(seed),
+        "--no_progress",
+        "--report_to",
+        "none",
+        "--set",
+        *overrides,
+    ]
 
 
 def lite0_weights(path: Path) -> Path:
@@ -68,8 +85,9 @@ def lite0_weights(path: Path) -> Path:
     return path
 
 
-def run_one(entry: dict, seed: int, weights: Path, work: Path, extra: list[str],
-            variant: str = "default") -> dict:  # fmt: skip
+def run_one(
+    entry: dict, seed: int, weights: Path, work: Path, extra: list[str], variant: str = "default"
+) -> dict:
     """One recipe run on one set; the recipe itself adds the ceiling of the features it cached
     to its results.json (``feature_ceiling``). ``extra``: ``NAME=VALUE`` settings for the
     recipe. Whether the run found its features cached (warm) or embedded them (cold) is read
@@ -120,8 +138,10 @@ def summarize(runs: list[dict]) -> dict:
         agreement = round(float(np.mean([c["knn_agreement"]["whitened"] for c in ceilings])), 4)
         best_plain = max(means[m] for m in methods[:3])
         heads_mean = round(float(np.mean(heads)), 4)
-        seconds = {kind: [r["seconds_recipe"] for r in done if r.get("feature_cache") == kind]
-                   for kind in ("cold", "warm")}  # fmt: skip
+        seconds = {
+            kind: [r["seconds_recipe"] for r in done if r.get("feature_cache") == kind]
+            for kind in ("cold", "warm")
+        }
         summary[name] = {
             "role": done[0]["role"],
             "variant": done[0].get("variant", "default"),
@@ -138,8 +158,9 @@ def summarize(runs: list[dict]) -> dict:
             "meets_plain_clustering_target": heads_mean >= best_plain + 0.05,
             "seconds_cold": [round(x, 1) for x in seconds["cold"]],
             "seconds_warm_mean": round(float(np.mean(seconds["warm"])), 1)
-            if seconds["warm"] else None,
-        }  # fmt: skip
+            if seconds["warm"]
+            else None,
+        }
     return summary
 
 
@@ -155,9 +176,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--partial", action="store_true", help="label the JSON a partial run")
     parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE", help="to the recipe")
     parser.add_argument(
-        "--variants", nargs="*", default=["default"], metavar="NAME[:NAME=VALUE,...]",
+        "--variants",
+        nargs="*",
+        default=["default"],
+        metavar="NAME[:NAME=VALUE,...]",
         help="recipe settings compared on every set, e.g. whitening_off:neighbor_whitening=0",
-    )  # fmt: skip
+    )
     args = parser.parse_args(argv)
     manifest, chosen, skipped = manifest_sets(parser, args.manifest, args.sets)
     work = Path(args.work)

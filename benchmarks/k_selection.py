@@ -91,13 +91,17 @@ def make_digit_sets(work: Path, seed: int) -> dict[str, str]:
     subset = np.sort(np.random.default_rng(seed).permutation(len(mnist))[:1797])
     sets = {
         "mnist_k5": (mnist[mnist_labels < 5], mnist_labels[mnist_labels < 5]),
-        "mnist_k20": (np.concatenate([mnist, digits28]),
-                      np.concatenate([mnist_labels, digit_labels + 10])),
+        "mnist_k20": (
+            np.concatenate([mnist, digits28]),
+            np.concatenate([mnist_labels, digit_labels + 10]),
+        ),
         "digits8_k5": (digits8[digits.target < 5], digits.target[digits.target < 5]),
         "digits8_k10": (digits8, digits.target),
-        "digits8_k20": (np.concatenate([digits28, mnist[subset]]),
-                        np.concatenate([digit_labels, mnist_labels[subset] + 10])),
-    }  # fmt: skip
+        "digits8_k20": (
+            np.concatenate([digits28, mnist[subset]]),
+            np.concatenate([digit_labels, mnist_labels[subset] + 10]),
+        ),
+    }
     paths = {"mnist_k10": "mnist5k"}
     for name, (images, labels) in sets.items():
         root = work / "sets" / name
@@ -112,8 +116,16 @@ def make_letter_sets(work: Path, names: list[str], per_class: int) -> dict[str, 
     out = work / "sets"
     missing = [n for n in names if not (out / n).exists()]
     if missing:
-        command = [sys.executable, os.fspath(REPO_ROOT / "benchmarks" / "make_test_sets.py"),
-                   "--out", os.fspath(out), "--per_class", str(per_class), "--sets", *missing]  # fmt: skip
+        command = [
+            sys.executable,
+            os.fspath(REPO_ROOT / "benchmarks" / "make_test_sets.py"),
+            "--out",
+            os.fspath(out),
+            "--per_class",
+            str(per_class),
+            "--sets",
+            *missing,
+        ]
         subprocess.run(command, check=True, capture_output=True)
     return {n: os.fspath(out / n) for n in names}
 
@@ -154,8 +166,14 @@ def run_one(name: str, data: str, true_k: int, seed: int, args, weights: Path) -
     started = time.time()
     locked = ["flock", args.lock, *command] if args.lock else command
     result = subprocess.run(locked, capture_output=True, text=True, env=environment, check=False)
-    record = {"set": name, "seed": seed, "true_k": true_k, "command": command,
-              "returncode": result.returncode, "seconds_recipe": round(time.time() - started, 1)}  # fmt: skip
+    record = {
+        "set": name,
+        "seed": seed,
+        "true_k": true_k,
+        "command": command,
+        "returncode": result.returncode,
+        "seconds_recipe": round(time.time() - started, 1),
+    }
     if result.returncode != 0:
         record["output_tail"] = (result.stdout + result.stderr)[-3000:]
         return record
@@ -177,10 +195,11 @@ def summarize(runs: list[dict], heads: list[int]) -> dict:
         per_signal = {}
         for signal in (*SIGNALS, "recipe"):
             picks = [
-                r["recipe_recommended_k"] if signal == "recipe"
+                r["recipe_recommended_k"]
+                if signal == "recipe"
                 else heads[int(np.argmax(r["signals"][signal]))]
                 for r in done
-            ]  # fmt: skip
+            ]
             distances = [
                 abs(heads.index(p) - heads.index(r["true_k"])) for p, r in zip(picks, done)
             ]
@@ -214,9 +233,16 @@ def main(argv: list[str] | None = None) -> dict:
     paths = make_digit_sets(work, seed=0)
     letters = [n for f in args.families for n in FAMILIES[f][1] if n.startswith("letters")]
     paths.update(make_letter_sets(work, letters, args.per_class) if letters else {})
-    report = {"provenance": provenance(), "earlier_provenance": [], "families": args.families,
-              "seeds": args.seeds, "heads": args.heads, "per_class_letters": args.per_class,
-              "signal_chosen": SIGNAL_CHOSEN, "runs": []}  # fmt: skip
+    report = {
+        "provenance": provenance(),
+        "earlier_provenance": [],
+        "families": args.families,
+        "seeds": args.seeds,
+        "heads": args.heads,
+        "per_class_letters": args.per_class,
+        "signal_chosen": SIGNAL_CHOSEN,
+        "runs": [],
+    }
     if args.resume and Path(args.json).is_file():  # a JSON of the same benchmark: add to it
         earlier = json.loads(Path(args.json).read_text())
         if earlier["heads"] != args.heads or earlier["per_class_letters"] != args.per_class:
@@ -239,8 +265,10 @@ def main(argv: list[str] | None = None) -> dict:
                 report["runs"].append(record)
                 report["summary"] = summarize(report["runs"], args.heads)
                 Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-                brief = {k: record.get(k) for k in ("set", "seed", "returncode", "seconds_recipe",
-                                                    "recipe_recommended_k")}  # fmt: skip
+                brief = {
+                    k: record.get(k)
+                    for k in ("set", "seed", "returncode", "seconds_recipe", "recipe_recommended_k")
+                }
                 print(json.dumps(brief), flush=True)
     return report
 

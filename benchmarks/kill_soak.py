@@ -40,9 +40,21 @@ from secu_plugin.data import load_mnist5k
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "recipes" / "train.py"
-ARGS = ["--epochs", "3", "--no_progress", "--checkpoint_every", "3", "--report_to", "none",
-        "--set", "backbone=secu_convnet_tiny", "num_clusters=[10,20]", "batch_size=16",
-        "warmup_epochs=1", "num_workers=0"]  # fmt: skip
+ARGS = [
+    "--epochs",
+    "3",
+    "--no_progress",
+    "--checkpoint_every",
+    "3",
+    "--report_to",
+    "none",
+    "--set",
+    "backbone=secu_convnet_tiny",
+    "num_clusters=[10,20]",
+    "batch_size=16",
+    "warmup_epochs=1",
+    "num_workers=0",
+]
 STATE = re.compile(r"state-(?P<step>\d+)-epoch-(?P<epoch>\d+)")
 
 
@@ -62,9 +74,14 @@ def make_digits(root: Path) -> None:
 
 def start(args: list[str]) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, str(TRAIN), *args], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, str(TRAIN), *args],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
 
 
 def final_state(output_dir: Path) -> dict[str, torch.Tensor]:
@@ -119,19 +136,37 @@ def main() -> None:
             if code == 0 or resumes == 3:
                 break
         state = final_state(out) if code == 0 else {}
-        same = code == 0 and state.keys() == reference.keys() and all(
-            torch.equal(state[k], reference[k]) for k in reference)  # fmt: skip
+        same = (
+            code == 0
+            and state.keys() == reference.keys()
+            and all(torch.equal(state[k], reference[k]) for k in reference)
+        )
         error = "" if code == 0 else resumed.stderr.read().decode().strip().splitlines()[-1]
-        trials.append({"trial": trial, "kill_after_s": round(delay, 2), "killed": killed,
-                       "checkpoint_step_at_kill": at_kill, "resumes": resumes, "finished": code == 0, "identical": same,
-                       "error": error})  # fmt: skip
+        trials.append(
+            {
+                "trial": trial,
+                "kill_after_s": round(delay, 2),
+                "killed": killed,
+                "checkpoint_step_at_kill": at_kill,
+                "resumes": resumes,
+                "finished": code == 0,
+                "identical": same,
+                "error": error,
+            }
+        )
         print(json.dumps(trials[-1]), flush=True)
 
-    summary = {"runs": len(trials), "identical": sum(t["identical"] for t in trials),
-               "killed": sum(t["killed"] for t in trials), "preset": options.preset,
-               "seed": options.seed, "total_steps": total_steps,
-               "train_command": shlex.join(["recipes/train.py", *data, *ARGS]),
-               "uninterrupted_seconds": round(duration, 1), "trials": trials}  # fmt: skip
+    summary = {
+        "runs": len(trials),
+        "identical": sum(t["identical"] for t in trials),
+        "killed": sum(t["killed"] for t in trials),
+        "preset": options.preset,
+        "seed": options.seed,
+        "total_steps": total_steps,
+        "train_command": shlex.join(["recipes/train.py", *data, *ARGS]),
+        "uninterrupted_seconds": round(duration, 1),
+        "trials": trials,
+    }
     print(json.dumps({k: v for k, v in summary.items() if k != "trials"}))
     summary = {**record, **summary}
     if options.out:

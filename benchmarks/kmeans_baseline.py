@@ -116,8 +116,8 @@ def pixel_baselines(
     import torch.nn.functional as F
     from sklearn.cluster import KMeans
 
+    from secu_plugin.baselines import spectral_clustering
     from secu_plugin.core.neighbors import whitened
-    from secu_plugin.train.baselines import spectral_clustering
 
     found: dict = {"seed": seed, "seconds": {}}
     started = time.time()
@@ -227,12 +227,17 @@ def main(argv: list[str] | None = None) -> dict:
     if args.score:
         if len(labels_files) != 1:
             parser.error("--score needs exactly one --labels ROOT=CSV")
-        (root, labels_csv), = labels_files.items()  # fmt: skip
+        ((root, labels_csv),) = labels_files.items()
         record["scored"] = score_csv(args.score, root, labels_csv)
         print(json.dumps(record["scored"]), flush=True)
     for root in args.roots:
-        found = kmeans_baseline(os.path.normpath(root), labels_files, tuple(args.seeds),
-                                tuple(args.whitening), args.spectral)  # fmt: skip
+        found = kmeans_baseline(
+            os.path.normpath(root),
+            labels_files,
+            tuple(args.seeds),
+            tuple(args.whitening),
+            args.spectral,
+        )
         record["sets"].append(found)
         print(json.dumps(found), flush=True)
     if args.json:

@@ -147,8 +147,12 @@ def make_mnist56flat(root: Path, seed: int) -> dict:
         writer = csv.writer(file)
         writer.writerow(["file", "label"])
         writer.writerows(rows)
-    return {"layout": "ROOT/*.png (flat, labels aside)", "images": 5000, "size": "56x56",
-            "mode": "L"}  # fmt: skip
+    return {
+        "layout": "ROOT/*.png (flat, labels aside)",
+        "images": 5000,
+        "size": "56x56",
+        "mode": "L",
+    }
 
 
 # ---- Held-out sets: letters rendered from installed typefaces (notMNIST-style).
@@ -191,9 +195,13 @@ def find_fonts(dirs: list[str], letters: str = LETTERS) -> list[tuple[str, dict]
     from PIL import ImageFont
 
     paths = sorted(
-        {os.fspath(p) for d in dirs for pattern in ("*.ttf", "*.otf", "*.TTF", "*.OTF")
-         for p in Path(os.path.expanduser(d)).rglob(pattern)}
-    )  # fmt: skip
+        {
+            os.fspath(p)
+            for d in dirs
+            for pattern in ("*.ttf", "*.otf", "*.TTF", "*.OTF")
+            for p in Path(os.path.expanduser(d)).rglob(pattern)
+        }
+    )
     fonts, seen = [], set()
     for path in paths:
         try:
@@ -248,8 +256,12 @@ def make_letters(
                 mixed = 255.0 * ink
             image = np.clip(np.round(mixed), 0, 255).astype(np.uint8)
             _save(image, root / "train" / letter, f"{index:05d}.png")
-    return {"layout": "ROOT/train/<class>/", "images": num_classes * per_class,
-            "size": f"{size}x{size}", "mode": "RGB" if colour else "L"}  # fmt: skip
+    return {
+        "layout": "ROOT/train/<class>/",
+        "images": num_classes * per_class,
+        "size": f"{size}x{size}",
+        "mode": "RGB" if colour else "L",
+    }
 
 
 # ---- The sets: name -> (maker, role, source, class names). "tune": scores may guide the
@@ -274,10 +286,17 @@ HELD_OUT = {  # name -> (classes, size, colour)
     "letters20_colour64": (20, 64, True),
 }
 BUILT_IN = {  # tune sets the recipes read by name: nothing to write
-    "mnist5k": {"role": "tune", "source": "MNIST-5k (bundled)", "classes": DIGITS,
-                "images": 5000, "size": "28x28", "colour": "grey", "layout": "built-in",
-                "data": "mnist5k"},
-}  # fmt: skip
+    "mnist5k": {
+        "role": "tune",
+        "source": "MNIST-5k (bundled)",
+        "classes": DIGITS,
+        "images": 5000,
+        "size": "28x28",
+        "colour": "grey",
+        "layout": "built-in",
+        "data": "mnist5k",
+    },
+}
 SETS = [*BUILT_IN, *TUNE, *HELD_OUT]
 
 
@@ -318,14 +337,22 @@ def main(argv: list[str] | None = None) -> dict:
             role = "tune"
         else:
             num_classes, size, colour = HELD_OUT[name]
-            written = make_letters(root, args.seed, fonts, num_classes, size, colour,
-                                   args.per_class)  # fmt: skip
+            written = make_letters(
+                root, args.seed, fonts, num_classes, size, colour, args.per_class
+            )
             source, classes = f"letters from {len(fonts)} typefaces", list(LETTERS[:num_classes])
             role = "held_out"
-        entry = {"name": name, "role": role, "source": source, "classes": classes,
-                 "images": written["images"], "size": written["size"],
-                 "colour": "rgb" if written["mode"] == "RGB" else "grey",
-                 "layout": written["layout"], "data": os.fspath(root)}  # fmt: skip
+        entry = {
+            "name": name,
+            "role": role,
+            "source": source,
+            "classes": classes,
+            "images": written["images"],
+            "size": written["size"],
+            "colour": "rgb" if written["mode"] == "RGB" else "grey",
+            "layout": written["layout"],
+            "data": os.fspath(root),
+        }
         if name == "mnist56flat":
             entry["labels_csv"] = os.fspath(out / "mnist56flat_labels.csv")
         manifest["sets"].append(entry)

@@ -36,9 +36,21 @@ def render_frozen_heldout(datas: list[dict], options: dict[str, str]) -> str:
                     s["seconds_warm_mean"] if s["seconds_warm_mean"] is not None else "-",
                 ]
             )
-    header = ["set", "role", "heads ACC mean (min-max)", "k-means raw", "k-means whitened",
-              "spectral k-NN graph", "5-NN agreement", "linear probe (supervised)",
-              ">= 0.85 x agreement", ">= best plain + 0.05", "seeds", "s cold", "s warm (mean)"]  # fmt: skip
+    header = [
+        "set",
+        "role",
+        "heads ACC mean (min-max)",
+        "k-means raw",
+        "k-means whitened",
+        "spectral k-NN graph",
+        "5-NN agreement",
+        "linear probe (supervised)",
+        ">= 0.85 x agreement",
+        ">= best plain + 0.05",
+        "seeds",
+        "s cold",
+        "s warm (mean)",
+    ]
     return table(header, rows)
 
 
@@ -68,10 +80,19 @@ def render_scratch_heldout(datas: list[dict], options: dict[str, str]) -> str:
                     s["runs"],
                 ]
             )
-    header = ["set", "role", "images", "ACC mean (min-max)",
-              "k-means on pixels, raw / whitened (best of 20, 50, 256 dims)", "margin",
-              "training steps", "seconds (median)", "/ demo's seconds that day",
-              "runs ending with advice", "seeds"]  # fmt: skip
+    header = [
+        "set",
+        "role",
+        "images",
+        "ACC mean (min-max)",
+        "k-means on pixels, raw / whitened (best of 20, 50, 256 dims)",
+        "margin",
+        "training steps",
+        "seconds (median)",
+        "/ demo's seconds that day",
+        "runs ending with advice",
+        "seeds",
+    ]
     return table(header, rows)
 
 
@@ -80,23 +101,43 @@ def render_k_selection(datas: list[dict], options: dict[str, str]) -> str:
     """``view=signals``: per family and candidate signal, the runs whose recommended head is the
     true K, and the farthest head recommended; ``view=runs``: each run's pick."""
     data = datas[0]
-    names = {"recipe": "the recipes' signal", "modularity_projections": "modularity, projections",
-             "kappa_projections": "kappa, projections", "modularity_features":
-             "modularity, backbone features", "kappa_features": "kappa, backbone features"}  # fmt: skip
+    names = {
+        "recipe": "the recipes' signal",
+        "modularity_projections": "modularity, projections",
+        "kappa_projections": "kappa, projections",
+        "modularity_features": "modularity, backbone features",
+        "kappa_features": "kappa, backbone features",
+    }
     if options.get("view") == "runs":
         heads = data["heads"]
         signal = data["signal_chosen"]
-        rows = [[r["family"], r["set"], r["seed"], r["true_k"],
-                 heads[max(range(len(heads)), key=lambda h: r["signals"][signal][h])],
-                 f"{r['accuracy_true_k_head']:.3f}", r["seconds_recipe"]]
-                for r in data["runs"] if r["returncode"] == 0]  # fmt: skip
+        rows = [
+            [
+                r["family"],
+                r["set"],
+                r["seed"],
+                r["true_k"],
+                heads[max(range(len(heads)), key=lambda h: r["signals"][signal][h])],
+                f"{r['accuracy_true_k_head']:.3f}",
+                r["seconds_recipe"],
+            ]
+            for r in data["runs"]
+            if r["returncode"] == 0
+        ]
         header = ["family", "set", "seed", "true K", "recommended K", "ACC of the true-K head"]
         return table([*header, "run, s (queue included)"], rows)
     rows = []
     for family, summary in data["summary"].items():
         for signal, name in names.items():
             found = summary[signal]
-            rows.append([family, summary["role"], name, f"{found['right']} of {found['runs']}",
-                         found["max_head_distance"]])  # fmt: skip
+            rows.append(
+                [
+                    family,
+                    summary["role"],
+                    name,
+                    f"{found['right']} of {found['runs']}",
+                    found["max_head_distance"],
+                ]
+            )
     header = ["family", "role", "signal", "right head", "farthest pick (heads away)"]
     return table(header, rows)

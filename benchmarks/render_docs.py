@@ -61,8 +61,15 @@ def recorded(path: str, data: dict, root: Path) -> dict:
     ``environment`` (older scripts), its top level, or the GPU suite's ``environment.txt``."""
     found = {**sidecar(root / path), **data.get("environment", {}), **data}
     record = data.get("provenance") or {}
-    aliases = {"date": "date_utc", "cpu": "cpu_model", "threads": "torch_threads",
-               "loadavg": "load_average", "commit": "commit", "gpu": "gpu", "dirty": "dirty"}  # fmt: skip
+    aliases = {
+        "date": "date_utc",
+        "cpu": "cpu_model",
+        "threads": "torch_threads",
+        "loadavg": "load_average",
+        "commit": "commit",
+        "gpu": "gpu",
+        "dirty": "dirty",
+    }
     for key, name in aliases.items():
         if record.get(name) is not None:
             found[key] = record[name]
@@ -229,8 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     for diff in diffs:
         print(diff, end="")
     if args.check and diffs:
-        print(f"{len(diffs)} document(s) differ from their render: run "
-              "python benchmarks/render_docs.py", file=sys.stderr)  # fmt: skip
+        print(
+            f"{len(diffs)} document(s) differ from their render: run "
+            "python benchmarks/render_docs.py",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -226,11 +226,17 @@ def render_communication(datas: list[dict], options: dict[str, str]) -> str:
         ("sizes", "batch sizes (all-gather, int64)", "8 W"),
         ("indices", "global batch indices (all-gather, int64)", "8 B_g"),
         ("labels", "labels + bad-step flag (all-gather, int32)", "4 (H + 1) B_g"),
-        ("sharded_fetch", "sharded only: stored labels (all-reduce MAX, int32)", "2 (W-1)/W x 4 H B_g"),
+        (
+            "sharded_fetch",
+            "sharded only: stored labels (all-reduce MAX, int32)",
+            "2 (W-1)/W x 4 H B_g",
+        ),
         ("center_gradient", "centers' gradient (all-reduce, float32)", "2 (W-1)/W x 4 sum K dim"),
-    ]  # fmt: skip
-    rows = [[label, formula] + [human_bytes(by_ranks[r][key]) for r in ranks]
-            for key, label, formula in names]  # fmt: skip
+    ]
+    rows = [
+        [label, formula] + [human_bytes(by_ranks[r][key]) for r in ranks]
+        for key, label, formula in names
+    ]
     return table(["collective", "bytes", *(f"W = {r}" for r in ranks)], rows)
 
 
@@ -257,8 +263,16 @@ def render_kill_soak(datas: list[dict], options: dict[str, str]) -> str:
         else:
             where = "not recorded"
         preset = data.get("preset", "not named (the default of `--data` then)")
-        rows.append([f"`{Path(path).name}`", preset, *counts[:2], where, *counts[2:],
-                     f"{data['uninterrupted_seconds']:.1f}"])  # fmt: skip
+        rows.append(
+            [
+                f"`{Path(path).name}`",
+                preset,
+                *counts[:2],
+                where,
+                *counts[2:],
+                f"{data['uninterrupted_seconds']:.1f}",
+            ]
+        )
     if len(datas) > 1:
         rows.append(["together", "-", *totals[:2], "-", *totals[2:], "-"])
     header = ["file", "preset", "trials", "killed at a random moment"]
@@ -306,9 +320,20 @@ def render_pixel_baselines(datas: list[dict], options: dict[str, str]) -> str:
                 dim = scores[0]["whitening_dim"]
                 methods.append((f"spectral, k-NN graph of whitened pixels ({dim} dims)", scores))
             for method, scores in methods:
-                rows.append([found["set"], status, f"{found['eval_split']} ({found['eval_images']})",
-                             found["K"], method, len(scores),
-                             *(spread([s[m] for s in scores], ".3f") for m in ("accuracy", "nmi", "ari"))])  # fmt: skip
+                rows.append(
+                    [
+                        found["set"],
+                        status,
+                        f"{found['eval_split']} ({found['eval_images']})",
+                        found["K"],
+                        method,
+                        len(scores),
+                        *(
+                            spread([s[m] for s in scores], ".3f")
+                            for m in ("accuracy", "nmi", "ari")
+                        ),
+                    ]
+                )
     header = ["data set", "tuned on / held out", "split (images)", "K", "method", "seeds"]
     return table([*header, "ACC", "NMI", "ARI"], rows)
 
@@ -321,14 +346,19 @@ def render_demo_runs(datas: list[dict], options: dict[str, str]) -> str:
         status = role(data["dataset"], data.get("tuned_on"))
         for run in data["runs"]:
             seconds = run.get("seconds")
-            rows.append([
-                run["release"], run.get("date") or "not recorded",
-                f"`{run['commit'][:7]}`" if run.get("commit") else "not recorded",
-                f"{data['dataset']} ({status})", run["epochs"],
-                *(f"{run[m]:.4f}" for m in ("accuracy", "nmi", "ari", "memory_accuracy")),
-                f"{seconds:.0f} ({run['seconds_per_epoch']:.1f} per epoch)" if seconds
-                else "not recorded",
-            ])  # fmt: skip
+            rows.append(
+                [
+                    run["release"],
+                    run.get("date") or "not recorded",
+                    f"`{run['commit'][:7]}`" if run.get("commit") else "not recorded",
+                    f"{data['dataset']} ({status})",
+                    run["epochs"],
+                    *(f"{run[m]:.4f}" for m in ("accuracy", "nmi", "ari", "memory_accuracy")),
+                    f"{seconds:.0f} ({run['seconds_per_epoch']:.1f} per epoch)"
+                    if seconds
+                    else "not recorded",
+                ]
+            )
     header = ["run", "date", "commit", "data set", "epochs", "ACC", "NMI", "ARI"]
     return table([*header, "memory ACC", "seconds (total / epochs)"], rows)
 

@@ -36,13 +36,29 @@ def commands(checkout: Path, work: Path) -> dict[str, list[str]]:
     common = ["--no_progress", "--report_to", "none"]
     return {
         "weights": [sys.executable, "-m", "secu_plugin.models.pretrained", weights],
-        "frozen_heads": [accelerate, "launch", str(checkout / "recipes" / "train_head.py"),
-                         "--backbone", "tf_efficientnet_lite0", "--pretrained_file", weights,
-                         "--input_size", "112", "--output_dir", str(work / "lite0-mnist5k"),
-                         *common],
-        "demo": [accelerate, "launch", str(checkout / "recipes" / "train.py"),
-                 "--output_dir", str(work / "mnist5k"), *common],
-    }  # fmt: skip
+        "frozen_heads": [
+            accelerate,
+            "launch",
+            str(checkout / "recipes" / "train_head.py"),
+            "--backbone",
+            "tf_efficientnet_lite0",
+            "--pretrained_file",
+            weights,
+            "--input_size",
+            "112",
+            "--output_dir",
+            str(work / "lite0-mnist5k"),
+            *common,
+        ],
+        "demo": [
+            accelerate,
+            "launch",
+            str(checkout / "recipes" / "train.py"),
+            "--output_dir",
+            str(work / "mnist5k"),
+            *common,
+        ],
+    }
 
 
 def run(checkout: Path, work: Path) -> None:
@@ -50,8 +66,9 @@ def run(checkout: Path, work: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(checkout), SECU_CACHE=str(work / "cache"))
     for name, command in commands(checkout, work).items():
         with open(work / f"{name}.log", "w") as log:
-            subprocess.run(command, cwd=checkout, env=env, stdout=log, stderr=subprocess.STDOUT,
-                           check=True)  # fmt: skip
+            subprocess.run(
+                command, cwd=checkout, env=env, stdout=log, stderr=subprocess.STDOUT, check=True
+            )
 
 
 def outcome(work: Path, name: str) -> dict:
@@ -68,8 +85,9 @@ def outcome(work: Path, name: str) -> dict:
 
 
 def commit_of(checkout: Path) -> str:
-    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True,
-                          text=True, check=True).stdout.strip()  # fmt: skip
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def main() -> None:

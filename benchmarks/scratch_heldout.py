@@ -41,10 +41,18 @@ def run_one(entry: dict, seed: int, work: Path) -> dict:
     """One from-scratch run of the recipe on one set: its final line and its results.json."""
     run_dir = work / "runs" / entry["name"] / f"seed{seed}"
     command = [
-        sys.executable, os.fspath(REPO_ROOT / "recipes" / "train.py"), "--data", entry["data"],
-        "--output_dir", os.fspath(run_dir), "--seed", str(seed), "--no_progress",
-        "--report_to", "none",
-    ]  # fmt: skip
+        sys.executable,
+        os.fspath(REPO_ROOT / "recipes" / "train.py"),
+        "--data",
+        entry["data"],
+        "--output_dir",
+        os.fspath(run_dir),
+        "--seed",
+        str(seed),
+        "--no_progress",
+        "--report_to",
+        "none",
+    ]
     result, record = run_recipe(command, entry, seed, images=entry["images"])
     if result.returncode != 0:
         return record

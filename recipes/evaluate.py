@@ -63,9 +63,16 @@ def memory_scores(args: argparse.Namespace) -> dict:
     truth = dataset.labels.copy()
     truth[~assigned] = -1  # images not assigned yet are left out
     scores = clustering_metrics(truth, memory.clip(min=0))
-    return {**scores, "num_clusters": num_clusters[head], "head": head,
-            "num_images": int(assigned.sum()), "split": "train", "assignment": "memory",
-            "checkpoint": str(checkpoint), "data": args.data}  # fmt: skip
+    return {
+        **scores,
+        "num_clusters": num_clusters[head],
+        "head": head,
+        "num_images": int(assigned.sum()),
+        "split": "train",
+        "assignment": "memory",
+        "checkpoint": str(checkpoint),
+        "data": args.data,
+    }
 
 
 def main(args: argparse.Namespace) -> dict:

@@ -38,18 +38,18 @@ from secu_plugin.core.neighbors import nearest_neighbors, whitened
 from secu_plugin.data import FeatureCache, ImageDataset, MultiViewDataset
 from secu_plugin.data.files import check_output_outside_data, file_sha256
 from secu_plugin.data.transforms import augment_transform, eval_transform
-from secu_plugin.models import hub
-from secu_plugin.train.evaluation import evaluate_predictions
-from secu_plugin.train.features import cache_key, default_cache_root, extract_features
-from secu_plugin.train.finetune import (
+from secu_plugin.frozen.features import cache_key, default_cache_root, extract_features
+from secu_plugin.frozen.finetune import (
     FlatTrunk,
     StagedBackbone,
     neighbor_agreement,
     self_label_loss,
 )
+from secu_plugin.frozen.self_labeling import confident_targets
+from secu_plugin.models import hub
+from secu_plugin.train.evaluation import evaluate_predictions
 from secu_plugin.train.report import dataset_names, result_metrics, summary_line
 from secu_plugin.train.runtime import run_or_exit, use_cpu_cores
-from secu_plugin.train.self_labeling import confident_targets
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -249,9 +249,13 @@ def main(args: argparse.Namespace) -> dict:
     finetuned.load_state_dict(model.state_dict())
     _, predictions = head_outputs(model, plain_view_outputs(model, staged, activations, shape)[1])
     results = evaluate_predictions(
-        predictions.cpu().numpy(), labels, model.num_clusters, data_name, "train",
+        predictions.cpu().numpy(),
+        labels,
+        model.num_clusters,
+        data_name,
+        "train",
         dataset_id=hub_id,
-    )  # fmt: skip
+    )
     summary = {**result_metrics(results)} if results else {}
     start = history[0]
     summary.update(

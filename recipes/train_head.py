@@ -27,19 +27,20 @@ from accelerate import PartialState
 from torch.utils.data import DataLoader
 
 from secu_plugin import SeCuCenterBank, SeCuLoss, SeCuModel
+from secu_plugin.baselines import feature_ceiling
 from secu_plugin.data.feature_pairs import CachedPairs
 from secu_plugin.data.transforms import augment_transform, eval_transform
+from secu_plugin.frozen.features import cached_neighbors, default_cache_root, open_feature_cache
+from secu_plugin.frozen.head_presets import HEAD_PRESETS
+from secu_plugin.frozen.self_labeling import self_label
 from secu_plugin.models import SeCuNetwork
 from secu_plugin.models.pretrained import (
     architecture_name,
     describe_weights,
     load_pretrained_backbone,
 )
-from secu_plugin.train.baselines import feature_ceiling
 from secu_plugin.train.checkpoint import TrainProgress
 from secu_plugin.train.evaluation import predict_projections, project_features
-from secu_plugin.train.features import cached_neighbors, default_cache_root
-from secu_plugin.train.head_presets import HEAD_PRESETS
 from secu_plugin.train.optim import learning_rates, optimizer_for
 from secu_plugin.train.presets import get_preset
 from secu_plugin.train.report import EpochReport, summary_line
@@ -47,10 +48,8 @@ from secu_plugin.train.runtime import run_or_exit
 from secu_plugin.train.scaffold import (
     RecipeRun,
     command_line_overrides,
-    open_feature_cache,
     read_images,
 )
-from secu_plugin.train.self_labeling import self_label
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -168,9 +167,14 @@ def main(args: argparse.Namespace) -> dict:
     # process runs it whole on all images, so it is not checkpointed: a resume redoes it).
     if settings.self_labeling.self_label_epochs:
         self_label(
-            accelerator.unwrap_model(head), bank.centers, features[:, 0], settings.self_labeling,
-            settings.loader.batch_size, seed=args.seed, log=log,
-        )  # fmt: skip
+            accelerator.unwrap_model(head),
+            bank.centers,
+            features[:, 0],
+            settings.self_labeling,
+            settings.loader.batch_size,
+            seed=args.seed,
+            log=log,
+        )
     trained = time.time()
 
     # ---- Export: the frozen backbone, the trained head and centers, as one SeCuModel.
@@ -195,11 +199,16 @@ def main(args: argparse.Namespace) -> dict:
     # k-means on the same cached features: the baseline to beat.
     summary.update(
         run.export(
-            model, bank, images, eval_images, predictions, eval_images.labels,
+            model,
+            bank,
+            images,
+            eval_images,
+            predictions,
+            eval_images.labels,
             projections=projections,
             baseline_features=eval_features[:, 0],
         )
-    )  # fmt: skip
+    )
     if settings.feature_ceiling and eval_images.labels is not None:
         summary.update(add_feature_ceiling(run, eval_features[:, 0], eval_images.labels, args))
     return run.finish(summary)

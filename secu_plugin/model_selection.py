@@ -111,10 +111,15 @@ def head_selection(
     for head, num in enumerate(num_clusters):
         same, chance, balance = _chance_corrected(predictions[head, sample], neighbors, num)
         kappa = (same - chance) / (1.0 - chance) if chance < 1.0 else 0.0
-        heads.append({
-            "head": head, "num_clusters": int(num), SIGNAL: round(same - chance, 4),
-            "knn_kappa": round(kappa, 4), "size_balance": round(balance, 4),
-        })  # fmt: skip
+        heads.append(
+            {
+                "head": head,
+                "num_clusters": int(num),
+                SIGNAL: round(same - chance, 4),
+                "knn_kappa": round(kappa, 4),
+                "size_balance": round(balance, 4),
+            }
+        )
     best = max(heads, key=lambda h: (h[SIGNAL], -h["num_clusters"]))
     return {
         "signal": SIGNAL,

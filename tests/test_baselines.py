@@ -1,4 +1,4 @@
-"""The features' ceiling (secu_plugin.train.baselines) on real features: scikit-learn's digits
+"""The features' ceiling (secu_plugin.baselines) on real features: scikit-learn's digits
 (pixels as features), and separable points where every method must be exact."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.neighbors import NearestNeighbors
 
-from secu_plugin.train.baselines import feature_ceiling, kmeans_baseline, knn_agreement
+from secu_plugin.baselines import feature_ceiling, kmeans_baseline, knn_agreement
 
 CLUSTERINGS = ("kmeans_raw", "kmeans_whitened", "spectral_knn_graph")
 

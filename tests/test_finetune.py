@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from secu_plugin import SeCuModel
-from secu_plugin.train.finetune import (
+from secu_plugin.frozen.finetune import (
     StagedBackbone,
     neighbor_agreement,
     self_label_loss,

@@ -1,4 +1,4 @@
-"""The self-labeling phase of frozen heads (secu_plugin.train.self_labeling) and its settings."""
+"""The self-labeling phase of frozen heads (secu_plugin.frozen.self_labeling) and its settings."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from secu_plugin.train.head_presets import HEAD_PRESETS, SelfLabelSettings
+from secu_plugin.frozen.head_presets import HEAD_PRESETS, SelfLabelSettings
+from secu_plugin.frozen.self_labeling import confident_targets, self_label
 from secu_plugin.train.presets import get_preset
-from secu_plugin.train.self_labeling import confident_targets, self_label
 
 
 def test_confident_targets_keep_the_share_of_every_cluster():

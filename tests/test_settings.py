@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from secu_plugin.train.head_presets import HEAD_PRESETS, HeadPreset
+from secu_plugin.frozen.head_presets import HEAD_PRESETS, HeadPreset
 from secu_plugin.train.presets import PRESETS, Preset, get_preset
 from secu_plugin.train.settings import RunSettings, batch_size_for, group_fields
 

@@ -32,8 +32,9 @@ def write_assignments_parquet(
 
     if len(paths) != len(assignments):
         raise ValueError(f"{len(paths)} paths for {len(assignments)} assigned images")
-    readable = [p.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-                for p in paths]  # fmt: skip
+    readable = [
+        p.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") for p in paths
+    ]
     table = pa.table({"path": pa.array(readable, pa.string()), **assignments.columns()})
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)

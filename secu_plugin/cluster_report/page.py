@@ -128,8 +128,10 @@ def _figure(index: int, names: list[str], confidence: np.ndarray, thumbs: dict[i
     name = escape(names[index], quote=True)
     label = f"{confidence[index]:.2f}"
     if index not in thumbs:
-        return (f'<figure><div class="unreadable" title="{name}">unreadable</div>'
-                f"<figcaption>{label}</figcaption></figure>")  # fmt: skip
+        return (
+            f'<figure><div class="unreadable" title="{name}">unreadable</div>'
+            f"<figcaption>{label}</figcaption></figure>"
+        )
     return (
         f'<figure><img class="thumb" src="{thumbs[index]}" loading="lazy" alt="{name}" '
         f'title="{name} (confidence {label})" data-index="{index}">'
@@ -138,9 +140,12 @@ def _figure(index: int, names: list[str], confidence: np.ndarray, thumbs: dict[i
 
 
 def _cluster_section(
-    head: HeadView, view: ClusterView, names: list[str], confidence: np.ndarray,
+    head: HeadView,
+    view: ClusterView,
+    names: list[str],
+    confidence: np.ndarray,
     thumbs: dict[int, str],
-) -> str:  # fmt: skip
+) -> str:
     parts = [
         (
             f'<section class="cluster" id="{cluster_id(head.index, view.cluster)}" '
@@ -158,8 +163,10 @@ def _cluster_section(
     )
     if view.majority:
         parts.append(f'<p class="majority">majority class {escape(view.majority)}</p>')
-    rows = ((head.nearest_title, "nearest", view.nearest),
-            ("Least confident", "least-confident", view.least_confident))  # fmt: skip
+    rows = (
+        (head.nearest_title, "nearest", view.nearest),
+        ("Least confident", "least-confident", view.least_confident),
+    )
     for title, kind, members in rows:
         if not members:
             continue
@@ -228,10 +235,11 @@ def confusion_table(counts: np.ndarray, order: np.ndarray, class_names: list[str
     """
     header = "".join(f"<th>{c}</th>" for c in order)
     rows = "".join(
-        f"<tr><th>{escape(name)}</th>" + "".join(f"<td>{v}</td>" for v in counts[row, order])
+        f"<tr><th>{escape(name)}</th>"
+        + "".join(f"<td>{v}</td>" for v in counts[row, order])
         + "</tr>"
         for row, name in enumerate(class_names)
-    )  # fmt: skip
+    )
     return (
         f'<table class="confusion"><thead><tr><th>class \\ cluster</th>{header}</tr></thead>'
         f"<tbody>{rows}</tbody></table>"

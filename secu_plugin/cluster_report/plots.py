@@ -43,8 +43,11 @@ def save_size_plot(sizes: np.ndarray, title: str, path: Path) -> None:
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.bar(np.arange(len(sizes)), sizes, width=0.8 if len(sizes) <= 200 else 1.0)
     axes.axhline(sizes.mean(), color="tab:red", linestyle="--", linewidth=1)
-    axes.set(xlabel="cluster", ylabel="images",
-             title=f"{_plain(title)}: cluster sizes (dashed: balanced)")  # fmt: skip
+    axes.set(
+        xlabel="cluster",
+        ylabel="images",
+        title=f"{_plain(title)}: cluster sizes (dashed: balanced)",
+    )
     axes.set_xlim(-0.6, len(sizes) - 0.4)
     figure.savefig(path)
 
@@ -133,8 +136,9 @@ def save_confusion_plot(counts: np.ndarray, class_names: list[str], title: str, 
     share = counts[:, order] / np.maximum(counts[:, order].sum(axis=0, keepdims=True), 1)
     figure = _figure(min(4 + 0.22 * num_clusters, 16), min(2 + 0.25 * num_classes, 10))
     axes = figure.add_subplot()
-    image = axes.imshow(share, aspect="auto", cmap="Blues", vmin=0.0, vmax=1.0,
-                        interpolation="nearest")  # fmt: skip
+    image = axes.imshow(
+        share, aspect="auto", cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest"
+    )
     figure.colorbar(image, ax=axes, label="share of the cluster")
     if num_clusters <= MAX_CLUSTERS_PER_AXIS:
         axes.set_xticks(np.arange(num_clusters), [str(c) for c in order], fontsize=7)

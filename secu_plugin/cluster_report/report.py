@@ -143,8 +143,11 @@ def write_cluster_report(
         if similarity.shape != ids.shape or not np.isfinite(similarity).all():
             raise ValueError("center_similarity must be finite, one value per image and head")
     num_heads = ids.shape[0]
-    ks = [int(ids[h].max()) + 1 for h in range(num_heads)] if num_clusters is None else [
-        int(k) for k in num_clusters]  # fmt: skip
+    ks = (
+        [int(ids[h].max()) + 1 for h in range(num_heads)]
+        if num_clusters is None
+        else [int(k) for k in num_clusters]
+    )
     if (
         len(ks) != num_heads
         or ids.min() < 0
@@ -171,8 +174,13 @@ def write_cluster_report(
     _prepare_directory(directory)
     heads, shown = [], set()
     for h in range(num_heads):
-        members = ShownMembers(ids[h], conf[h], similarity[h], ks[h],
-                               images_per_row(ks[h], per_cluster, images_per_head))  # fmt: skip
+        members = ShownMembers(
+            ids[h],
+            conf[h],
+            similarity[h],
+            ks[h],
+            images_per_row(ks[h], per_cluster, images_per_head),
+        )
         shown |= members.indices()
         heads.append(
             _head_view(
@@ -194,8 +202,9 @@ def write_cluster_report(
         "" if recommended_head is None else f"; recommended: {head_names[recommended_head]}"
     )
     subtitle = f"{num_images} images, {num_heads} head{'s' * (num_heads > 1)}{recommended}"
-    page = render_page(title, subtitle, heads, recommended_head or 0, names, conf, thumbs,
-                       min(thumb_size, 96))  # fmt: skip
+    page = render_page(
+        title, subtitle, heads, recommended_head or 0, names, conf, thumbs, min(thumb_size, 96)
+    )
     index = directory / "index.html"
     index.write_text(page, encoding="utf-8")
     return index
@@ -219,13 +228,23 @@ def _labels(
 
 
 def _head_view(
-    directory: Path, head: int, name: str, ids: np.ndarray, conf: np.ndarray, k: int,
-    members: ShownMembers, recommended: bool, labels: np.ndarray | None,
-    class_names: list[str], by_similarity: bool,
-) -> HeadView:  # fmt: skip
+    directory: Path,
+    head: int,
+    name: str,
+    ids: np.ndarray,
+    conf: np.ndarray,
+    k: int,
+    members: ShownMembers,
+    recommended: bool,
+    labels: np.ndarray | None,
+    class_names: list[str],
+    by_similarity: bool,
+) -> HeadView:
     sizes = members.sizes
-    plot_files = [(f"{PLOT_FOLDER}/head-{head}-sizes.png", f"cluster sizes of {name}"),
-                  (f"{PLOT_FOLDER}/head-{head}-confidence.png", f"confidence of {name}")]  # fmt: skip
+    plot_files = [
+        (f"{PLOT_FOLDER}/head-{head}-sizes.png", f"cluster sizes of {name}"),
+        (f"{PLOT_FOLDER}/head-{head}-confidence.png", f"confidence of {name}"),
+    ]
     # Each cluster's confidences, by one sort (a mask per cluster would cost N * K).
     per_cluster = np.split(conf[np.argsort(ids, kind="stable")], np.cumsum(sizes)[:-1])
     plots.save_size_plot(sizes, name, directory / plot_files[0][0])
@@ -258,13 +277,29 @@ def _head_view(
     views = []
     for c in range(k):
         member_conf = per_cluster[c]
-        quantiles = (np.quantile(member_conf, [0, 0.25, 0.5, 0.75, 1]).tolist()
-                     if len(member_conf) else None)  # fmt: skip
-        views.append(ClusterView(c, int(sizes[c]), members.nearest[c].tolist(),
-                                 members.least_confident[c].tolist(), quantiles, majority[c]))  # fmt: skip
+        quantiles = (
+            np.quantile(member_conf, [0, 0.25, 0.5, 0.75, 1]).tolist() if len(member_conf) else None
+        )
+        views.append(
+            ClusterView(
+                c,
+                int(sizes[c]),
+                members.nearest[c].tolist(),
+                members.least_confident[c].tolist(),
+                quantiles,
+                majority[c],
+            )
+        )
     return HeadView(
-        index=head, name=name, num_clusters=k, recommended=recommended, summary=summary,
-        plots=plot_files, clusters=views, confusion_table=table, confusion_plot=confusion_plot,
+        index=head,
+        name=name,
+        num_clusters=k,
+        recommended=recommended,
+        summary=summary,
+        plots=plot_files,
+        clusters=views,
+        confusion_table=table,
+        confusion_plot=confusion_plot,
         nearest_title="Nearest to the center" if by_similarity else "Most confident",
         cluster_table_rows=[cluster_table_row(head, v) for v in views],
-    )  # fmt: skip
+    )

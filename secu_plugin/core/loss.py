@@ -300,10 +300,18 @@ class SeCuLoss(nn.Module):
         with torch.no_grad():
             centers = F.normalize(raw_centers.detach(), dim=1)
             step = fused_losses.loss_step(
-                stacked.detach(), centers, bank.targets, stored, assign,
-                bank.assigner.assigns_rows_independently, bank.layout(stacked.device),
-                self.temperature_x, self.temperature_c, self.label_weight, self._workspace,
-            )  # fmt: skip
+                stacked.detach(),
+                centers,
+                bank.targets,
+                stored,
+                assign,
+                bank.assigner.assigns_rows_independently,
+                bank.layout(stacked.device),
+                self.temperature_x,
+                self.temperature_c,
+                self.label_weight,
+                self._workspace,
+            )
         labels = step.labels
         label_columns = bank.layout(stacked.device).to_columns(labels)
         assigned = F.normalize(raw_centers.index_select(0, label_columns.T.flatten()), dim=1)

@@ -114,10 +114,12 @@ def eval_transform(
     """
     if in_chans not in (1, 3):
         raise ValueError(f"in_chans must be 1 or 3 for PIL images, got {in_chans}")
-    return T.Compose([
-        ConvertMode("L" if in_chans == 1 else "RGB"),
-        create_transform(**data_config, is_training=False),
-    ])  # fmt: skip
+    return T.Compose(
+        [
+            ConvertMode("L" if in_chans == 1 else "RGB"),
+            create_transform(**data_config, is_training=False),
+        ]
+    )
 
 
 def augment_transform(
@@ -142,7 +144,9 @@ def augment_transform(
     timm_config = {
         k: v for k, v in data_config.items() if k in ("input_size", "interpolation", "mean", "std")
     }
-    return T.Compose([
-        ConvertMode("L" if in_chans == 1 else "RGB"),
-        create_transform(**timm_config, is_training=True, scale=(min_scale, 1.0)),
-    ])  # fmt: skip
+    return T.Compose(
+        [
+            ConvertMode("L" if in_chans == 1 else "RGB"),
+            create_transform(**timm_config, is_training=True, scale=(min_scale, 1.0)),
+        ]
+    )

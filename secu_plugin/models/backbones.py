@@ -42,16 +42,36 @@ _CONVNET_WIDTHS = {"secu_convnet_small": (32, 64, 128), "secu_convnet_tiny": (16
 
 def _cfg(**data) -> dict:
     # No weights to download: an empty url and no Hub id. crop_pct 1: the whole image.
-    return {"url": "", "num_classes": 0, "crop_pct": 1.0, "interpolation": "bilinear",
-            "first_conv": "conv1", "classifier": "fc", **data}  # fmt: skip
+    return {
+        "url": "",
+        "num_classes": 0,
+        "crop_pct": 1.0,
+        "interpolation": "bilinear",
+        "first_conv": "conv1",
+        "classifier": "fc",
+        **data,
+    }
 
 
-default_cfgs = generate_default_cfgs({
-    **{f"secu_{arch}_{stem}": _cfg(**data) for arch in _RESNET_LAYOUTS
-       for stem, data in _STEM_DATA.items()},
-    **{name: _cfg(input_size=(1, 28, 28), mean=MNIST_MEAN, std=MNIST_STD,
-                  first_conv="features.0", classifier="head") for name in _CONVNET_WIDTHS},
-})  # fmt: skip
+default_cfgs = generate_default_cfgs(
+    {
+        **{
+            f"secu_{arch}_{stem}": _cfg(**data)
+            for arch in _RESNET_LAYOUTS
+            for stem, data in _STEM_DATA.items()
+        },
+        **{
+            name: _cfg(
+                input_size=(1, 28, 28),
+                mean=MNIST_MEAN,
+                std=MNIST_STD,
+                first_conv="features.0",
+                classifier="head",
+            )
+            for name in _CONVNET_WIDTHS
+        },
+    }
+)
 
 
 def create_backbone(name: str, in_chans: int = 3, **timm_kwargs) -> nn.Module:

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from secu_plugin.models.network import SeCuNetwork
+
 
 def backbone_architecture(backbone: nn.Module) -> str:
     """The timm architecture name of ``backbone`` (from its ``pretrained_cfg``): a SeCuModel
@@ -88,3 +90,34 @@ def centers_of(centers: Any) -> list[torch.Tensor]:
     raise ValueError(
         "centers must be a SeCuCenterBank, lightly's SwaVPrototypes or a list of (K, dim) tensors"
     )
+
+
+def model_from_modules(
+    model_class: type,
+    backbone: nn.Module,
+    projection_head: nn.Module,
+    centers: Any,
+    in_chans: int = 3,
+    **kwargs: Any,
+):
+    """:meth:`SeCuModel.from_modules`: the network rebuilt around ``backbone``'s architecture,
+    its weights and the projection head's copied in, then ``model_class.from_network``."""
+    layout, layers = projection_layout(projection_head)
+    network_kwargs = {k: kwargs.pop(k) for k in ("input_size", "mean", "std") if k in kwargs}
+    network = SeCuNetwork(
+        backbone_architecture(backbone),
+        in_chans=in_chans,
+        dim=layout["out_dim"],
+        projection_layers=layout["num_layers"],
+        projection_batchnorm=layout["batchnorm"],
+        projection_hidden_dim=layout["hidden_dim"],
+        **network_kwargs,
+    )
+    network.backbone.load_state_dict(backbone.state_dict())
+    if network.feature_dim != layout["in_dim"]:
+        raise ValueError(
+            f"the projection head takes {layout['in_dim']} features, the backbone gives "
+            f"{network.feature_dim}"
+        )
+    copy_projection(layers, network.projection_head)
+    return model_class.from_network(network, centers_of(centers), **kwargs)

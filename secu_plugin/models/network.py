@@ -23,11 +23,25 @@ from secu_plugin.models.heads import build_predictor, build_projection_head
 # Architecture options a config may pass to timm. Nothing here can name a file or a URL
 # (``pretrained``, ``pretrained_cfg``, ``checkpoint_path``, ... are refused): loading a model
 # reads that model's own files and nothing else.
-BACKBONE_KWARGS: frozenset[str] = frozenset({
-    "drop_rate", "drop_path_rate", "proj_drop_rate", "attn_drop_rate", "global_pool",
-    "norm", "output_stride", "img_size", "patch_size", "class_token", "reg_tokens",
-    "dynamic_img_size", "widths", "layers", "channels",
-})  # fmt: skip
+BACKBONE_KWARGS: frozenset[str] = frozenset(
+    {
+        "drop_rate",
+        "drop_path_rate",
+        "proj_drop_rate",
+        "attn_drop_rate",
+        "global_pool",
+        "norm",
+        "output_stride",
+        "img_size",
+        "patch_size",
+        "class_token",
+        "reg_tokens",
+        "dynamic_img_size",
+        "widths",
+        "layers",
+        "channels",
+    }
+)
 
 
 def check_backbone_kwargs(backbone_kwargs: dict | None) -> dict | None:

@@ -26,12 +26,7 @@ from secu_plugin.core.bank import DEFAULT_NUM_CLUSTERS
 from secu_plugin.core.nearest import center_probabilities, nearest_center
 from secu_plugin.models import hub, reference
 from secu_plugin.models.card import check_results, model_card
-from secu_plugin.models.modules import (
-    backbone_architecture,
-    centers_of,
-    copy_projection,
-    projection_layout,
-)
+from secu_plugin.models.modules import model_from_modules
 from secu_plugin.models.network import SeCuNetwork
 
 
@@ -121,9 +116,18 @@ class SeCuModel(
         results, training = _json_dict("results", results), _json_dict("training", training)
         check_results(results)
         super().__init__(
-            backbone, backbone_kwargs, in_chans, dim, projection_layers, projection_batchnorm,
-            projection_hidden_dim, predictor_hidden_dim, input_size, mean, std,
-        )  # fmt: skip
+            backbone,
+            backbone_kwargs,
+            in_chans,
+            dim,
+            projection_layers,
+            projection_batchnorm,
+            projection_hidden_dim,
+            predictor_hidden_dim,
+            input_size,
+            mean,
+            std,
+        )
         self.num_clusters = list(num_clusters)
         self.temperature = float(temperature)
         self.centers = nn.ParameterList(
@@ -236,9 +240,12 @@ class SeCuModel(
                 f"centers must be (K, {network.dim}) tensors, got {[tuple(c.shape) for c in centers]}"
             )
         model = cls(
-            **network.config, num_clusters=[int(c.shape[0]) for c in centers],
-            temperature=temperature, results=results, training=training,
-        )  # fmt: skip
+            **network.config,
+            num_clusters=[int(c.shape[0]) for c in centers],
+            temperature=temperature,
+            results=results,
+            training=training,
+        )
         if not all(torch.isfinite(c).all() for c in centers):
             raise ValueError("centers hold NaN or infinite values")
         state = {f"centers.{head}": c for head, c in enumerate(centers)}
@@ -274,25 +281,7 @@ class SeCuModel(
             >>> torch.allclose(model(images), head(backbone(images)), atol=1e-6)
             True
         """
-        layout, layers = projection_layout(projection_head)
-        network_kwargs = {k: kwargs.pop(k) for k in ("input_size", "mean", "std") if k in kwargs}
-        network = SeCuNetwork(
-            backbone_architecture(backbone),
-            in_chans=in_chans,
-            dim=layout["out_dim"],
-            projection_layers=layout["num_layers"],
-            projection_batchnorm=layout["batchnorm"],
-            projection_hidden_dim=layout["hidden_dim"],
-            **network_kwargs,
-        )
-        network.backbone.load_state_dict(backbone.state_dict())
-        if network.feature_dim != layout["in_dim"]:
-            raise ValueError(
-                f"the projection head takes {layout['in_dim']} features, the backbone gives "
-                f"{network.feature_dim}"
-            )
-        copy_projection(layers, network.projection_head)
-        return cls.from_network(network, centers_of(centers), **kwargs)
+        return model_from_modules(cls, backbone, projection_head, centers, in_chans, **kwargs)
 
     # ------------------------------------------------------------------ the Hub
 
@@ -374,10 +363,14 @@ class SeCuModel(
             weights_file = os.path.join(model_id, hub.WEIGHTS_FILE)
         else:
             weights_file = hf_hub_download(
-                repo_id=model_id, filename=hub.WEIGHTS_FILE, revision=revision,
-                cache_dir=cache_dir, force_download=force_download, token=token,
+                repo_id=model_id,
+                filename=hub.WEIGHTS_FILE,
+                revision=revision,
+                cache_dir=cache_dir,
+                force_download=force_download,
+                token=token,
                 local_files_only=local_files_only,
-            )  # fmt: skip
+            )
         num_clusters = model_kwargs.get("num_clusters", list(DEFAULT_NUM_CLUSTERS))
         sizes = {"dim": 128, **model_kwargs, "num_clusters": num_clusters}
         hub.check_sizes_against_weights(weights_file, sizes)

@@ -178,10 +178,14 @@ def learning_rates(
             settings.lr, epoch, step, steps_per_epoch, schedule.epochs, schedule.warmup_epochs
         ),
         "centers": center_lr(
-            settings.center_lr, epoch, step, steps_per_epoch, schedule.epochs,
+            settings.center_lr,
+            epoch,
+            step,
+            steps_per_epoch,
+            schedule.epochs,
             ramp=settings.center_lr_ramp,
         ),
-    }  # fmt: skip
+    }
     if settings.backbone_lr_factor != 1:
         lrs["backbone"] = lrs["encoder"] * settings.backbone_lr_factor
     return lrs

@@ -17,7 +17,6 @@ import json
 import shlex
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,15 +26,14 @@ import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
 
+from secu_plugin.baselines import kmeans_baseline
 from secu_plugin.cluster_report import assign_projections, write_cluster_report
 from secu_plugin.core import SeCuCenterBank
-from secu_plugin.data import FeatureCache, ImageDataset, MultiViewDataset
+from secu_plugin.data import ImageDataset
 from secu_plugin.data.files import check_output_outside_data
 from secu_plugin.model_selection import head_selection
-from secu_plugin.train.baselines import kmeans_baseline
 from secu_plugin.train.checkpoint import TrainProgress, resume_checkpoint, save_checkpoint
 from secu_plugin.train.evaluation import evaluate_predictions
-from secu_plugin.train.features import cache_key, extract_features
 from secu_plugin.train.memory_shards import MemoryShards
 from secu_plugin.train.report import (
     EpochReport,
@@ -308,12 +306,19 @@ class RecipeRun:
         found = assign_projections(projections, list(model.centers), model.temperature)
         selection = model.training_recipe["k_selection"]
         return write_cluster_report(
-            self.output_dir / "report", eval_images, found.cluster_ids, found.confidence,
-            found.center_similarity, num_clusters=found.num_clusters,
-            head_names=found.head_names(), recommended_head=selection["recommended_head"],
-            labels=labels, class_names=eval_images.classes,
-            names=eval_images.paths, title=f"SeCu clusters of {self.settings.data}",
-        )  # fmt: skip
+            self.output_dir / "report",
+            eval_images,
+            found.cluster_ids,
+            found.confidence,
+            found.center_similarity,
+            num_clusters=found.num_clusters,
+            head_names=found.head_names(),
+            recommended_head=selection["recommended_head"],
+            labels=labels,
+            class_names=eval_images.classes,
+            names=eval_images.paths,
+            title=f"SeCu clusters of {self.settings.data}",
+        )
 
     def update_results(self, **entries: Any) -> dict | None:
         """Adds ``entries`` to the results.json this run's export wrote (main process); returns
@@ -336,52 +341,16 @@ class RecipeRun:
             seconds={
                 "total": summary["seconds"],
                 "epochs": self.epoch_seconds,
-                "median_epoch": float(np.median(self.epoch_seconds)) if self.epoch_seconds else None,
-                **{k.removeprefix("seconds_"): v for k, v in summary.items()
-                   if k.startswith("seconds_")},
+                "median_epoch": float(np.median(self.epoch_seconds))
+                if self.epoch_seconds
+                else None,
+                **{
+                    k.removeprefix("seconds_"): v
+                    for k, v in summary.items()
+                    if k.startswith("seconds_")
+                },
             }
-        )  # fmt: skip
+        )
         self.accelerator.wait_for_everyone()
         self.accelerator.end_training()
         return summary
-
-
-def open_feature_cache(
-    run: RecipeRun,
-    backbone: torch.nn.Module,
-    weights: dict,
-    images: ImageDataset,
-    transforms: list[Callable],
-    cache_root: Path,
-) -> FeatureCache:
-    """The frozen backbone's features of every view (``transforms``) of ``images``: reused
-    when a complete cache exists for exactly these inputs, else embedded (split over the
-    processes, resumed chunk by chunk after an interruption)."""
-    settings, accelerator = run.settings, run.accelerator
-    key = cache_key(settings.network.backbone, weights, transforms, images, run.args.seed)
-    cache_settings = settings.cache
-    shape = (
-        len(images),
-        len(transforms),
-        int(backbone.num_features),
-        cache_settings.cache_dtype,
-        cache_settings.cache_chunk_size,
-    )
-    if accelerator.is_main_process:
-        FeatureCache.open(cache_root, key, *shape)
-    accelerator.wait_for_everyone()
-    cache = FeatureCache.open(cache_root, key, *shape, create=False)
-    if cache.complete:
-        run.log(f"reusing the cached features in {cache.directory}")
-        return cache
-    todo = len(cache.missing_chunks())
-    run.log(
-        f"embedding {len(images)} images x {len(transforms)} views ({todo} chunks) "
-        f"into {cache.directory}"
-    )
-    views = MultiViewDataset(images, transforms, seed=run.args.seed)
-    extract_features(
-        accelerator, backbone, views, cache, cache_settings.extract_batch_size,
-        settings.loader.num_workers, show_progress=not run.args.no_progress,
-    )  # fmt: skip
-    return cache

@@ -1,7 +1,7 @@
 """Training settings as data: one small frozen dataclass per thing a run configures.
 
 A recipe's settings (:class:`~secu_plugin.train.presets.Preset` from scratch,
-:class:`~secu_plugin.train.head_presets.HeadPreset` on a frozen backbone) are composed of
+:class:`~secu_plugin.frozen.head_presets.HeadPreset` on a frozen backbone) are composed of
 these groups, and every field is declared in exactly one class. So a flat name such as
 ``lr`` or ``num_clusters`` names one field of one group, which is how ``--set name=value``
 finds it (``--set optimization.lr=0.1`` names the group as well). The recipe hands each group

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from secu_plugin.frozen.head_presets import SelfLabelSettings
 from secu_plugin.train.evaluation import project_features
-from secu_plugin.train.head_presets import SelfLabelSettings
 
 
 def cluster_logits(z: torch.Tensor, centers: Sequence[torch.Tensor], temperature: float):
@@ -133,7 +133,9 @@ def self_label(
             loss.backward()
             optimizer.step()
             schedule.step()
-        log(f"self-labeling epoch {epoch}: {confident:.0%} confident targets, "
-            f"{changes[-1]:.1%} of head 0's clusters changed")  # fmt: skip
+        log(
+            f"self-labeling epoch {epoch}: {confident:.0%} confident targets, "
+            f"{changes[-1]:.1%} of head 0's clusters changed"
+        )
     head.eval()
     return changes

@@ -109,10 +109,10 @@ class HeadPreset(RunSettings):
     # at the start of this epoch, every head's centers and memory are reset by spherical
     # k-means on the projections (the head has learnt for a few epochs); -1: never
     kmeans_epoch: int = 3
-    # after the SeCu epochs: self-labeling on the confident images (secu_plugin.train.self_labeling)
+    # after the SeCu epochs: self-labeling on the confident images (secu_plugin.frozen.self_labeling)
     self_labeling: SelfLabelSettings = field(default_factory=SelfLabelSettings)
     # the features' ceiling (k-means, spectral, k-NN agreement, linear probe) in results.json
-    # when the evaluation images have labels (secu_plugin.train.baselines.feature_ceiling)
+    # when the evaluation images have labels (secu_plugin.baselines.feature_ceiling)
     feature_ceiling: bool = True
 
     def check(self) -> None:

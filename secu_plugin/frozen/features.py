@@ -6,7 +6,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -18,6 +18,10 @@ from secu_plugin.core.neighbors import nearest_neighbors, whitened
 from secu_plugin.data.feature_cache import FeatureCache, dataset_fingerprint
 from secu_plugin.data.views import MultiViewDataset
 from secu_plugin.train.checkpoint import fault_point
+
+if TYPE_CHECKING:
+    from secu_plugin.data import ImageDataset
+    from secu_plugin.train.scaffold import RecipeRun
 
 
 def default_cache_root() -> Path:
@@ -148,3 +152,49 @@ def cached_neighbors(
     if neighbors.shape != (cache.num_images, k):
         raise ValueError(f"{path} has shape {tuple(neighbors.shape)}, delete it")
     return neighbors
+
+
+def open_feature_cache(
+    run: RecipeRun,
+    backbone: torch.nn.Module,
+    weights: dict,
+    images: ImageDataset,
+    transforms: list[Callable],
+    cache_root: Path,
+) -> FeatureCache:
+    """The frozen backbone's features of every view (``transforms``) of ``images``: reused
+    when a complete cache exists for exactly these inputs, else embedded (split over the
+    processes, resumed chunk by chunk after an interruption)."""
+    settings, accelerator = run.settings, run.accelerator
+    key = cache_key(settings.network.backbone, weights, transforms, images, run.args.seed)
+    cache_settings = settings.cache
+    shape = (
+        len(images),
+        len(transforms),
+        int(backbone.num_features),
+        cache_settings.cache_dtype,
+        cache_settings.cache_chunk_size,
+    )
+    if accelerator.is_main_process:
+        FeatureCache.open(cache_root, key, *shape)
+    accelerator.wait_for_everyone()
+    cache = FeatureCache.open(cache_root, key, *shape, create=False)
+    if cache.complete:
+        run.log(f"reusing the cached features in {cache.directory}")
+        return cache
+    todo = len(cache.missing_chunks())
+    run.log(
+        f"embedding {len(images)} images x {len(transforms)} views ({todo} chunks) "
+        f"into {cache.directory}"
+    )
+    views = MultiViewDataset(images, transforms, seed=run.args.seed)
+    extract_features(
+        accelerator,
+        backbone,
+        views,
+        cache,
+        cache_settings.extract_batch_size,
+        settings.loader.num_workers,
+        show_progress=not run.args.no_progress,
+    )
+    return cache

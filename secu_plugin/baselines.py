@@ -170,8 +170,12 @@ def feature_ceiling(
         raise ValueError("labels must have at least two classes (-1: unlabelled)")
     if isinstance(num_clusters, bool) or not isinstance(num_clusters, int) or num_clusters < 2:
         raise ValueError(f"num_clusters must be an int >= 2, got {num_clusters!r}")
-    for name, cap in (("max_images", max_images), ("sample_cap", sample_cap),
-                      ("probe_cap", probe_cap), ("spectral_cap", spectral_cap)):  # fmt: skip
+    for name, cap in (
+        ("max_images", max_images),
+        ("sample_cap", sample_cap),
+        ("probe_cap", probe_cap),
+        ("spectral_cap", spectral_cap),
+    ):
         if cap < 2 * num_clusters:
             raise ValueError(f"{name} must be at least 2 * num_clusters, got {cap}")
     if isinstance(num_neighbors, bool) or not isinstance(num_neighbors, int) or num_neighbors < 1:
@@ -192,8 +196,12 @@ def feature_ceiling(
     white = F.normalize(whitened(features[torch.as_tensor(chosen)], dim), dim=1)
     timings["whitening"] = time.time() - started
 
-    result: dict = {"images": len(chosen), "num_clusters": num_clusters, "seed": seed,
-                    "whitening_dim": dim}  # fmt: skip
+    result: dict = {
+        "images": len(chosen),
+        "num_clusters": num_clusters,
+        "seed": seed,
+        "whitening_dim": dim,
+    }
     for name, space in (("kmeans_raw", raw), ("kmeans_whitened", white)):
         started = time.time()
         result[name] = _rounded(kmeans_baseline(space, labels, num_clusters, seed))
@@ -215,9 +223,11 @@ def feature_ceiling(
     result["knn_agreement"] = {
         "k": num_neighbors,
         "queries": len(sample),
-        **{name: round(knn_agreement(space, labels, sample, num_neighbors), 4)
-           for name, space in (("raw", raw), ("whitened", white))},
-    }  # fmt: skip
+        **{
+            name: round(knn_agreement(space, labels, sample, num_neighbors), 4)
+            for name, space in (("raw", raw), ("whitened", white))
+        },
+    }
     timings["knn_agreement"] = time.time() - started
 
     started = time.time()

@@ -10,7 +10,7 @@ kept fixed as the classifier) can move the features towards its clusters. Three 
   epoch runs only the tail (a few seconds for 5,000 images on 2 cores, against minutes for
   the whole network).
 - the targets: per head and cluster, the images the model is most sure of
-  (:func:`secu_plugin.train.self_labeling.confident_targets`, shared with the frozen heads).
+  (:func:`secu_plugin.frozen.self_labeling.confident_targets`, shared with the frozen heads).
 - :func:`neighbor_agreement`: the label-free criterion that keeps or restores the start: how
   often an image's cluster is the cluster of its nearest neighbours in the *starting*
   backbone's feature space (a fixed graph that the fine-tuning cannot move).

@@ -1,19 +1,4 @@
-"""``secu-cluster``: cluster a folder of images with a trained SeCu model.
-
-Loads a model with :meth:`secu_plugin.models.SeCuModel.from_pretrained` (a Hub repo id or a
-folder written by ``save_pretrained``), reads every image file under a folder (recursively;
-any size; grey, RGB, RGBA or palette), and writes one CSV row ``path,cluster,confidence`` per
-readable image (``path`` starts with the folder as given), optionally with a montage of each
-cluster's members and a cluster-size chart. ``--out x.parquet`` holds every head's
-``cluster_k<K>``/``confidence_k<K>`` columns; ``--data`` takes a Hugging Face data set and gives
-it back with those columns added; ``--report DIR`` writes :mod:`secu_plugin.cluster_report`'s page.
-Unreadable files are skipped (said on stderr). Rows are written (and flushed) batch by batch,
-so an interrupted run keeps what it did; ``--resume`` does the rest. Names not valid UTF-8 are
-written as their bytes (lossless: read the CSV with ``encoding="utf-8", errors="surrogateescape"``).
-
-Exit codes: 0 success; 1 no image could be read; 2 bad arguments (unknown model, missing
-folder, no head with the requested number of clusters, ...).
-"""
+"""The ``secu-cluster`` command: its arguments, and clustering a folder of images."""
 
 from __future__ import annotations
 
@@ -22,32 +7,29 @@ import contextlib
 import csv
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
-from PIL import Image
 
+from secu_plugin.cli.common import (
+    PROGRAM,
+    UsageError,
+    open_image_file,
+    preprocessed_batches,
+    write_report,
+)
+from secu_plugin.cli.dataset import cluster_dataset
 from secu_plugin.data.files import (
-    UNREADABLE_IMAGE_ERRORS,
     ImageFiles,
     check_output_outside_data,
     find_image_files,
 )
-from secu_plugin.model_selection import head_to_use, recorded_recommendation
+from secu_plugin.model_selection import head_to_use
 from secu_plugin.viz import ensure_parent_folder
 
 if TYPE_CHECKING:
-    import torch
-
     from secu_plugin.cluster_report import ClusterAssignments
-    from secu_plugin.models import SeCuModel
-
-PROGRAM = "secu-cluster"
-
-
-class _UsageError(Exception):
-    """A bad command-line argument: reported on stderr, exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exit_request.code or 0)
     try:
         return _run(args, sys.stderr)
-    except _UsageError as error:
+    except UsageError as error:
         if args.debug or os.environ.get("SECU_DEBUG") == "1":
             raise
         print(f"{PROGRAM}: error: {error}", file=sys.stderr)
@@ -151,45 +133,48 @@ def _run(args: argparse.Namespace, stderr: TextIO) -> int:
     from secu_plugin.models import SeCuModel
 
     if args.out is None and args.report is None:
-        raise _UsageError("nothing to write: give --out, --report or both")
+        raise UsageError("nothing to write: give --out, --report or both")
     parquet = args.out is not None and args.out.lower().endswith(".parquet")
     if args.resume and (args.data is not None or args.report is not None or parquet):
-        raise _UsageError("--resume continues a CSV --out of --images (without --report)")
+        raise UsageError("--resume continues a CSV --out of --images (without --report)")
     if args.images is not None and not os.path.isdir(args.images):
-        raise _UsageError(f"--images {args.images!r} is not a folder")
+        raise UsageError(f"--images {args.images!r} is not a folder")
     for flag, output in (("--out", args.out), ("--report", args.report)):
         for data_flag, data in (("--images", args.images), ("--data", args.data)):
             if output is not None and data is not None:
                 try:  # what it writes would be read back as images by the next run
                     check_output_outside_data(output, data, flag, data_flag)
                 except ValueError as error:
-                    raise _UsageError(str(error)) from error
+                    raise UsageError(str(error)) from error
     if args.data is not None and args.out is not None and args.out.lower().endswith(".csv"):
-        raise _UsageError("with --data, --out is a folder (save_to_disk) or a .parquet file")
+        raise UsageError("with --data, --out is a folder (save_to_disk) or a .parquet file")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(device)
     except RuntimeError as error:
-        raise _UsageError(f"--device {args.device!r} is not a torch device: {error}") from error
+        raise UsageError(f"--device {args.device!r} is not a torch device: {error}") from error
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise _UsageError("--device cuda was given but no CUDA device is available")
+        raise UsageError("--device cuda was given but no CUDA device is available")
     try:
         model = SeCuModel.from_pretrained(args.model, map_location="cpu")
     except (OSError, ValueError) as error:
-        raise _UsageError(f"--model: {error}") from error
+        raise UsageError(f"--model: {error}") from error
     try:
         head, told = head_to_use(model.training_recipe, model.num_clusters, args.num_clusters)
     except ValueError as error:
-        raise _UsageError(str(error)) from error
+        raise UsageError(str(error)) from error
     if told:
-        print(f"{PROGRAM}: using head K={model.num_clusters[head]}, the one the training run recommends", file=stderr)  # fmt: skip
+        print(
+            f"{PROGRAM}: using head K={model.num_clusters[head]}, the one the training run recommends",
+            file=stderr,
+        )
     num_clusters = model.num_clusters[head]
     model.to(device).eval()
     if args.data is not None:
-        return _cluster_dataset(args, model, head, stderr)
+        return cluster_dataset(args, model, head, stderr)
     paths = find_image_files(args.images)
     if not paths:
-        raise _UsageError(f"no image files under {args.images!r}")
+        raise UsageError(f"no image files under {args.images!r}")
     if args.resume and os.path.isfile(args.out):
         _drop_partial_last_line(args.out)  # a row an interruption cut is redone
     done = _rows(args.out) if args.resume else {}
@@ -211,18 +196,21 @@ def _run(args: argparse.Namespace, stderr: TextIO) -> int:
         writer = csv.writer(file) if file else None
         if writer and not done:
             writer.writerow(["path", "cluster", "confidence"])
-        for batch_paths, batch, unreadable in _batches(model, todo, _open_file, args.batch_size,
-                                                       stderr):  # fmt: skip
+        for batch_paths, batch, unreadable in preprocessed_batches(
+            model, todo, open_image_file, args.batch_size, stderr
+        ):
             skipped += unreadable
             if batch_paths:
                 assigned = assign_batch(model, batch)
                 if writer:
                     writer.writerows(
                         (path, int(cluster), f"{float(conf):.6f}")
-                        for path, cluster, conf in zip(batch_paths,
+                        for path, cluster, conf in zip(
+                            batch_paths,
                             assigned.cluster_ids[head].tolist(),
-                            assigned.confidence[head].tolist())
-                    )  # fmt: skip
+                            assigned.confidence[head].tolist(),
+                        )
+                    )
                 if parquet or args.report:
                     found.append(assigned)
                     found_paths += batch_paths
@@ -230,8 +218,10 @@ def _run(args: argparse.Namespace, stderr: TextIO) -> int:
                 file.flush()  # an interrupted run keeps every finished batch
     if skipped:
         shown = ", ".join(skipped[:5]) + (", ..." if len(skipped) > 5 else "")
-        print(f"{PROGRAM}: skipped {len(skipped)} unreadable file(s) of {len(paths)}: {shown}",
-              file=stderr)  # fmt: skip
+        print(
+            f"{PROGRAM}: skipped {len(skipped)} unreadable file(s) of {len(paths)}: {shown}",
+            file=stderr,
+        )
     rows = _rows(csv_out) if csv_out else {}
     if not rows and not found_paths:
         print(f"{PROGRAM}: error: none of the {len(paths)} image files could be read", file=stderr)
@@ -241,7 +231,7 @@ def _run(args: argparse.Namespace, stderr: TextIO) -> int:
         if parquet:
             outputs.write_assignments_parquet(args.out, found_paths, everything)
         if args.report:
-            _write_report(args, found_paths, found_paths, everything, None, None, model)
+            write_report(args, found_paths, found_paths, everything, None, None, model)
         rows = rows or dict(zip(found_paths, everything.cluster_ids[head].tolist()))
     readable = list(rows)
     ids_all = np.array([rows[path] for path in readable], dtype=np.int64)
@@ -253,32 +243,6 @@ def _run(args: argparse.Namespace, stderr: TextIO) -> int:
         file=stderr,
     )
     return 0
-
-
-def _write_report(
-    args: argparse.Namespace, images: Sequence, names: list[str],
-    assignments: ClusterAssignments, labels: np.ndarray | None, class_names: list[str] | None,
-    model: SeCuModel,
-) -> None:  # fmt: skip
-    """The HTML report; the recommended head: --num-clusters's, the record's, the card's."""
-    from secu_plugin.cluster_report import write_cluster_report
-
-    evaluated = ((model.results or {}).get("evaluations", [model.results or {}]) or [{}])[0]
-    recommended = recorded_recommendation(model.training_recipe, list(model.num_clusters))
-    if args.num_clusters is not None:
-        recommended = model.head_index(args.num_clusters)
-    elif recommended is None and evaluated.get("num_clusters") in model.num_clusters:
-        recommended = model.head_index(evaluated["num_clusters"])
-    try:
-        write_cluster_report(
-            args.report, images, assignments.cluster_ids, assignments.confidence,
-            assignments.center_similarity, num_clusters=assignments.num_clusters,
-            head_names=assignments.head_names(), recommended_head=recommended, labels=labels,
-            class_names=class_names, names=names,
-            title=f"Clusters of {args.images or args.data} by {args.model}",
-        )  # fmt: skip
-    except ValueError as error:
-        raise _UsageError(f"--report: {error}") from error
 
 
 def _drop_partial_last_line(csv_path: str) -> None:
@@ -296,87 +260,8 @@ def _rows(csv_path: str) -> dict[str, int]:
     with open(csv_path, newline="", encoding="utf-8", errors="surrogateescape") as file:
         rows = list(csv.reader(file))
     if not rows or rows[0] != ["path", "cluster", "confidence"]:
-        raise _UsageError(f"--resume: {csv_path!r} is not a CSV written by {PROGRAM}")
+        raise UsageError(f"--resume: {csv_path!r} is not a CSV written by {PROGRAM}")
     return {row[0]: int(row[1]) for row in rows[1:]}
-
-
-def _open_file(path: str) -> Image.Image:
-    with Image.open(path) as image:
-        image.load()
-        return image
-
-
-def _batches(
-    model: SeCuModel, items: list, load: Callable, batch_size: int, stderr: TextIO
-) -> Iterator[tuple[list, torch.Tensor | None, list]]:
-    """Yields (items, preprocessed batch, unreadable items) per batch of ``load(item)``."""
-    import torch
-    from tqdm.auto import tqdm
-
-    progress = tqdm(
-        total=len(items), unit="img", file=stderr, disable=len(items) <= batch_size, desc=PROGRAM
-    )
-    try:
-        for start in range(0, len(items), batch_size):
-            batch_items, tensors, unreadable = [], [], []
-            for item in items[start : start + batch_size]:
-                try:
-                    tensors.append(model.preprocess([load(item)])[0])
-                except UNREADABLE_IMAGE_ERRORS as error:
-                    unreadable.append(item)
-                    progress.write(
-                        f"{PROGRAM}: skipping unreadable image {item}: {error}", file=stderr
-                    )
-                    continue
-                batch_items.append(item)
-            progress.update(len(items[start : start + batch_size]))
-            batch = torch.stack(tensors) if tensors else None
-            yield batch_items, batch, unreadable
-    finally:
-        progress.close()
-
-
-def _cluster_dataset(args: argparse.Namespace, model: SeCuModel, head: int, stderr: TextIO) -> int:
-    """``--data``: every head's columns added to the data set, saved to ``--out``."""
-    from torch.utils.data import Subset
-
-    from secu_plugin.cluster_report import ClusterAssignments, assign_batch, outputs
-    from secu_plugin.data import ImageDataset
-    from secu_plugin.data.hf import HFSource
-
-    try:
-        loaded = outputs.load_dataset_source(args.data, args.split)
-    except (OSError, ValueError, ConnectionError) as error:
-        raise _UsageError(f"--data {args.data!r}: {error}") from error
-    source = HFSource(loaded.dataset, loaded.image_column, loaded.description)
-    found, rows = [], []
-    for batch_rows, batch, _ in _batches(model, list(range(len(source))), source.load,
-                                         args.batch_size, stderr):  # fmt: skip
-        if batch_rows:
-            found.append(assign_batch(model, batch))
-            rows += batch_rows
-    if not rows:
-        print(f"{PROGRAM}: error: none of the {len(source)} images could be read", file=stderr)
-        return 1
-    everything = ClusterAssignments.concatenate(found)
-    if len(rows) < len(source):
-        print(f"{PROGRAM}: skipped {len(source) - len(rows)} unreadable image(s) of "
-              f"{len(source)} (cluster -1 in --out)", file=stderr)  # fmt: skip
-    if args.out:
-        try:
-            columns = outputs.with_cluster_columns(loaded.dataset, everything, np.array(rows))
-            outputs.save_dataset(columns, args.out, args.data)
-        except ValueError as error:
-            raise _UsageError(str(error)) from error
-    if args.report:
-        labels = None if loaded.labels is None else loaded.labels[rows]
-        images = Subset(ImageDataset(source), rows)  # read only for the images shown
-        _write_report(args, images, [f"row {r}" for r in rows], everything, labels,
-                      loaded.classes, model)  # fmt: skip
-    used = len(np.unique(everything.cluster_ids[head]))
-    print(f"{PROGRAM}: {len(rows)} images in {used} of {model.num_clusters[head]} clusters "
-          f"(head {head}) -> {', '.join(filter(None, (args.out, args.report)))}", file=stderr)  # fmt: skip
-    return 0
 
 
 def _save_pictures(
@@ -394,7 +279,3 @@ def _save_pictures(
     if args.sizes:
         counts = np.bincount(cluster_ids, minlength=num_clusters)
         save_cluster_size_plot([counts], [f"head K={num_clusters}"], args.sizes)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
