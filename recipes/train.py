@@ -27,7 +27,6 @@ from tqdm.auto import tqdm
 from secu_plugin import SeCuCenterBank, SeCuLoss, SeCuModel
 from secu_plugin.data import TwoViewDataset, byol_views, describe_data, digit_views
 from secu_plugin.models import SeCuNetwork
-from secu_plugin.models.pretrained import describe_weights, load_pretrained_backbone
 from secu_plugin.train.auto import describe_settings, preset_data, resolve_preset
 from secu_plugin.train.checkpoint import TrainProgress
 from secu_plugin.train.evaluation import predict_dataset, project_dataset
@@ -36,6 +35,11 @@ from secu_plugin.train.presets import AUTO, PRESET_CHOICES
 from secu_plugin.train.report import EpochReport, StepLogger, summary_line
 from secu_plugin.train.runtime import ranks_hold_identical_state, run_or_exit
 from secu_plugin.train.scaffold import RecipeRun, command_line_overrides, read_images
+
+FINETUNE_INSTEAD = (
+    "to start from pretrained weights, train heads on them with recipes/train_head.py "
+    "(--pretrained_file), then fine-tune its model with recipes/finetune.py --model"
+)
 
 
 def get_args_parser(
@@ -54,10 +58,9 @@ def get_args_parser(
     parser.add_argument("--output_dir", default=None, help="default: outputs/<preset>")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--backbone", help="any timm model name")
-    parser.add_argument(
-        "--pretrained", action="store_true", help="fine-tune: start from timm's pretrained weights"
-    )
-    parser.add_argument("--pretrained_file", help="fine-tune: start from this local weights file")
+    # Refused with a pointer: fine-tuning has one way (recipes/finetune.py, after train_head.py).
+    parser.add_argument("--pretrained", action="store_true", help="refused: see --pretrained_file")
+    parser.add_argument("--pretrained_file", help=f"refused: {FINETUNE_INSTEAD}")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--push_to_hub", metavar="ORG/NAME", help="also push the model to the Hub")
@@ -103,6 +106,9 @@ class TwoViewNetwork(nn.Module):
 
 
 def main(args: argparse.Namespace) -> dict:
+    if args.pretrained or args.pretrained_file:
+        flag = "--pretrained_file" if args.pretrained_file else "--pretrained"
+        raise ValueError(f"{flag}: recipes/train.py trains from scratch; {FINETUNE_INSTEAD}")
     # ---- Data, read once: two views of each image and its index (labels for evaluation).
     overrides = command_line_overrides(args, ("data", "epochs", "backbone"))
     # With --data and no --preset, the settings are derived from the data (the auto preset).
@@ -119,12 +125,6 @@ def main(args: argparse.Namespace) -> dict:
         log(f"skipped {len(train_images.skipped)} unreadable images")
     settings.check_data_size(len(train_images), accelerator.num_processes)
     network = SeCuNetwork(**asdict(settings.network))
-    pretrained = None
-    if args.pretrained or args.pretrained_file:  # fine-tuning: timm loads (and adapts) them
-        backbone_name = settings.network.backbone
-        load_pretrained_backbone(network.backbone, backbone_name, args.pretrained_file)
-        pretrained = describe_weights(backbone_name, args.pretrained_file)
-        log(f"backbone weights: {pretrained['source']}")
     data_config = network.data_config  # input size and normalization of the backbone
     augmentation = settings.augmentation
     make_views = digit_views if augmentation.views == "digits" else byol_views
@@ -237,17 +237,15 @@ def main(args: argparse.Namespace) -> dict:
         "epochs": progress.epoch,
         "steps": progress.global_step,
         "num_processes": accelerator.num_processes,
-        # every rank's shard of a sharded memory holds other images: compared without it
-        "ranks_in_sync": ranks_hold_identical_state(
-            bank, exclude=("memory",) if bank.memory_sharded else ()
-        ),
+        # what every rank must hold alike: a sharded memory's shards differ by design
+        "ranks_in_sync": ranks_hold_identical_state(bank.shared_state()),
     }
 
     # ---- Export: the model gets the bank's centers once, then evaluation and pictures.
     if not stopped:
         # unwrap_model: the trained network without Accelerate's wrappers (DDP, compile).
         network = accelerator.unwrap_model(two_views).network
-        record = run.training_record(pretrained_backbone=pretrained)
+        record = run.training_record()
         model = SeCuModel.from_network(
             network, bank.centers, temperature=criterion.temperature_c, training=record
         )

@@ -1,4 +1,5 @@
-"""Fine-tuning a frozen-head model by self-labeling (recipes/finetune.py and its pieces)."""
+"""Fine-tuning a frozen-head model by self-labeling (recipes/finetune.py, its settings and its
+pieces): the run, its refusals, a SIGKILL and --resume that end bit-identical, 2 processes."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from secu_plugin import SeCuModel
 from secu_plugin.frozen.finetune import (
@@ -19,16 +20,19 @@ from secu_plugin.frozen.finetune import (
     neighbor_agreement,
     self_label_loss,
 )
-from tests.launch import ROOT, write_digit_folder
+from tests.launch import ROOT, accelerate_launch, write_digit_folder
 from tests.test_pretrained import run_recipe as run_train_head
 
 TRAIN_HEAD = ROOT / "recipes" / "train_head.py"
 FINETUNE = ROOT / "recipes" / "finetune.py"
 
 
-def run_finetune(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    command = [sys.executable, str(FINETUNE), "--no_progress", *args]
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "SECU_NUM_THREADS": "1"}
+def run_finetune(
+    *args: str, check: bool = True, env: dict | None = None, launcher: list[str] | None = None
+) -> subprocess.CompletedProcess:
+    command = [*(launcher or [sys.executable]), str(FINETUNE), "--no_progress", *args]
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "SECU_NUM_THREADS": "1", **(env or {})}
+    environment.pop("SECU_DEBUG", None)
     result = subprocess.run(
         command, capture_output=True, text=True, timeout=600, env=environment, check=False
     )
@@ -76,6 +80,11 @@ def test_neighbor_agreement_and_the_loss_prefer_clusters_that_follow_the_graph()
     assert float(none) == 0.0
 
 
+# 120 images, batches of 32: 3 steps per epoch.
+TINY_FINETUNE = ["--epochs", "2", "--report_to", "none", "--set", "augmented_views=2",
+                 "batch_size=32", "lr=1e-3"]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def frozen_model(tmp_path_factory) -> tuple[Path, Path]:
     """A frozen-head model of timm's tiny test_efficientnet on 120 digit images."""
@@ -94,19 +103,51 @@ def frozen_model(tmp_path_factory) -> tuple[Path, Path]:
     return root, digits
 
 
-def test_finetune_starts_from_the_frozen_model_and_never_ends_below_its_criterion(frozen_model):
+def finetune_args(root: Path, out: Path) -> list[str]:
+    return ["--model", str(root / "frozen"), "--output_dir", str(out),
+            "--cache_dir", str(root / "cache"), *TINY_FINETUNE]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def finetuned(frozen_model) -> tuple[dict, Path]:
+    """One uninterrupted fine-tuning run, shared: its final line and its output directory."""
     root, _ = frozen_model
-    start = SeCuModel.from_pretrained(root / "frozen" / "model")
     out = root / "finetuned"
-    result = run_finetune(
-        "--model", str(root / "frozen"), "--output_dir", str(out),
-        "--cache_dir", str(root / "cache"), "--epochs", "2", "--augmented_views", "2",
-        "--batch_size", "32", "--lr", "1e-3",
-    )  # fmt: skip
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    result = run_finetune(*finetune_args(root, out))
+    return json.loads(result.stdout.strip().splitlines()[-1]), out
+
+
+def checkpoint_state(out: Path) -> dict[str, torch.Tensor]:
+    """The last checkpoint's weights, optimizer, counters and kept state, flattened."""
+    checkpoints = out / "checkpoints"
+    latest = checkpoints / (checkpoints / "latest").read_text()
+    state = {f"model.{k}": v for k, v in load_file(latest / "model.safetensors").items()}
+    optimizer = torch.load(latest / "optimizer.bin", weights_only=False)
+    for index, slot in optimizer["state"].items():
+        state.update({f"optimizer.{index}.{k}": torch.as_tensor(v) for k, v in slot.items()})
+    progress = torch.load(latest / "custom_checkpoint_0.pkl", weights_only=False)
+    kept = torch.load(latest / "custom_checkpoint_1.pkl", weights_only=False)
+    state["progress"] = torch.tensor([progress[k] for k in ("epoch", "global_step")])
+    state["generator"] = kept["generator"]
+    state.update({f"kept.{k}": v for k, v in kept["best"]["state"].items()})
+    return state
+
+
+def test_finetune_starts_from_the_frozen_model_and_never_ends_below_its_criterion(
+    frozen_model, finetuned
+):
+    root, _ = frozen_model
+    summary, out = finetuned
+    start = SeCuModel.from_pretrained(root / "frozen" / "model")
+    # the final line has what the other recipes print, and the scaffold's export wrote them
+    for key in ("accuracy", "nmi", "ari", "recommended_num_clusters", "seconds"):
+        assert key in summary, key
+    assert summary["output_dir"] == str(out) and summary["model_dir"] == str(out / "model")
+    assert Path(summary["report"]).is_file() and (out / "cluster_sizes.png").is_file()
     report = json.loads((out / "results.json").read_text())
     history = report["history"]
     assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert report["kept_epoch"] == summary["kept_epoch"] and "k_selection" in report
     # the kept state is the best by the label-free criterion, the start included
     kept = next(h for h in history if h["epoch"] == summary["kept_epoch"])
     assert kept["neighbor_agreement"] == max(
@@ -115,23 +156,72 @@ def test_finetune_starts_from_the_frozen_model_and_never_ends_below_its_criterio
     )  # fmt: skip
     assert summary["accuracy"] == kept["accuracy"]
     assert summary["start_accuracy"] == history[0]["accuracy"]
-    finetuned = SeCuModel.from_pretrained(out / "model")
-    assert finetuned.num_clusters == start.num_clusters
-    assert finetuned.training_recipe["finetuned_from"]["sha256"]
+    finetuned_model = SeCuModel.from_pretrained(out / "model")
+    assert finetuned_model.num_clusters == start.num_clusters
+    record = finetuned_model.training_recipe
+    assert record["finetuned_from"]["sha256"] and record["preset"]["trainable_stages"] == 2
+    assert record["preset"]["augmented_views"] == 2  # the --set override, recorded
     # the first stages are the start's; the centers are the start's (fixed classifier)
-    assert torch.equal(finetuned.backbone.conv_stem.weight, start.backbone.conv_stem.weight)
-    for before, after in zip(start.centers, finetuned.centers):
+    assert torch.equal(finetuned_model.backbone.conv_stem.weight, start.backbone.conv_stem.weight)
+    for before, after in zip(start.centers, finetuned_model.centers):
         assert torch.equal(before, after)
-    changed = not torch.equal(finetuned.backbone.conv_head.weight, start.backbone.conv_head.weight)
-    assert changed == (summary["kept_epoch"] > 0)
+    conv_head = finetuned_model.backbone.conv_head.weight
+    assert (not torch.equal(conv_head, start.backbone.conv_head.weight)) == (kept["epoch"] > 0)
+
+
+def test_a_killed_finetuning_resumes_to_the_same_result(frozen_model, finetuned, tmp_path):
+    root, _ = frozen_model
+    summary, full = finetuned
+    args = finetune_args(root, tmp_path / "cut")
+    killed = run_finetune(*args, env={"SECU_KILL_AT": "step:5"}, check=False)  # in epoch 2
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    resumed = run_finetune(*args, "--resume")
+    assert "resumed from" in resumed.stdout
+    cut_state, full_state = checkpoint_state(tmp_path / "cut"), checkpoint_state(full)
+    assert cut_state.keys() == full_state.keys()
+    for key, value in full_state.items():
+        assert torch.equal(cut_state[key], value), key  # bit for bit
+    cut_summary = json.loads(resumed.stdout.strip().splitlines()[-1])
+    for key in ("accuracy", "nmi", "ari", "kept_epoch", "neighbor_agreement", "start_accuracy"):
+        assert cut_summary[key] == summary[key], key
+    cut_report = json.loads((tmp_path / "cut" / "results.json").read_text())
+    assert cut_report["history"] == json.loads((full / "results.json").read_text())["history"]
+    exported = load_file(tmp_path / "cut" / "model" / "model.safetensors")
+    for key, value in load_file(full / "model" / "model.safetensors").items():
+        assert torch.equal(exported[key], value), key
 
 
 def test_finetune_refuses_bad_input_with_a_clear_message(frozen_model, tmp_path):
     root, _ = frozen_model
     missing = run_finetune("--model", str(tmp_path), check=False)
     assert missing.returncode == 2 and "model.safetensors" in missing.stderr
-    bad = run_finetune(
-        "--model", str(root / "frozen"), "--confident_fraction", "1.5",
-        "--output_dir", str(tmp_path / "out"), check=False,
+    for setting, named in (
+        ("confident_fraction=1.5", "confident_fraction"),
+        ("num_clusters=[5]", "does not read ['num_clusters']"),  # the start model's
+        ("batch_size=500", "least one batch"),
+    ):
+        bad = run_finetune(
+            "--model", str(root / "frozen"), "--output_dir", str(tmp_path / "out"),
+            "--cache_dir", str(root / "cache"), "--set", setting, check=False,
+        )  # fmt: skip
+        lines = bad.stderr.strip().splitlines()
+        assert bad.returncode == 2 and len(lines) == 1 and named in lines[0], bad.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_two_process_finetuning(frozen_model, tmp_path):
+    """accelerate launch with 2 CPU processes: the cache split over them, each training on its
+    half of every batch; one export, the same final line's keys."""
+    root, _ = frozen_model
+    out = tmp_path / "two"
+    result = run_finetune(
+        *finetune_args(root, out), "--cache_dir", str(tmp_path / "cache"),
+        launcher=[*accelerate_launch(2), "-q"], env={"ACCELERATE_USE_CPU": "1"},
     )  # fmt: skip
-    assert bad.returncode == 2 and "--confident_fraction" in bad.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["epochs"] == 2 and Path(summary["report"]).is_file()
+    assert summary["model_dir"] == str(out / "model")
+    assert (out / "checkpoints" / "latest").is_file()
+    history = json.loads((out / "results.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert SeCuModel.from_pretrained(out / "model").num_clusters == [10, 20]

@@ -1,5 +1,6 @@
 """Pretrained backbones: the feature cache, the pairs, the frozen-backbone recipe and its model,
-fine-tuning, and the real EfficientNet-Lite0 weights."""
+train.py's refusal of pretrained weights (fine-tuning is recipes/finetune.py), and the real
+EfficientNet-Lite0 weights."""
 
 from __future__ import annotations
 
@@ -208,23 +209,16 @@ def test_view_pairs_and_a_corrupt_image(tmp_path, digits, weights_file):
     assert "120 images x 3 views" in result.stdout
 
 
-def test_fine_tuning_starts_from_the_pretrained_file(tmp_path, digits, weights_file):
-    """Grey digits, a 3-channel pretrained file: timm adapts the first convolution. One epoch
-    (the memory-filling epoch, encoder lr 0) leaves the convolution weights as loaded."""
-    run_recipe(
-        TRAIN,
-        "--data", str(digits), "--output_dir", str(tmp_path / "out"), "--epochs", "1",
-        "--backbone", "test_efficientnet", "--pretrained_file", str(weights_file),
-        "--set", "input_size=32", "num_clusters=[10]", "batch_size=32", "backbone_lr_factor=0.1",
-    )  # fmt: skip
-    model = SeCuModel.from_pretrained(tmp_path / "out" / "model")
-    pretrained = load_file(str(weights_file))
-    stem = model.backbone.conv_stem.weight
-    assert stem.shape[1] == 1
-    assert torch.allclose(stem[:, 0], pretrained["conv_stem.weight"].sum(1))
-    conv = model.backbone.blocks[1][0].conv_exp.weight
-    assert torch.equal(conv, pretrained["blocks.1.0.conv_exp.weight"])
-    assert model.training_recipe["pretrained_backbone"]["source"].startswith("file:")
+@pytest.mark.parametrize("flag", [["--pretrained_file", "weights.safetensors"], ["--pretrained"]])
+def test_train_py_refuses_pretrained_weights_naming_the_fine_tuning_recipe(flag, tmp_path):
+    """One way to fine-tune: recipes/finetune.py. train.py says so in one line, before any
+    data is read or any output written."""
+    result = run_recipe(TRAIN, *flag, "--output_dir", str(tmp_path / "out"), check=False)
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {flag[0]}:"), lines
+    assert "recipes/finetune.py" in lines[0]
+    assert not (tmp_path / "out").exists()
 
 
 def test_efficientnet_lite0_weights_give_real_features(tmp_path):

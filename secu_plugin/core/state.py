@@ -20,6 +20,7 @@ from torch import nn
 from secu_plugin.core.memory import AssignmentMemory
 
 _OWN_KEYS = ("memory", "memory_shard", "epoch")  # state_dict entries that are not buffers
+_RANK_OWN_KEYS = ("memory", "memory_shard")  # a sharded memory's: each rank's own
 
 
 class BankState(nn.Module):
@@ -58,6 +59,21 @@ class BankState(nn.Module):
     def epoch(self) -> int:
         """The current epoch: -1 before the first, then set by start_epoch / set_epoch."""
         return self._epoch
+
+    def shared_state(self) -> dict[str, torch.Tensor]:
+        """The ``state_dict`` entries every rank of a run holds alike: all of them but a
+        sharded memory's (each rank's own instances' labels, and its ``memory_shard`` index).
+
+        Examples:
+            >>> from secu_plugin import SeCuCenterBank
+            >>> bank = SeCuCenterBank(dim=2, num_clusters=[2], num_instances=3, memory="sharded")
+            >>> sorted(set(bank.state_dict()) - set(bank.shared_state()))
+            ['memory', 'memory_shard']
+            >>> "memory" in SeCuCenterBank(dim=2, num_clusters=[2], num_instances=3).shared_state()
+            True
+        """
+        own = _RANK_OWN_KEYS if self._memory.sharded else ()
+        return {k: v for k, v in self.state_dict().items() if k not in own}
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
@@ -158,7 +174,7 @@ class BankState(nn.Module):
             first._metadata = states[0]._metadata
         for state in states[1:]:  # the global state is identical on every rank
             for key, value in first.items():
-                if key not in ("memory", "memory_shard") and not torch.equal(state[key], value):
+                if key not in _RANK_OWN_KEYS and not torch.equal(state[key], value):
                     raise ValueError(f"the ranks' states differ in {key!r}: not one run")
         # This rank's part only (a sharded bank never holds the whole memory).
         memory = self._memory

@@ -161,12 +161,15 @@ def open_feature_cache(
     images: ImageDataset,
     transforms: list[Callable],
     cache_root: Path,
+    backbone_name: str | None = None,
 ) -> FeatureCache:
     """The frozen backbone's features of every view (``transforms``) of ``images``: reused
     when a complete cache exists for exactly these inputs, else embedded (split over the
-    processes, resumed chunk by chunk after an interruption)."""
+    processes, resumed chunk by chunk after an interruption). ``backbone_name``, for the
+    cache's key: default the settings' backbone (a fine-tuning run names its model's)."""
     settings, accelerator = run.settings, run.accelerator
-    key = cache_key(settings.network.backbone, weights, transforms, images, run.args.seed)
+    name = backbone_name or settings.network.backbone
+    key = cache_key(name, weights, transforms, images, run.args.seed)
     cache_settings = settings.cache
     shape = (
         len(images),

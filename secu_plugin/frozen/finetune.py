@@ -2,7 +2,7 @@
 
 A model from ``recipes/train_head.py`` clusters with a frozen backbone. Fine-tuning its last
 stages on its own most confident assignments (SCAN's self-labeling step, with SeCu's centers
-kept fixed as the classifier) can move the features towards its clusters. Three pieces:
+kept fixed as the classifier) can move the features towards its clusters. The pieces:
 
 - :class:`StagedBackbone`: a timm EfficientNet-family backbone cut after ``blocks[split - 1]``:
   the *trunk* (stem and first stages, frozen) and the *tail* (last stages, head convolution,
@@ -13,7 +13,11 @@ kept fixed as the classifier) can move the features towards its clusters. Three 
   (:func:`secu_plugin.frozen.self_labeling.confident_targets`, shared with the frozen heads).
 - :func:`neighbor_agreement`: the label-free criterion that keeps or restores the start: how
   often an image's cluster is the cluster of its nearest neighbours in the *starting*
-  backbone's feature space (a fixed graph that the fine-tuning cannot move).
+  backbone's feature space (a fixed graph that the fine-tuning cannot move); :class:`KeptState`
+  keeps the state it prefers, the start included, through checkpoints.
+- :class:`TailProjection`: the tail and the projection head, the module the recipe trains.
+
+The settings and their presets: :mod:`secu_plugin.frozen.finetune_presets`.
 """
 
 from __future__ import annotations
@@ -56,13 +60,21 @@ class StagedBackbone(nn.Module):
             )
         self.backbone = backbone
         self.split = stages - trainable_stages
-        self.trunk_modules = nn.ModuleList(
-            [backbone.conv_stem, backbone.bn1, *backbone.blocks[: self.split]]
-        )
-        self.tail_modules = nn.ModuleList(
-            [*backbone.blocks[self.split :], backbone.conv_head, backbone.bn2]
-        )
         self.trunk_modules.requires_grad_(False)
+
+    # Views of the backbone's modules, not registered twice: the state_dict holds each weight
+    # once (a checkpoint in safetensors refuses tensors that share memory).
+    @property
+    def trunk_modules(self) -> nn.ModuleList:
+        """The frozen modules: stem and first stages."""
+        backbone = self.backbone
+        return nn.ModuleList([backbone.conv_stem, backbone.bn1, *backbone.blocks[: self.split]])
+
+    @property
+    def tail_modules(self) -> nn.ModuleList:
+        """The trained modules: the last stages and the head convolution."""
+        backbone = self.backbone
+        return nn.ModuleList([*backbone.blocks[self.split :], backbone.conv_head, backbone.bn2])
 
     def trunk(self, images: torch.Tensor) -> torch.Tensor:
         """The frozen stages' activations (B, C, H, W) of a batch of images."""
@@ -99,7 +111,90 @@ class FlatTrunk(nn.Module):
         return self.staged.trunk(images).flatten(1)
 
 
-@torch.no_grad()
+class TailProjection(nn.Module):
+    """The trained part of a fine-tuned model as one module, from the trunk's activations to
+    projections: the backbone's tail, then the projection head. What ``accelerator.prepare``
+    wraps (on N processes, DDP averages its gradients) and a checkpoint saves (the whole
+    backbone, trunk included, each weight once).
+
+    Examples:
+        >>> import timm
+        >>> staged = StagedBackbone(timm.create_model("test_efficientnet", num_classes=0), 1)
+        >>> tail = TailProjection(staged, nn.Linear(staged.backbone.num_features, 8))
+        >>> tail(staged.trunk(torch.zeros(2, 3, 32, 32))).shape
+        torch.Size([2, 8])
+        >>> all(p.requires_grad for p in tail.trainable_parameters())
+        True
+    """
+
+    def __init__(self, staged: StagedBackbone, projection_head: nn.Module) -> None:
+        super().__init__()
+        self.staged = staged
+        self.projection_head = projection_head
+        for parameter in self.trainable_parameters():
+            parameter.requires_grad_(True)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The tail's parameters, then the projection head's (the trunk's stay frozen)."""
+        tail = [p for module in self.staged.tail_modules for p in module.parameters()]
+        return tail + list(self.projection_head.parameters())
+
+    def forward(self, activations: torch.Tensor) -> torch.Tensor:
+        return self.projection_head(self.staged.tail(activations))
+
+
+class KeptState:
+    """The epochs' label-free scores, the state the criterion prefers so far (the start
+    included) and the generator that draws the batches and views: what a resumed run needs
+    beyond the weights and the optimizer (``register_for_checkpointing`` takes it).
+
+    A state is kept when its neighbour agreement beats the kept one's while its cluster sizes
+    stay as balanced as the start's, less ``balance_tolerance`` (a collapsing head does not
+    count); the first state considered, the start, is always kept.
+
+    Examples:
+        >>> kept = KeptState(seed=0)
+        >>> start = {"epoch": 0, "neighbor_agreement": 0.5, "size_balance": 0.9}
+        >>> kept.consider(start, {"w": torch.zeros(1)})
+        >>> kept.consider({**start, "epoch": 1, "size_balance": 0.5, "neighbor_agreement": 0.7},
+        ...               {"w": torch.ones(1)})
+        >>> kept.consider({**start, "epoch": 2, "neighbor_agreement": 0.6}, {"w": torch.ones(1)})
+        >>> kept.best["epoch"], [h["epoch"] for h in kept.history]
+        (2, [0, 1, 2])
+        >>> restored = KeptState(seed=1)
+        >>> restored.load_state_dict(kept.state_dict())
+        >>> restored.best["epoch"], torch.equal(restored.generator.get_state(),
+        ...                                     kept.generator.get_state())
+        (2, True)
+    """
+
+    def __init__(self, seed: int, balance_tolerance: float = 0.02) -> None:
+        self.history: list[dict] = []
+        self.best: dict | None = None
+        self.generator = torch.Generator().manual_seed(seed)
+        self.balance_tolerance = balance_tolerance
+
+    def consider(self, scores: dict, state: dict[str, torch.Tensor]) -> None:
+        """Adds an epoch's ``scores`` (``epoch``, ``neighbor_agreement``, ``size_balance``)
+        to the history, and keeps a copy of the model's ``state`` where the criterion prefers
+        it."""
+        self.history.append(scores)
+        if self.best is not None:
+            balanced = scores["size_balance"] >= self.history[0]["size_balance"] - (
+                self.balance_tolerance
+            )
+            if not (balanced and scores["neighbor_agreement"] > self.best["neighbor_agreement"]):
+                return
+        self.best = {**scores, "state": {k: v.detach().clone() for k, v in state.items()}}
+
+    def state_dict(self) -> dict:
+        return {"history": self.history, "best": self.best, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history, self.best = state["history"], state["best"]
+        self.generator.set_state(state["generator"])
+
+
 @torch.no_grad()
 def neighbor_agreement(predictions: torch.Tensor, neighbors: torch.Tensor) -> float:
     """The share of (image, neighbour) pairs that fall in the same cluster, averaged over the

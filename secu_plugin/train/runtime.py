@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -55,24 +55,24 @@ def check_launch(accelerator) -> None:
         )
 
 
-def ranks_hold_identical_state(module: torch.nn.Module, exclude: tuple[str, ...] = ()) -> bool:
-    """Whether every process holds exactly the same state of ``module`` (e.g. the bank),
-    leaving out the entries named in ``exclude`` (a sharded memory differs by design).
+def ranks_hold_identical_state(state: Mapping[str, torch.Tensor]) -> bool:
+    """Whether every process holds exactly the same ``state`` (what the ranks must share,
+    such as a bank's :meth:`~secu_plugin.core.state.BankState.shared_state`: a sharded
+    memory differs by design). A collective: every process calls it.
 
     Examples:
         >>> from secu_plugin import SeCuCenterBank
-        >>> ranks_hold_identical_state(SeCuCenterBank(dim=4, num_clusters=[3], num_instances=5))
-        True
-        >>> bank = SeCuCenterBank(dim=4, num_clusters=[3], num_instances=5)
-        >>> ranks_hold_identical_state(bank, exclude=("memory",))
+        >>> bank = SeCuCenterBank(dim=4, num_clusters=[3], num_instances=5, memory="sharded")
+        >>> ranks_hold_identical_state(bank.shared_state())
         True
     """
-    values = [t for name, t in module.state_dict().items() if name not in exclude]
-    state = torch.cat([t.detach().double().flatten().cpu() for t in values])
-    weights = torch.arange(len(state), dtype=torch.float64)
-    digest = torch.stack([state.sum(), (state * weights).sum()])
-    device = next(iter(module.state_dict().values())).device
-    gathered = dist.gather_rows(digest.to(device).unsqueeze(0))
+    if not state:
+        raise ValueError("ranks_hold_identical_state needs at least one tensor")
+    values = list(state.values())
+    flat = torch.cat([t.detach().double().flatten().cpu() for t in values])
+    weights = torch.arange(len(flat), dtype=torch.float64)
+    digest = torch.stack([flat.sum(), (flat * weights).sum()])
+    gathered = dist.gather_rows(digest.to(values[0].device).unsqueeze(0))
     return bool((gathered == gathered[0]).all())
 
 

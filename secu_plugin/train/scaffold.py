@@ -1,9 +1,10 @@
 """What the training recipes share around their loops, so that each recipe is its loop.
 
-``recipes/train.py`` (from scratch) and ``recipes/train_head.py`` (heads on a frozen backbone)
-both: turn the command line into setting overrides; start an Accelerate run (output folder,
-trackers, threads, seed); resume from a checkpoint; close each epoch (report line, tracker
-values, the bank's epoch end, checkpoint); find the evaluation split; export (the model
+``recipes/train.py`` (from scratch), ``recipes/train_head.py`` (heads on a frozen backbone) and
+``recipes/finetune.py`` (the last stages of a frozen-head model) all: turn the command line
+into setting overrides; start an Accelerate run (output folder, trackers, threads, seed);
+resume from a checkpoint; close each epoch (report line, tracker values, the bank's epoch end,
+checkpoint); find the evaluation split; export (the model
 directory, results.json, figures) and end with one JSON line. :class:`RecipeRun` holds that;
 :func:`open_feature_cache` is the frozen recipe's cache, for its training and evaluation
 splits. Each recipe keeps its own loop and its own Accelerate calls (``prepare``,
@@ -204,7 +205,7 @@ class RecipeRun:
     def export(
         self,
         model: SeCuModel,
-        bank: SeCuCenterBank,
+        bank: SeCuCenterBank | None,
         train_images: ImageDataset,
         eval_images: ImageDataset,
         predictions: np.ndarray,
@@ -219,21 +220,25 @@ class RecipeRun:
         ``baseline_features``: k-means on them is the baseline (same head K, same labels).
         Every head's label-free K signal (:mod:`secu_plugin.model_selection`, on
         ``projections``) goes to the model's training record, results.json, the report and
-        the final line, which names the recommended head.
+        the final line, which names the recommended head. ``bank`` None (a fine-tuned model,
+        trained without one): no memory to score, the cluster sizes are the predictions'.
         """
         data_name, hub_id = dataset_names(self.settings.data)
-        selection = head_selection(projections, predictions, bank.num_clusters, seed=self.args.seed)
+        num_clusters = model.num_clusters
+        selection = head_selection(projections, predictions, num_clusters, seed=self.args.seed)
         model.training_recipe = {**(model.training_recipe or {}), "k_selection": selection}
         recommended = selection["recommended_num_clusters"]
         self.log(f"recommended head: K={recommended} (the highest k-NN modularity, no labels)")
         results = evaluate_predictions(
             predictions,
             labels,
-            bank.num_clusters,
+            num_clusters,
             data_name,
             split=eval_images.split,
             # One head's labels (sharded: gathered in chunks, a collective on every rank).
-            memory=lambda head: bank.memory_head_labels(head).long().cpu().numpy(),
+            memory=None
+            if bank is None
+            else lambda head: bank.memory_head_labels(head).long().cpu().numpy(),
             memory_labels=train_images.labels,
             dataset_id=hub_id,
         )
@@ -246,7 +251,10 @@ class RecipeRun:
             scores = kmeans_baseline(baseline_features, labels, k, self.args.seed)
             baseline = {"kmeans_" + m: round(v, 4) for m, v in scores.items()}
         metrics.update(baseline)
-        sizes = [s.cpu().numpy() for s in bank.cluster_sizes()]  # sharded: every rank's part
+        if bank is None:
+            sizes = [np.bincount(p, minlength=k) for p, k in zip(predictions, num_clusters)]
+        else:
+            sizes = [s.cpu().numpy() for s in bank.cluster_sizes()]  # sharded: every rank's part
         if self.accelerator.is_main_process:
             self.write_outputs(
                 model, bank, eval_images, predictions, results, baseline, cluster_sizes=sizes
@@ -262,7 +270,7 @@ class RecipeRun:
     def write_outputs(
         self,
         model: SeCuModel,
-        bank: SeCuCenterBank,
+        bank: SeCuCenterBank | None,
         eval_images: ImageDataset,
         predictions: np.ndarray,
         results: dict,
@@ -281,7 +289,7 @@ class RecipeRun:
             cluster_sizes = [s.cpu().numpy() for s in bank.cluster_sizes()]
         save_cluster_size_plot(
             cluster_sizes,
-            [f"K={k}" for k in bank.num_clusters],
+            [f"K={k}" for k in model.num_clusters],
             self.output_dir / "cluster_sizes.png",
         )
         head = results["evaluations"][0]["head"] if results else 0
