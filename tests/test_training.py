@@ -315,6 +315,16 @@ def test_two_process_accelerate_launch_matches_one_process(digit_folder, tmp_pat
 
 
 @pytest.mark.slow
+def test_two_processes_with_a_sharded_memory_are_in_sync(digit_folder, tmp_path):
+    """Each rank holds its own part of a sharded memory (and its own ``memory_shard`` index):
+    the check compares only what the ranks must share, so a correct run reports them in sync."""
+    args = ["--data", str(digit_folder), "--epochs", "2", *TINY, "memory=sharded",
+            'backbone_kwargs={"norm":"none"}', "projection_batchnorm=false"]  # fmt: skip
+    two, _ = run_recipe([*args, "--output_dir", str(tmp_path)], launcher=accelerate_launch(2))
+    assert two["num_processes"] == 2 and two["ranks_in_sync"] is True
+
+
+@pytest.mark.slow
 def test_shortened_demo_run(tmp_path):
     """The README's first command, shortened: MNIST-5k, 2 epochs."""
     summary, log = run_recipe(["--epochs", "2", "--output_dir", str(tmp_path)])
