@@ -98,10 +98,12 @@ def model_folder(path: str) -> Path:
 
 @torch.no_grad()
 def plain_view_outputs(model: SeCuModel, staged: StagedBackbone, activations, shape, batch=256):
-    """Backbone features (N, F) and projections (N, dim) of the cached plain views."""
+    """Backbone features (N, F) and projections (N, dim) of the cached plain views, on the
+    model's device."""
+    device = model.centers[0].device
     features, projections = [], []
     for start in range(0, len(activations), batch):
-        block = activations[start : start + batch, 0].float().view(-1, *shape)
+        block = activations[start : start + batch, 0].float().view(-1, *shape).to(device)
         feature = staged.tail(block)
         features.append(feature)
         projections.append(model.projection_head(feature))

@@ -161,6 +161,7 @@ def test_finetune_starts_from_the_frozen_model_and_never_ends_below_its_criterio
     record = finetuned_model.training_recipe
     assert record["finetuned_from"]["sha256"] and record["preset"]["trainable_stages"] == 2
     assert record["preset"]["augmented_views"] == 2  # the --set override, recorded
+    assert "fine-tuned by self-labeling" in (out / "model" / "README.md").read_text()  # the card
     # the first stages are the start's; the centers are the start's (fixed classifier)
     assert torch.equal(finetuned_model.backbone.conv_stem.weight, start.backbone.conv_stem.weight)
     for before, after in zip(start.centers, finetuned_model.centers):
