@@ -210,19 +210,32 @@ def test_finetune_refuses_bad_input_with_a_clear_message(frozen_model, tmp_path)
 
 
 @pytest.mark.slow
-def test_two_process_finetuning(frozen_model, tmp_path):
+def test_two_process_finetuning_resumes_after_a_kill_to_the_same_result(frozen_model, tmp_path):
     """accelerate launch with 2 CPU processes: the cache split over them, each training on its
-    half of every batch; one export, the same final line's keys."""
+    share of every batch; one export, the same final line's keys. Both processes SIGKILLed
+    inside epoch 2, then --resume: the same checkpoint, bit for bit, as an uninterrupted run."""
     root, _ = frozen_model
+
+    def launch(out: Path, *extra: str, env: dict | None = None, check: bool = True):
+        return run_finetune(
+            *finetune_args(root, out), "--cache_dir", str(tmp_path / "cache"), *extra,
+            launcher=[*accelerate_launch(2), "-q"], env={"ACCELERATE_USE_CPU": "1", **(env or {})},
+            check=check,
+        )  # fmt: skip
+
+    full = launch(tmp_path / "two")
+    summary = json.loads(full.stdout.strip().splitlines()[-1])
     out = tmp_path / "two"
-    result = run_finetune(
-        *finetune_args(root, out), "--cache_dir", str(tmp_path / "cache"),
-        launcher=[*accelerate_launch(2), "-q"], env={"ACCELERATE_USE_CPU": "1"},
-    )  # fmt: skip
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["epochs"] == 2 and Path(summary["report"]).is_file()
     assert summary["model_dir"] == str(out / "model")
-    assert (out / "checkpoints" / "latest").is_file()
     history = json.loads((out / "results.json").read_text())["history"]
     assert [h["epoch"] for h in history] == [0, 1, 2]
     assert SeCuModel.from_pretrained(out / "model").num_clusters == [10, 20]
+    killed = launch(tmp_path / "cut", env={"SECU_KILL_AT": "step:5"}, check=False)
+    assert killed.returncode != 0
+    resumed = launch(tmp_path / "cut", "--resume")
+    assert "resumed from" in resumed.stdout
+    cut_state, full_state = checkpoint_state(tmp_path / "cut"), checkpoint_state(out)
+    assert cut_state.keys() == full_state.keys()
+    for key, value in full_state.items():
+        assert torch.equal(cut_state[key], value), key
