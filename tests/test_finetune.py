@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,10 @@ from secu_plugin.frozen.finetune import (
     neighbor_agreement,
     self_label_loss,
 )
+from secu_plugin.frozen.finetune_presets import FINETUNE_PRESETS, FINETUNE_READS, FinetuneSettings
+from secu_plugin.frozen.head_presets import HeadPreset
+from secu_plugin.train.presets import get_preset
+from secu_plugin.train.settings import group_fields
 from tests.launch import ROOT, accelerate_launch, write_digit_folder
 from tests.test_pretrained import run_recipe as run_train_head
 
@@ -83,6 +88,26 @@ def test_neighbor_agreement_and_the_loss_prefer_clusters_that_follow_the_graph()
 # 120 images, batches of 32: 3 steps per epoch.
 TINY_FINETUNE = ["--epochs", "2", "--report_to", "none", "--set", "augmented_views=2",
                  "batch_size=32", "lr=1e-3"]  # fmt: skip
+
+
+def test_finetune_settings_are_a_preset_registry_like_the_others():
+    settings = get_preset("finetune", FINETUNE_PRESETS, **{"self_labeling.confident_fraction": 0.3})
+    assert settings.self_labeling.confident_fraction == 0.3
+    record = settings.to_dict()
+    assert list(record) == list(group_fields(FinetuneSettings))  # every setting, flat
+    assert settings.replace(**json.loads(json.dumps(record))) == settings  # JSON round trip
+    assert FINETUNE_READS <= set(record)  # what it reads are settings it has
+    # trainable_stages is declared once: no other settings class has it
+    assert "trainable_stages" not in group_fields(HeadPreset)
+    for change, named in (
+        ({"trainable_stages": 0}, "trainable_stages"),
+        ({"lr": 0.0}, "lr"),
+        ({"momentum": 0.5}, "does not read ['momentum']"),
+        ({"backbone": "resnet18"}, "does not read ['backbone']"),
+        ({"learning_rate": 1.0}, "unknown preset settings"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(named)):
+            get_preset("finetune", FINETUNE_PRESETS, **change)
 
 
 @pytest.fixture(scope="module")
