@@ -127,20 +127,27 @@ def synchronize(device: Any) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(work: Callable[[], Any], device: Any = "cpu") -> float:
-    """Seconds ``work()`` takes on ``device``, with the device synchronized before and after
-    (so a CUDA step is timed whole, not only its launch).
+def timed(work: Callable[[], Any], device: Any = "cpu", repeats: int = 1) -> float:
+    """Seconds per call of ``work()``, called ``repeats`` times in a row on ``device``, with the
+    device synchronized before and after (so CUDA steps are timed whole, not only launched).
 
     Examples:
-        >>> seconds = timed(lambda: sum(range(1000)))
+        >>> seconds = timed(lambda: sum(range(1000)), repeats=3)
         >>> 0 <= seconds < 10
         True
+        >>> timed(print, repeats=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: repeats must be at least 1, got 0
     """
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
     synchronize(device)
     started = time.perf_counter()
-    work()
+    for _ in range(repeats):
+        work()
     synchronize(device)
-    return time.perf_counter() - started
+    return (time.perf_counter() - started) / repeats
 
 
 def run_timed(
