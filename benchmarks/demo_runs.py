@@ -23,11 +23,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks.provenance import provenance
+from benchmarks.common import REPO_ROOT, start_record, write_json
 
 FIGURES = ("accuracy", "nmi", "ari", "memory_accuracy", "memory_nmi", "memory_ari")
 
@@ -105,13 +103,7 @@ def demo_runs(current: str, earlier: list[str]) -> dict:
         for name in (*FIGURES, "seconds", "seconds_per_epoch")
         if any(r.get(name) is not None for r in runs)
     }
-    return {
-        "provenance": provenance(),
-        "tuned_on": True,
-        "dataset": "mnist5k",
-        "runs": runs,
-        "range": ranges,
-    }
+    return start_record(tuned_on=True, dataset="mnist5k", runs=runs, range=ranges)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -121,11 +113,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", type=Path, default=None, help="write the record here")
     args = parser.parse_args(argv)
     record = demo_runs(args.current, args.earlier)
-    text = json.dumps(record, indent=2) + "\n"
     if args.json:
-        args.json.write_text(text)
+        write_json(args.json, record)
     else:
-        print(text, end="")
+        print(json.dumps(record, indent=2))
     return record
 
 

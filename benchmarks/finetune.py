@@ -20,24 +20,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere, without installing
-    sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from benchmarks.common import (
+    REPO_ROOT,
+    manifest_fields,
+    manifest_sets,
+    print_line,
+    run_timed,
+    start_record,
+    write_json,
+)
 from benchmarks.frozen_heldout import lite0_weights
-from benchmarks.provenance import provenance
-
-
-def run_command(command: list[str]) -> tuple[subprocess.CompletedProcess, float]:
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    started = time.time()
-    result = subprocess.run(command, capture_output=True, text=True, env=environment, check=False)
-    return result, round(time.time() - started, 1)
 
 
 def run_one(entry: dict, seed: int, weights: Path, work: Path, finetune_args: list[str]) -> dict:
@@ -86,7 +83,7 @@ def run_one(entry: dict, seed: int, weights: Path, work: Path, finetune_args: li
     ]
     record: dict = {"set": entry["name"], "role": entry["role"], "seed": seed}
     for stage, command in (("start", start_command), ("finetune", finetune_command)):
-        result, seconds = run_command(command)
+        result, seconds = run_timed(command, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         record[stage] = {"command": command, "returncode": result.returncode, "seconds": seconds}
         if result.returncode != 0:
             record[stage]["output_tail"] = (result.stdout + result.stderr)[-3000:]
@@ -116,40 +113,25 @@ def main() -> None:
         help="passed to recipes/finetune.py (last on the command line)",
     )
     args = parser.parse_args()
-    info = provenance()
-    manifest = json.loads(Path(args.manifest).read_text())
-    entries = [e for e in manifest["sets"] if "flat" not in e["layout"]]
-    if args.sets:
-        unknown = sorted(set(args.sets) - {e["name"] for e in entries})
-        if unknown:
-            raise ValueError(f"sets not in the manifest: {unknown}")
-        by_name = {e["name"]: e for e in entries}
-        entries = [by_name[name] for name in args.sets]  # in the order asked
+    output = start_record()  # at the start: the load before the run
+    # the sets with class folders, in the order asked (a flat folder's labels are aside)
+    manifest, entries, _ = manifest_sets(parser, args.manifest, args.sets)
     work = Path(args.work)
     weights = lite0_weights(work / "lite0.safetensors")
-    output = {
-        "provenance": info,
-        "manifest": args.manifest,
-        "manifest_provenance": manifest.get("provenance"),
-        "seeds": args.seeds,
-        "finetune_args": args.finetune_args,
-        "roles": {e["name"]: e["role"] for e in entries},
-        "runs": [],
-    }
+    output.update(
+        **manifest_fields(args.manifest, manifest),
+        seeds=args.seeds,
+        finetune_args=args.finetune_args,
+        roles={e["name"]: e["role"] for e in entries},
+        runs=[],
+    )
     for entry in entries:
         for seed in args.seeds:
             record = run_one(entry, seed, weights, work, args.finetune_args)
             output["runs"].append(record)
-            print(
-                json.dumps(
-                    {
-                        k: record.get(k)
-                        for k in ("set", "role", "seed", "acc_start", "acc_finetuned", "kept_epoch")
-                    }
-                ),
-                flush=True,
-            )
-            Path(args.json).write_text(json.dumps(output, indent=2) + "\n")
+            brief = ("set", "role", "seed", "acc_start", "acc_finetuned", "kept_epoch")
+            print_line({k: record.get(k) for k in brief})
+            write_json(args.json, output)
 
 
 if __name__ == "__main__":

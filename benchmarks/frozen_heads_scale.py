@@ -15,7 +15,7 @@ figures extrapolated (printed as such). Prints one JSON line, with every timed s
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import platform
 import resource
 import sys
@@ -26,11 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere, without installing
-    sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks.provenance import provenance
+from benchmarks.common import REPO_ROOT, print_line, start_record, timed, write_json
 from secu_plugin import SeCuCenterBank, SeCuLoss
 from secu_plugin.core.neighbors import nearest_neighbors
 
@@ -40,7 +38,7 @@ def load_module(relative: str):
     PIL, ...: the GPU machine has not all of them)."""
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "secu_plugin" / relative
+    path = REPO_ROOT / "secu_plugin" / relative
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -64,7 +62,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    record = provenance()  # at the start: the load before the run
+    record = start_record()  # at the start: the load before the run
     device = torch.device(args.device)
 
     # The cache: (N, 1, D) float16 in a memory-mapped .npy, filled block by block.
@@ -81,9 +79,9 @@ def main() -> None:
     cache_gib = cache.numel() * 2 / 2**30
 
     # k-NN: time a few blocks of queries against all N keys, extrapolate to N queries.
-    started = time.perf_counter()
-    nearest_neighbors(cache[: args.knn_blocks * args.knn_block_size, 0], 20, args.knn_block_size)
-    warm = time.perf_counter() - started  # includes normalizing the query rows
+    queries = cache[: args.knn_blocks * args.knn_block_size, 0]
+    # includes normalizing the query rows
+    warm = timed(lambda: nearest_neighbors(queries, 20, args.knn_block_size))
     keys_only = time.perf_counter()
     blocks_timed = 0
 
@@ -121,18 +119,19 @@ def main() -> None:
     bank.start_epoch()
     order = torch.randperm(args.images)
     times = []
-    for step in range(args.steps + 1):
-        indices = order[step * args.batch_size : (step + 1) * args.batch_size]
-        started = time.perf_counter()
+
+    def train_step(indices: torch.Tensor) -> None:
         x0, x1 = pairs(indices)
         loss = criterion(head(x0.to(device)), head(x1.to(device)), indices.to(device))
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+
+    for step in range(args.steps + 1):
+        indices = order[step * args.batch_size : (step + 1) * args.batch_size]
+        seconds = timed(functools.partial(train_step, indices), device)
         if step:  # the first step warms up
-            times.append(time.perf_counter() - started)
+            times.append(seconds)
     step_seconds = float(np.median(times))
     steps_per_epoch = args.images // args.batch_size
     result = {
@@ -157,10 +156,10 @@ def main() -> None:
     }
     if device.type == "cuda":
         result["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-    result["provenance"] = record
-    print(json.dumps(result))
+    result["provenance"] = record["provenance"]
+    print_line(result)
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
 
 
 if __name__ == "__main__":

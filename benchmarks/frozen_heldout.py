@@ -39,8 +39,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere, without installing
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.manifest_runs import manifest_sets, run_recipe
-from benchmarks.provenance import provenance
+from benchmarks.common import manifest_sets, print_line, run_recipe, start_record, write_json
 
 # What the recipe prints when it opens a feature cache; the last one is the evaluation split's.
 CACHE_LINE = re.compile(r"(?:reusing the cached features in|\) into) (\S.*)$")
@@ -192,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
         name, _, settings = item.partition(":")
         variants.append((name, [s for s in settings.split(",") if s]))
     report = {
-        "provenance": provenance(),
+        **start_record(),  # its provenance first: the load before the runs
         "partial": args.partial,
         "manifest": os.fspath(args.manifest),
         "manifest_provenance": manifest.get("provenance"),
@@ -208,10 +207,9 @@ def main(argv: list[str] | None = None) -> dict:
                 record = run_one(entry, seed, weights, work, extra + settings, variant)
                 report["runs"].append(record)
                 report["summary"] = summarize(report["runs"])
-                Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-                Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+                write_json(args.json, report)
                 brief = {k: record[k] for k in ("set", "seed", "returncode", "seconds_recipe")}
-                print(json.dumps({**brief, **report["summary"][summary_key(record)]}), flush=True)
+                print_line({**brief, **report["summary"][summary_key(record)]})
     return report
 
 

@@ -19,7 +19,6 @@ resumed run ended identical to the uninterrupted one.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import re
@@ -36,10 +35,12 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+from benchmarks.common import REPO_ROOT, print_line, start_record, write_json
 from secu_plugin.data import load_mnist5k
 
-ROOT = Path(__file__).resolve().parents[1]
-TRAIN = ROOT / "recipes" / "train.py"
+TRAIN = REPO_ROOT / "recipes" / "train.py"
 ARGS = [
     "--epochs",
     "3",
@@ -77,7 +78,7 @@ def start(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, str(TRAIN), *args],
         env=env,
-        cwd=ROOT,
+        cwd=REPO_ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,
@@ -98,10 +99,7 @@ def main() -> None:
     parser.add_argument("--preset", default="mnist5k", help="the recipe's --preset, named")
     parser.add_argument("--out", type=Path)
     options = parser.parse_args()
-    sys.path.insert(0, str(ROOT))
-    from benchmarks.provenance import provenance
-
-    record = {"provenance": provenance()}
+    record = start_record()  # at the start: the load before the run
     rng = random.Random(options.seed)
     work = Path(tempfile.mkdtemp(prefix="secu-soak-"))
     make_digits(work / "digits")
@@ -154,7 +152,7 @@ def main() -> None:
                 "error": error,
             }
         )
-        print(json.dumps(trials[-1]), flush=True)
+        print_line(trials[-1])
 
     summary = {
         "runs": len(trials),
@@ -167,10 +165,9 @@ def main() -> None:
         "uninterrupted_seconds": round(duration, 1),
         "trials": trials,
     }
-    print(json.dumps({k: v for k, v in summary.items() if k != "trials"}))
-    summary = {**record, **summary}
+    print_line({k: v for k, v in summary.items() if k != "trials"})
     if options.out:
-        options.out.write_text(json.dumps(summary, indent=1) + "\n")
+        write_json(options.out, {**record, **summary}, indent=1)
 
 
 if __name__ == "__main__":

@@ -215,9 +215,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--spectral", action="store_true", help="add spectral clustering")
     parser.add_argument("--json", help="also write the results (with provenance) to this file")
     args = parser.parse_args(argv)
-    from benchmarks.provenance import provenance
+    from benchmarks.common import print_line, start_record, write_json
 
-    record: dict = {"provenance": provenance(), "seeds": args.seeds, "sets": []}
+    record = start_record(seeds=args.seeds, sets=[])
     labels_files = {}
     for item in args.labels:
         root, sep, path = item.partition("=")
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
             parser.error("--score needs exactly one --labels ROOT=CSV")
         ((root, labels_csv),) = labels_files.items()
         record["scored"] = score_csv(args.score, root, labels_csv)
-        print(json.dumps(record["scored"]), flush=True)
+        print_line(record["scored"])
     for root in args.roots:
         found = kmeans_baseline(
             os.path.normpath(root),
@@ -239,9 +239,9 @@ def main(argv: list[str] | None = None) -> dict:
             args.spectral,
         )
         record["sets"].append(found)
-        print(json.dumps(found), flush=True)
+        print_line(found)
     if args.json:
-        Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
+        write_json(args.json, record)
     return record
 
 

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import shutil
 import sys
@@ -53,10 +52,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere, without installing
-    sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from benchmarks.common import print_line, start_record, write_json
 from secu_plugin.data import load_mnist5k
 
 
@@ -301,8 +299,6 @@ SETS = [*BUILT_IN, *TUNE, *HELD_OUT]
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from benchmarks.provenance import provenance
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="folder that receives one folder per set")
     parser.add_argument("--sets", nargs="*", default=SETS, choices=SETS)
@@ -314,7 +310,7 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--per_class must be positive, got {args.per_class}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    manifest = {"provenance": provenance(), "seed": args.seed, "sets": []}
+    manifest = start_record(seed=args.seed, sets=[])
     fonts = None
     if any(name in HELD_OUT for name in args.sets):
         fonts = find_fonts(args.fonts)
@@ -356,8 +352,8 @@ def main(argv: list[str] | None = None) -> dict:
         if name == "mnist56flat":
             entry["labels_csv"] = os.fspath(out / "mnist56flat_labels.csv")
         manifest["sets"].append(entry)
-        print(json.dumps(entry), flush=True)
-    (out / "sets.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        print_line(entry)
+    write_json(out / "sets.json", manifest)
     return manifest
 
 

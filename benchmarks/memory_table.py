@@ -42,11 +42,9 @@ import torch
 import torch.distributed as torch_dist
 import torch.multiprocessing as mp
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks.provenance import provenance
+from benchmarks.common import start_record, write_json
 from secu_plugin import SeCuCenterBank
 
 IMAGENET_HEADS = list(range(1000, 10001, 1000))  # 10 heads, sum K = 55,000
@@ -225,12 +223,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    record = provenance()  # at the start: the load before the run
-    results = {"provenance": record, **table(args)}
+    results = start_record()  # at the start: the load before the run
+    results.update(table(args))
     print_table(results)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
+        write_json(args.json, results)
     return results
 
 

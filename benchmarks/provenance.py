@@ -35,7 +35,7 @@ def _git(*args: str) -> str | None:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo (Linux), else what ``platform`` knows."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as file:
@@ -76,7 +76,7 @@ def provenance() -> dict:
         "command": shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv])),
         "commit": _git("rev-parse", "HEAD"),
         "cpu_cores": os.cpu_count(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_cores_usable": len(os.sched_getaffinity(0))
         if hasattr(os, "sched_getaffinity")
         else os.cpu_count(),

@@ -23,8 +23,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import provenance  # the sibling script
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+from benchmarks.common import print_line, start_record, write_json
 
 FIGURES = ("accuracy", "nmi", "ari", "memory_accuracy", "memory_nmi", "memory_ari", "epochs")
 
@@ -100,7 +101,7 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="compare runs already in --work")
     parser.add_argument("--out", type=Path, default=Path("docs/same_behaviour.json"))
     args = parser.parse_args()
-    record = {"provenance": provenance(), "runs": {}}
+    record = start_record(runs={})
     for side, checkout in (("before", args.before), ("after", args.after)):
         work = (args.work / side).resolve()
         if not args.reuse:
@@ -117,8 +118,8 @@ def main() -> None:
         and before[name]["figures"] == after[name]["figures"]
         for name in ("frozen_heads", "demo")
     }
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
-    print(json.dumps(record["identical"]))
+    write_json(args.out, record)
+    print_line(record["identical"])
 
 
 if __name__ == "__main__":

@@ -28,13 +28,19 @@ from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere, without installing
-    sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from benchmarks.common import (
+    REPO_ROOT,
+    add_to_earlier,
+    manifest_fields,
+    manifest_sets,
+    print_line,
+    run_recipe,
+    start_record,
+    write_json,
+)
 from benchmarks.kmeans_baseline import kmeans_baseline
-from benchmarks.manifest_runs import manifest_sets, run_recipe
-from benchmarks.provenance import provenance
 
 
 def run_one(entry: dict, seed: int, work: Path) -> dict:
@@ -131,23 +137,19 @@ def main(argv: list[str] | None = None) -> dict:
         "--add", action="store_true", help="keep the runs already in --json (one set at a time)"
     )
     args = parser.parse_args(argv)
+    report = start_record()  # at the start: the load before the run
     manifest, chosen, _ = manifest_sets(parser, args.manifest, args.sets)
-    report = {
-        "provenance": provenance(),
-        "manifest": os.fspath(args.manifest),
-        "manifest_provenance": manifest.get("provenance"),
-        "demo_reference": demo_reference(Path(args.demo_json)),
-        "sets": [e["name"] for e in chosen],
-        "seeds": args.seeds,
-        "kmeans_pixels": {},
-        "runs": [],
-    }
-    if args.add and Path(args.json).exists():  # earlier invocations: their runs and provenance
-        earlier = json.loads(Path(args.json).read_text())
-        report["earlier_provenance"] = [
-            *earlier.get("earlier_provenance", []),
-            earlier["provenance"],
-        ]
+    report.update(
+        **manifest_fields(args.manifest, manifest),
+        demo_reference=demo_reference(Path(args.demo_json)),
+        sets=[e["name"] for e in chosen],
+        seeds=args.seeds,
+        kmeans_pixels={},
+        runs=[],
+    )
+    # earlier invocations: their runs and provenance
+    earlier = add_to_earlier(report, args.json) if args.add else None
+    if earlier is not None:
         report["sets"] = list(dict.fromkeys([*earlier["sets"], *report["sets"]]))
         report["kmeans_pixels"] = earlier["kmeans_pixels"]
         report["runs"] = earlier["runs"]
@@ -167,14 +169,13 @@ def main(argv: list[str] | None = None) -> dict:
             report["runs"].append(record)
             write(report, Path(args.json))
             brief = {k: record[k] for k in ("set", "seed", "returncode", "seconds_recipe")}
-            print(json.dumps({**brief, **report["summary"][entry["name"]]}), flush=True)
+            print_line({**brief, **report["summary"][entry["name"]]})
     return report
 
 
 def write(report: dict, path: Path) -> None:
     report["summary"] = summarize(report["runs"], report["kmeans_pixels"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(path, report)
 
 
 if __name__ == "__main__":

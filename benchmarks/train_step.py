@@ -26,11 +26,8 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
-import platform
 import statistics
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -38,11 +35,9 @@ import timm
 import torch
 from torch import nn
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere, without installing
-    sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks.provenance import provenance
+from benchmarks.common import device_environment, start_record, synchronize, timed, write_json
 from secu_plugin import SeCuCenterBank, SeCuLoss
 from secu_plugin.models import build_predictor, build_projection_head
 
@@ -63,11 +58,6 @@ class Network(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.projection(self.backbone(x))
         return z, self.predictor(z)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def build_step(mode: str, args: argparse.Namespace, device: torch.device) -> Callable[[], None]:
@@ -124,11 +114,7 @@ def run_mode(mode: str, args: argparse.Namespace, device: torch.device) -> dict:
     synchronize(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    synchronize(device)
-    seconds = (time.perf_counter() - start) / args.steps
+    seconds = timed(step, device, repeats=args.steps)
     row = {
         "mode": mode,
         "ms_per_step": 1e3 * seconds,
@@ -229,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.repeats < 1:
         raise SystemExit(f"--repeats must be at least 1, got {args.repeats}")
-    record = provenance()  # at the start: the load before the run
+    results = start_record()  # at the start: the load before the run
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("CUDA is not available: use --device cpu (or --smoke)")
@@ -237,15 +223,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    environment = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "device": str(device),
-    }
-    if device.type == "cuda":
-        environment["gpu"] = torch.cuda.get_device_name(device)
-    results: dict = {"provenance": record, "environment": environment, "args": vars(args).copy()}
+    results["environment"] = device_environment(device, timm=timm.__version__)
+    results["args"] = vars(args).copy()
     results["args"]["json"] = str(args.json) if args.json else None
     rounds: dict[str, list[dict]] = {mode: [] for mode in args.modes}
     for _ in range(args.repeats):
@@ -264,8 +243,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         )
     print_table(results)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
+        write_json(args.json, results)
     return results
 
 

@@ -252,3 +252,33 @@ def test_demo_runs_are_read_from_their_raw_files():
     earlier = json.loads((REPO_ROOT / "docs" / "mnist5k_results.json").read_text())
     assert made["runs"][-1]["accuracy"] == round(earlier["evaluations"][0]["accuracy"], 4)
     assert made["runs"][-1]["commit"]  # dated by the commit that last changed it
+
+
+@pytest.mark.parametrize("name", ["common", "provenance"])
+def test_the_shared_helpers_examples_run(name):
+    """The docstring examples of what every benchmark shares (benchmarks/ is outside the
+    default doctest paths)."""
+    import doctest
+    import importlib
+
+    module = importlib.import_module(f"benchmarks.{name}")
+    failed, attempted = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert attempted > 0 and failed == 0
+
+
+def test_every_benchmark_takes_its_provenance_from_the_shared_record():
+    """No script calls ``provenance()`` itself: ``common.start_record`` puts it first in every
+    record, at the start of the run."""
+    import ast
+
+    shared = {"common.py", "provenance.py"}
+    # Rewritten on another branch at the same time: converted when the two are merged.
+    shared |= {"k_selection.py"}
+    calls = [
+        path.name
+        for path in sorted((REPO_ROOT / "benchmarks").glob("*.py"))
+        if path.name not in shared
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "provenance"
+    ]
+    assert calls == []
