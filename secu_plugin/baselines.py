@@ -42,20 +42,40 @@ PROBE_CAP = 20_000
 GRAPH_NEIGHBORS = 10  # scikit-learn's default for a k-NN affinity
 
 
-def kmeans_baseline(features: torch.Tensor, labels: np.ndarray, k: int, seed: int = 0) -> dict:
-    """ACC / NMI / ARI of k-means (scikit-learn, 10 restarts) on the L2-normalized
-    ``features``: what SeCu heads on the same features are compared with.
+def kmeans_baseline(
+    features: torch.Tensor | np.ndarray,
+    labels: np.ndarray,
+    k: int,
+    seed: int = 0,
+    *,
+    normalize: bool = True,
+    eval_features: torch.Tensor | np.ndarray | None = None,
+) -> dict:
+    """ACC / NMI / ARI of k-means (scikit-learn, 10 restarts, ``seed``) fitted on ``features``
+    (N, D), L2-normalized first unless ``normalize`` is False: what SeCu heads on the same
+    features, or a run from scratch on the same pixels, are compared with.
+
+    ``labels`` are those of the scored images: ``features`` themselves, or ``eval_features``
+    (M, D) where given, each assigned to the nearest fitted center.
 
     Examples:
         >>> points = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
         >>> kmeans_baseline(points, np.array([0, 0, 1, 1]), k=2)["accuracy"]
         1.0
+        >>> kmeans_baseline(points, np.array([1, 0]), k=2, normalize=False,
+        ...                 eval_features=points[[3, 0]])["accuracy"]
+        1.0
     """
     from sklearn.cluster import KMeans
 
-    normalized = F.normalize(torch.as_tensor(features).float(), dim=1).numpy()
-    assigned = KMeans(k, n_init=10, random_state=seed).fit_predict(normalized)
-    return clustering_metrics(labels, assigned)
+    def prepared(rows: torch.Tensor | np.ndarray) -> np.ndarray:
+        rows = torch.as_tensor(rows).float()
+        return (F.normalize(rows, dim=1) if normalize else rows).numpy()
+
+    kmeans = KMeans(k, n_init=10, random_state=seed).fit(prepared(features))
+    if eval_features is None:
+        return clustering_metrics(labels, kmeans.labels_)
+    return clustering_metrics(labels, kmeans.predict(prepared(eval_features)))
 
 
 def knn_agreement(space: torch.Tensor, labels: np.ndarray, queries: np.ndarray, k: int) -> float:

@@ -9,18 +9,25 @@ kept fixed as the classifier) can move the features towards its clusters. Three 
   pooling, trained). The trunk's output of every view is computed once and cached, so an
   epoch runs only the tail (a few seconds for 5,000 images on 2 cores, against minutes for
   the whole network).
-- the targets: per head and cluster, the images the model is most sure of
-  (:func:`secu_plugin.frozen.self_labeling.confident_targets`, shared with the frozen heads).
-- :func:`neighbor_agreement`: the label-free criterion that keeps or restores the start: how
-  often an image's cluster is the cluster of its nearest neighbours in the *starting*
-  backbone's feature space (a fixed graph that the fine-tuning cannot move).
+- the targets and the loss: per head and cluster, the images the model is most sure of, and
+  the cross-entropy against them (:func:`secu_plugin.frozen.self_labeling.confident_targets`
+  and :func:`~secu_plugin.frozen.self_labeling.self_label_loss`, shared with the frozen heads).
+- the label-free criterion that keeps or restores the start: how often an image's cluster is
+  the cluster of its nearest neighbours in the *starting* backbone's feature space (a fixed
+  graph that the fine-tuning cannot move), :func:`secu_plugin.model_selection.neighbor_agreement`,
+  the same share that scores a head's K.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+# The recipe's loss and criterion, computed where the frozen heads and the K selection do.
+from secu_plugin.frozen.self_labeling import self_label_loss
+from secu_plugin.model_selection import neighbor_agreement
+
+__all__ = ["FlatTrunk", "StagedBackbone", "neighbor_agreement", "self_label_loss"]
 
 
 class StagedBackbone(nn.Module):
@@ -97,57 +104,3 @@ class FlatTrunk(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.staged.trunk(images).flatten(1)
-
-
-@torch.no_grad()
-@torch.no_grad()
-def neighbor_agreement(predictions: torch.Tensor, neighbors: torch.Tensor) -> float:
-    """The share of (image, neighbour) pairs that fall in the same cluster, averaged over the
-    heads: ``predictions`` (H, N) cluster ids, ``neighbors`` (N, k) indices. Needs no labels;
-    a higher value means clusters that follow the neighbourhood graph more closely.
-
-    Examples:
-        >>> neighbors = torch.tensor([[1], [0], [3], [2]])
-        >>> neighbor_agreement(torch.tensor([[0, 0, 1, 1]]), neighbors)
-        1.0
-        >>> neighbor_agreement(torch.tensor([[0, 1, 1, 0]]), neighbors)
-        0.0
-    """
-    if predictions.ndim != 2 or neighbors.ndim != 2:
-        raise ValueError("predictions must be (H, N) and neighbors (N, k)")
-    same = predictions[:, neighbors] == predictions.unsqueeze(2)
-    return float(same.float().mean())
-
-
-def self_label_loss(
-    projections: torch.Tensor,
-    centers: list[torch.Tensor],
-    targets: torch.Tensor,
-    keep: torch.Tensor,
-    temperature: float,
-) -> torch.Tensor:
-    """Cross-entropy of every head's softmax over cos(projection, center) / ``temperature``
-    against its targets, over the kept images of each head, averaged over the heads.
-    ``targets`` and ``keep``: (H, B).
-
-    Examples:
-        >>> z = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-        >>> loss = self_label_loss(z, [torch.eye(2)], torch.tensor([[0, 1]]),
-        ...                        torch.tensor([[True, True]]), temperature=0.1)
-        >>> round(float(loss), 4)
-        0.0
-    """
-    z = F.normalize(projections, dim=1)
-    losses = []
-    for head, head_centers in enumerate(centers):
-        if keep[head].any():
-            logits = z[keep[head]] @ F.normalize(head_centers, dim=1).T / temperature
-            kept = targets[head][keep[head]]
-            # Each cluster weighs the same in the batch (SCAN's class weights): large clusters
-            # would otherwise pull the boundary images of the small ones over.
-            counts = torch.bincount(kept, minlength=head_centers.shape[0]).float()
-            weight = torch.where(counts > 0, 1.0 / counts.clamp_min(1), torch.zeros_like(counts))
-            losses.append(F.cross_entropy(logits, kept, weight=weight * len(kept)))
-    if not losses:
-        return projections.sum() * 0.0  # no confident image in this batch: no gradient
-    return torch.stack(losses).mean()
