@@ -87,17 +87,9 @@ def knn_agreement(space: torch.Tensor, labels: np.ndarray, queries: np.ndarray, 
         >>> knn_agreement(points, np.array([0, 0, 1, 1, 0]), np.arange(5), k=1)
         0.6
     """
-    keys = F.normalize(space.float(), dim=1)
-    labels_t = torch.as_tensor(labels)
-    queries_t = torch.as_tensor(queries, dtype=torch.long)
-    agreeing = 0
-    for start in range(0, len(queries_t), 512):  # 512 x N similarities at a time
-        rows = queries_t[start : start + 512]
-        similarity = keys[rows] @ keys.T
-        similarity[torch.arange(len(rows)), rows] = -float("inf")
-        neighbors = similarity.topk(k, dim=1).indices
-        agreeing += int((labels_t[neighbors] == labels_t[rows, None]).sum())
-    return agreeing / (len(queries_t) * k)
+    neighbors = nearest_neighbors(space, k, block_size=512, queries=torch.as_tensor(queries))
+    labels = np.asarray(labels)
+    return float((labels[neighbors.numpy()] == labels[np.asarray(queries), None]).mean())
 
 
 def spectral_clustering(space: torch.Tensor, k: int, seed: int) -> np.ndarray:
