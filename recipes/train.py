@@ -105,7 +105,9 @@ class TwoViewNetwork(nn.Module):
 def main(args: argparse.Namespace) -> dict:
     # ---- Data, read once: two views of each image and its index (labels for evaluation).
     # checked before the data is read: a misspelt name or value is one error, at once
-    overrides = Preset.flat_names(command_line_overrides(args, ("data", "epochs", "backbone")))
+    overrides = Preset.checked_overrides(
+        command_line_overrides(args, ("data", "epochs", "backbone"))
+    )
     # With --data and no --preset, the settings are derived from the data (the auto preset).
     preset_name = args.preset or (args.data_preset if args.data else args.default_preset)
     train_images = read_images(preset_data(preset_name, overrides), "train", args)

@@ -6,8 +6,9 @@ Every ``str`` field of a settings group declares what it accepts, in one of two 
 - a free-form kind, as an ``Annotated`` string with a :class:`FreeForm`: what the value names
   (a timm model, a data source) and the check of one value (:data:`TimmModelName`, ...).
 
-:func:`check_setting` checks one value against its field's type; the settings check every
-``--set`` value when they take it and every value when they are resolved, so a misspelt choice
+:func:`check_setting` checks one value against its field's type; a recipe checks its command
+line's values before it reads data, and the settings check every value when they are resolved
+(``get_preset``, ``resolve_preset``: never while a registry is built), so a misspelt choice
 (``--set views=byoll``) is one error naming the setting, the value and the allowed ones, before
 any data is read. To add a string setting: give it a ``Literal`` of its values, or one of the
 free-form kinds below (or a new :class:`FreeForm` with its own check).

@@ -11,8 +11,9 @@ to the constructor it configures::
     bank = SeCuCenterBank(num_instances=len(images), dim=network.dim, **asdict(settings.bank))
     criterion = SeCuLoss(bank, **asdict(settings.loss))
 
-Every string setting declares the values it takes (:mod:`secu_plugin.train.choices`); the
-settings check each ``--set`` value as they take it and every value when they are resolved.
+Every string setting declares the values it takes (:mod:`secu_plugin.train.choices`): a
+recipe checks its command line's values before it reads data (:meth:`RunSettings.checked_overrides`)
+and every value when the settings are resolved (:meth:`RunSettings.check`).
 
 Numbers only: this module imports nothing beyond the standard library.
 """
@@ -261,6 +262,19 @@ class RunSettings:
                 flat[name] = value
         if unknown:
             raise ValueError(f"unknown preset settings: {sorted(unknown)}")
+        return flat
+
+    @classmethod
+    def checked_overrides(cls, changes: dict[str, Any]) -> dict[str, Any]:
+        """:meth:`flat_names` of ``changes``, each value checked (:meth:`check_value`): what a
+        recipe does with its command line before it reads any data.
+
+        Examples:
+            >>> from secu_plugin.train.presets import Preset
+            >>> Preset.checked_overrides({"optimization.optimizer": "lars"})
+            {'optimizer': 'lars'}
+        """
+        flat = cls.flat_names(changes)
         for name, value in flat.items():
             cls.check_value(name, value)
         return flat
