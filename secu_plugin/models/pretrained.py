@@ -40,7 +40,7 @@ def architecture_name(name: str) -> str:
         >>> architecture_name("resnet18")
         'resnet18'
     """
-    check_backbone_name(name)
+    check_backbone_name(name, allow_hub=True)
     if name.startswith("hf-hub:"):  # the architecture is in the Hub repository's config
         return str(timm.create_model(name, pretrained=False).pretrained_cfg["architecture"])
     return name.split(".", 1)[0]

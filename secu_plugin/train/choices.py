@@ -50,14 +50,15 @@ def non_empty(value: str) -> None:
 
 
 def timm_model_name(value: str) -> None:
-    """Refuses a name that timm does not know (this package's ``secu_*`` models included).
+    """Refuses a name that timm does not know (this package's ``secu_*`` models included;
+    an ``hf-hub:`` repository passes, checked when the recipe creates the model).
 
     Examples:
         >>> timm_model_name("secu_convnet_small")
     """
     from secu_plugin.models.backbones import check_backbone_name  # timm, when checked only
 
-    check_backbone_name(value)
+    check_backbone_name(value, allow_hub=True)
 
 
 RunName = Annotated[str, FreeForm("a run's name", non_empty)]
