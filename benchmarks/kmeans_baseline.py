@@ -6,7 +6,8 @@ training images' pixels (flattened, scaled to [0, 1]; grey images one value per 
 are clustered into K = number of classes, and the evaluation split (the training split where
 the set has no other, the same images the recipe evaluates) is scored:
 
-- ``kmeans_pixels``: scikit-learn's ``KMeans`` (``n_init=10``) on the raw pixels;
+- ``kmeans_pixels``: :func:`secu_plugin.baselines.kmeans_baseline` (scikit-learn's ``KMeans``,
+  ``n_init=10``) on the raw pixels, not normalized;
 - ``kmeans_whitened_pixels``: the same k-means in the space where the frozen heads find their
   neighbours (:func:`secu_plugin.core.neighbors.whitened`: square root, L2 normalization, PCA
   whitening to each of the ``--whitening`` numbers of dimensions, then L2-normalized; whitening
@@ -114,16 +115,16 @@ def pixel_baselines(
     clustering uses the first."""
     import torch
     import torch.nn.functional as F
-    from sklearn.cluster import KMeans
 
-    from secu_plugin.baselines import spectral_clustering
+    from secu_plugin.baselines import kmeans_baseline, spectral_clustering
     from secu_plugin.core.neighbors import whitened
 
     found: dict = {"seed": seed, "seconds": {}}
     started = time.time()
-    kmeans = KMeans(n_clusters=num_classes, n_init=10, random_state=seed).fit(x_train)
-    assigned = kmeans.labels_ if x_eval is None else kmeans.predict(x_eval)
-    found["kmeans_pixels"] = rounded(clustering_metrics(eval_labels, assigned))
+    scores = kmeans_baseline(
+        x_train, eval_labels, num_classes, seed, normalize=False, eval_features=x_eval
+    )
+    found["kmeans_pixels"] = rounded(scores)
     found["seconds"]["kmeans_pixels"] = round(time.time() - started, 2)
 
     everything = x_train if x_eval is None else np.concatenate([x_train, x_eval])
@@ -133,11 +134,16 @@ def pixel_baselines(
         dim = min(dims, everything.shape[1], len(everything) - 1)
         space = F.normalize(whitened(torch.from_numpy(everything), dim), dim=1).numpy()
         train_space, eval_space = space[: len(x_train)], space[len(x_train) :]
-        kmeans = KMeans(n_clusters=num_classes, n_init=10, random_state=seed).fit(train_space)
-        assigned = kmeans.labels_ if x_eval is None else kmeans.predict(eval_space)
-        found["kmeans_whitened_pixels"][str(dim)] = rounded(
-            clustering_metrics(eval_labels, assigned)
+        # already L2-normalized: k-means sees the space as the heads' neighbours do
+        scores = kmeans_baseline(
+            train_space,
+            eval_labels,
+            num_classes,
+            seed,
+            normalize=False,
+            eval_features=None if x_eval is None else eval_space,
         )
+        found["kmeans_whitened_pixels"][str(dim)] = rounded(scores)
         found["seconds"][f"kmeans_whitened_pixels_{dim}"] = round(time.time() - started, 2)
         if dims == whitening[0]:
             graph_space, graph_dim = train_space, dim
@@ -151,7 +157,7 @@ def pixel_baselines(
     return found
 
 
-def kmeans_baseline(
+def set_baselines(
     root: str,
     labels_files: dict[str, str],
     seeds: tuple[int, ...] = (0,),
@@ -231,7 +237,7 @@ def main(argv: list[str] | None = None) -> dict:
         record["scored"] = score_csv(args.score, root, labels_csv)
         print_line(record["scored"])
     for root in args.roots:
-        found = kmeans_baseline(
+        found = set_baselines(
             os.path.normpath(root),
             labels_files,
             tuple(args.seeds),

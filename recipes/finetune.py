@@ -46,11 +46,10 @@ from secu_plugin.frozen.finetune import (
     KeptState,
     StagedBackbone,
     TailProjection,
-    neighbor_agreement,
-    self_label_loss,
 )
 from secu_plugin.frozen.finetune_presets import FINETUNE_PRESETS
-from secu_plugin.frozen.self_labeling import confident_targets
+from secu_plugin.frozen.self_labeling import confident_targets, self_label_loss
+from secu_plugin.model_selection import neighbor_agreement, size_balance
 from secu_plugin.models import hub
 from secu_plugin.train.checkpoint import TrainProgress
 from secu_plugin.train.evaluation import evaluate_predictions
@@ -119,16 +118,6 @@ def head_outputs(model: SeCuModel, projections: torch.Tensor):
     return probabilities, torch.stack([p.argmax(1) for p in probabilities])
 
 
-def size_balance(predictions: torch.Tensor, num_clusters: list[int]) -> float:
-    """The smallest normalized entropy of a head's cluster sizes (1: equal sizes)."""
-    balances = []
-    for head, k in enumerate(num_clusters):
-        share = torch.bincount(predictions[head], minlength=k).double() / predictions.shape[1]
-        entropy = -(share[share > 0] * share[share > 0].log()).sum()
-        balances.append(float(entropy / torch.log(torch.tensor(float(k)))))
-    return min(balances)
-
-
 def main(args: argparse.Namespace) -> dict:
     # ---- The start, the settings (the start's data unless --data) and the run.
     folder = model_folder(args.model)
@@ -183,7 +172,9 @@ def main(args: argparse.Namespace) -> dict:
     def scores(predictions: torch.Tensor) -> dict:
         found = {
             "neighbor_agreement": round(neighbor_agreement(predictions, neighbors), 4),
-            "size_balance": round(size_balance(predictions, model.num_clusters), 4),
+            "size_balance": round(
+                min(size_balance(ids, k) for ids, k in zip(predictions, model.num_clusters)), 4
+            ),
         }
         results = evaluate_predictions(
             predictions.cpu().numpy(), labels, model.num_clusters, data_name, "train"

@@ -31,7 +31,7 @@ from secu_plugin.train.auto import describe_settings, preset_data, resolve_prese
 from secu_plugin.train.checkpoint import TrainProgress
 from secu_plugin.train.evaluation import predict_dataset, project_dataset
 from secu_plugin.train.optim import learning_rates, optimizer_for
-from secu_plugin.train.presets import AUTO, PRESET_CHOICES
+from secu_plugin.train.presets import AUTO, PRESET_CHOICES, Preset
 from secu_plugin.train.report import EpochReport, StepLogger, summary_line
 from secu_plugin.train.runtime import ranks_hold_identical_state, run_or_exit
 from secu_plugin.train.scaffold import RecipeRun, command_line_overrides, read_images
@@ -110,7 +110,10 @@ def main(args: argparse.Namespace) -> dict:
         flag = "--pretrained_file" if args.pretrained_file else "--pretrained"
         raise ValueError(f"{flag}: recipes/train.py trains from scratch; {FINETUNE_INSTEAD}")
     # ---- Data, read once: two views of each image and its index (labels for evaluation).
-    overrides = command_line_overrides(args, ("data", "epochs", "backbone"))
+    # checked before the data is read: a misspelt name or value is one error, at once
+    overrides = Preset.checked_overrides(
+        command_line_overrides(args, ("data", "epochs", "backbone"))
+    )
     # With --data and no --preset, the settings are derived from the data (the auto preset).
     preset_name = args.preset or (args.data_preset if args.data else args.default_preset)
     train_images = read_images(preset_data(preset_name, overrides), "train", args)

@@ -42,20 +42,40 @@ PROBE_CAP = 20_000
 GRAPH_NEIGHBORS = 10  # scikit-learn's default for a k-NN affinity
 
 
-def kmeans_baseline(features: torch.Tensor, labels: np.ndarray, k: int, seed: int = 0) -> dict:
-    """ACC / NMI / ARI of k-means (scikit-learn, 10 restarts) on the L2-normalized
-    ``features``: what SeCu heads on the same features are compared with.
+def kmeans_baseline(
+    features: torch.Tensor | np.ndarray,
+    labels: np.ndarray,
+    k: int,
+    seed: int = 0,
+    *,
+    normalize: bool = True,
+    eval_features: torch.Tensor | np.ndarray | None = None,
+) -> dict:
+    """ACC / NMI / ARI of k-means (scikit-learn, 10 restarts, ``seed``) fitted on ``features``
+    (N, D), L2-normalized first unless ``normalize`` is False: what SeCu heads on the same
+    features, or a run from scratch on the same pixels, are compared with.
+
+    ``labels`` are those of the scored images: ``features`` themselves, or ``eval_features``
+    (M, D) where given, each assigned to the nearest fitted center.
 
     Examples:
         >>> points = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
         >>> kmeans_baseline(points, np.array([0, 0, 1, 1]), k=2)["accuracy"]
         1.0
+        >>> kmeans_baseline(points, np.array([1, 0]), k=2, normalize=False,
+        ...                 eval_features=points[[3, 0]])["accuracy"]
+        1.0
     """
     from sklearn.cluster import KMeans
 
-    normalized = F.normalize(torch.as_tensor(features).float(), dim=1).numpy()
-    assigned = KMeans(k, n_init=10, random_state=seed).fit_predict(normalized)
-    return clustering_metrics(labels, assigned)
+    def prepared(rows: torch.Tensor | np.ndarray) -> np.ndarray:
+        rows = torch.as_tensor(rows).float()
+        return (F.normalize(rows, dim=1) if normalize else rows).numpy()
+
+    kmeans = KMeans(k, n_init=10, random_state=seed).fit(prepared(features))
+    if eval_features is None:
+        return clustering_metrics(labels, kmeans.labels_)
+    return clustering_metrics(labels, kmeans.predict(prepared(eval_features)))
 
 
 def knn_agreement(space: torch.Tensor, labels: np.ndarray, queries: np.ndarray, k: int) -> float:
@@ -67,17 +87,9 @@ def knn_agreement(space: torch.Tensor, labels: np.ndarray, queries: np.ndarray, 
         >>> knn_agreement(points, np.array([0, 0, 1, 1, 0]), np.arange(5), k=1)
         0.6
     """
-    keys = F.normalize(space.float(), dim=1)
-    labels_t = torch.as_tensor(labels)
-    queries_t = torch.as_tensor(queries, dtype=torch.long)
-    agreeing = 0
-    for start in range(0, len(queries_t), 512):  # 512 x N similarities at a time
-        rows = queries_t[start : start + 512]
-        similarity = keys[rows] @ keys.T
-        similarity[torch.arange(len(rows)), rows] = -float("inf")
-        neighbors = similarity.topk(k, dim=1).indices
-        agreeing += int((labels_t[neighbors] == labels_t[rows, None]).sum())
-    return agreeing / (len(queries_t) * k)
+    neighbors = nearest_neighbors(space, k, block_size=512, queries=torch.as_tensor(queries))
+    labels = np.asarray(labels)
+    return float((labels[neighbors.numpy()] == labels[np.asarray(queries), None]).mean())
 
 
 def spectral_clustering(space: torch.Tensor, k: int, seed: int) -> np.ndarray:

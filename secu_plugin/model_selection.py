@@ -26,22 +26,57 @@ from secu_plugin.core.neighbors import nearest_neighbors
 SIGNAL = "knn_modularity"
 
 
+def neighbor_agreement(
+    predictions: np.ndarray | torch.Tensor, neighbors: np.ndarray | torch.Tensor
+) -> float:
+    """The share of (image, neighbour) links whose two ends fall in the same cluster, over
+    every head: ``predictions`` (N,) or (H, N) cluster ids, ``neighbors`` (N, k) indices. Needs
+    no labels; a higher value means clusters that follow the neighbourhood graph more closely
+    (fine-tuning keeps the state that raises it; the K signal corrects it for chance).
+
+    Examples:
+        >>> neighbors = np.array([[1], [0], [3], [2]])
+        >>> neighbor_agreement(np.array([0, 0, 1, 1]), neighbors)
+        1.0
+        >>> neighbor_agreement(torch.tensor([[0, 0, 1, 1], [0, 1, 1, 0]]), neighbors)
+        0.5
+    """
+    predictions, neighbors = np.asarray(predictions), np.asarray(neighbors)
+    if predictions.ndim not in (1, 2) or neighbors.ndim != 2:
+        raise ValueError(
+            f"predictions must be (N,) or (H, N) and neighbors (N, k), got shapes "
+            f"{predictions.shape} and {neighbors.shape}"
+        )
+    return float((predictions[..., neighbors] == predictions[..., None]).mean())
+
+
+def size_balance(cluster_ids: np.ndarray | torch.Tensor, num_clusters: int) -> float:
+    """The normalized entropy of one clustering's cluster sizes: 1 for equal sizes, 0 for a
+    single cluster (and 1 where ``num_clusters`` is 1: there is nothing to balance).
+
+    Examples:
+        >>> size_balance(np.array([0, 1, 0, 1]), 2), size_balance(np.array([0, 0, 0, 0]), 2)
+        (1.0, 0.0)
+    """
+    cluster_ids = np.asarray(cluster_ids)
+    if num_clusters < 2:
+        return 1.0
+    share = np.bincount(cluster_ids, minlength=num_clusters) / len(cluster_ids)
+    used = share[share > 0]
+    entropy = abs(float((used * np.log(used)).sum()))  # abs: 0, not -0, for one cluster
+    return entropy / float(np.log(num_clusters))
+
+
 def _chance_corrected(
     cluster_ids: np.ndarray, neighbors: np.ndarray, num_clusters: int
-) -> tuple[float, float, float]:
-    """(observed share of same-cluster links, chance share, size balance) of one clustering."""
+) -> tuple[float, float]:
+    """(observed share of same-cluster links, chance share) of one clustering."""
     rows, k = neighbors.shape
-    same = float((cluster_ids[neighbors] == cluster_ids[:, None]).mean())
     # Directed links: out-degree k for every image, in-degree as the graph has it (hubs), so
     # chance is sum_c (share of link tails in c) x (share of link heads in c).
     tails = np.bincount(cluster_ids, minlength=num_clusters) / rows
     heads = np.bincount(cluster_ids[neighbors].ravel(), minlength=num_clusters) / (rows * k)
-    chance = float((tails * heads).sum())
-    used = tails[tails > 0]
-    balance = (
-        float(-(used * np.log(used)).sum() / np.log(num_clusters)) if num_clusters > 1 else 1.0
-    )
-    return same, chance, balance
+    return neighbor_agreement(cluster_ids, neighbors), float((tails * heads).sum())
 
 
 def head_selection(
@@ -109,7 +144,8 @@ def head_selection(
     neighbors = nearest_neighbors(embeddings[torch.from_numpy(sample)].float(), k).numpy()
     heads = []
     for head, num in enumerate(num_clusters):
-        same, chance, balance = _chance_corrected(predictions[head, sample], neighbors, num)
+        same, chance = _chance_corrected(predictions[head, sample], neighbors, num)
+        balance = size_balance(predictions[head, sample], num)
         kappa = (same - chance) / (1.0 - chance) if chance < 1.0 else 0.0
         heads.append(
             {

@@ -102,3 +102,45 @@ def test_bad_input_is_named(digits):
 def test_kmeans_baseline_scores_digits(digits):
     features, labels = digits
     assert kmeans_baseline(features, labels, 10)["accuracy"] > 0.5
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_kmeans_baseline_is_scikit_learns_kmeans_with_the_same_settings(digits, normalize):
+    """The one k-means baseline (the frozen heads' and the pixel benchmark's) against an
+    independent computation: scikit-learn's KMeans with the same restarts and seed, fitted on
+    half of the digits and scoring the other half."""
+    from sklearn.cluster import KMeans
+
+    from secu_plugin.metrics import clustering_metrics
+
+    features, labels = digits
+    fit, scored = features[::2], features[1::2]
+    space = torch.nn.functional.normalize if normalize else lambda rows, dim: rows
+    kmeans = KMeans(10, n_init=10, random_state=3).fit(space(fit, dim=1).numpy())
+    expected = clustering_metrics(labels[1::2], kmeans.predict(space(scored, dim=1).numpy()))
+    found = kmeans_baseline(
+        fit, labels[1::2], 10, seed=3, normalize=normalize, eval_features=scored
+    )
+    assert found == expected
+    on_fit = kmeans_baseline(fit, labels[::2], 10, seed=3, normalize=normalize)
+    assert on_fit == clustering_metrics(labels[::2], kmeans.labels_)
+
+
+@pytest.mark.slow
+def test_merged_kmeans_reproduces_the_published_pixel_figures():
+    """Merging the pixel benchmark's k-means into secu_plugin.baselines changed no figure:
+    MNIST-5k (tuned on), seed 0, raw and 20-dimension whitened pixels, as published in
+    docs/kmeans_pixels.json by the code before the merge (~10 s)."""
+    import json
+    from pathlib import Path
+
+    from benchmarks.kmeans_baseline import pixel_baselines, pixels
+    from secu_plugin.data import ImageDataset
+
+    published = json.loads((Path(__file__).parents[1] / "docs" / "kmeans_pixels.json").read_text())
+    (mnist5k,) = [found for found in published["sets"] if found["set"] == "mnist5k"]
+    (run,) = [run for run in mnist5k["runs"] if run["seed"] == 0]
+    images = ImageDataset.from_source("mnist5k", split="train")
+    found = pixel_baselines(pixels(images), None, images.labels, 10, 0, (20,), False)
+    assert found["kmeans_pixels"] == run["kmeans_pixels"]
+    assert found["kmeans_whitened_pixels"]["20"] == run["kmeans_whitened_pixels"]["20"]

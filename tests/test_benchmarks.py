@@ -226,7 +226,7 @@ def test_pixel_baselines_record_every_seed_and_space(tmp_path):
         assert run["spectral_whitened_pixels"]["whitening_dim"] == 16
         assert run["kmeans_pixels"]["accuracy"] > 0.3  # 10 digit classes: chance is about 0.1
     with pytest.raises(ValueError, match="whitening"):
-        kmeans_baseline.kmeans_baseline(str(root), {}, (0,), whitening=(0,))
+        kmeans_baseline.set_baselines(str(root), {}, (0,), whitening=(0,))
 
 
 def test_kill_soak_reads_the_step_of_the_checkpoint_latest_names(tmp_path):

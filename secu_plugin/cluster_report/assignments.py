@@ -12,9 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from secu_plugin.core.nearest import center_probabilities
+from secu_plugin.core.nearest import cosine_logits
 
 
 @dataclass
@@ -100,15 +99,17 @@ def assign_projections(
     """
     if projections.ndim != 2:
         raise ValueError(f"projections must be (N, dim), got shape {tuple(projections.shape)}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature!r}")
     ids, confidence, similarity = [], [], []
-    unit = F.normalize(projections.float(), dim=1)
+    projections = projections.float()
     for head_centers in centers:
-        head_centers = head_centers.detach().float().to(unit.device)
-        head_confidence, head_ids = center_probabilities(unit, head_centers, temperature).max(1)
-        nearest = F.normalize(head_centers, dim=1)[head_ids]
+        cosines = cosine_logits(projections, head_centers.detach().float().to(projections.device))
+        head_confidence, head_ids = (cosines / temperature).softmax(dim=1).max(1)
         ids.append(head_ids.cpu().numpy().astype(np.int64))
         confidence.append(head_confidence.cpu().numpy().astype(np.float32))
-        similarity.append((unit * nearest).sum(1).cpu().numpy().astype(np.float32))
+        nearest = cosines.gather(1, head_ids[:, None]).squeeze(1)
+        similarity.append(nearest.cpu().numpy().astype(np.float32))
     return ClusterAssignments(
         np.stack(ids), np.stack(confidence), np.stack(similarity), [len(c) for c in centers]
     )

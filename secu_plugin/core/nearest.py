@@ -1,7 +1,8 @@
 """Nearest center: the one rule that turns a projection into a cluster id.
 
 The bank (during training), :class:`secu_plugin.SeCuModel` (after export) and the evaluation
-all predict with :func:`nearest_center`.
+all predict with :func:`nearest_center`; every cosine similarity of projections to centers
+(the confidence, self-labeling's logits, the report's similarities) is :func:`cosine_logits`.
 """
 
 from __future__ import annotations
@@ -10,26 +11,36 @@ import torch
 import torch.nn.functional as F
 
 
-def center_probabilities(
-    z: torch.Tensor, centers: torch.Tensor, temperature: float
-) -> torch.Tensor:
-    """Softmax over ``centers`` of cos(z, center) / temperature: (B, K).
+def cosine_logits(z: torch.Tensor, centers: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """cos(z, center) / temperature of every row of ``z`` and every center: (B, K) logits.
 
     Args:
         z: (B, dim) projections, not normalized.
         centers: (K, dim) centers of one head, raw or normalized.
-        temperature: Softmax temperature (> 0).
+        temperature: Divides the cosines (> 0); 1: the cosines themselves.
+
+    Examples:
+        >>> centers = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+        >>> cosine_logits(torch.tensor([[3.0, 0.0]]), centers, 0.5).tolist()
+        [[2.0, 0.0]]
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature!r}")
+    centers = F.normalize(centers, dim=1)
+    return F.normalize(z.to(centers.dtype), dim=1) @ centers.T / temperature
+
+
+def center_probabilities(
+    z: torch.Tensor, centers: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Softmax over ``centers`` of :func:`cosine_logits`: (B, K).
 
     Examples:
         >>> centers = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
         >>> center_probabilities(torch.tensor([[3.0, 0.0]]), centers, 1.0).argmax(1).tolist()
         [0]
     """
-    if not temperature > 0:
-        raise ValueError(f"temperature must be positive, got {temperature!r}")
-    centers = F.normalize(centers, dim=1)
-    logits = F.normalize(z.to(centers.dtype), dim=1) @ centers.T / temperature
-    return logits.softmax(dim=1)
+    return cosine_logits(z, centers, temperature).softmax(dim=1)
 
 
 def nearest_center(

@@ -15,8 +15,10 @@ def nearest_neighbors(
     device: torch.device | str | None = None,
     progress: Callable[[int], None] | None = None,
     key_block_size: int = 65536,
+    queries: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The ``k`` nearest other rows of every row of ``features`` (cosine similarity).
+    """The ``k`` nearest other rows of every row of ``features`` (cosine similarity), or of
+    the rows ``queries`` only.
 
     Exact, in blocks: ``block_size`` queries against ``key_block_size`` keys at a time, the
     running top-k merged block by block, so memory stays ``O(block_size * key_block_size)``
@@ -31,14 +33,18 @@ def nearest_neighbors(
         device: Where the products run (e.g. "cuda" for a cache on the CPU).
         progress: Called with the number of rows done after each query block.
         key_block_size: Key rows per product.
+        queries: (Q,) indices of the rows whose neighbours are wanted (among all rows);
+            None: every row.
 
     Returns:
-        (N, k) int64 indices on the CPU, nearest first.
+        (N, k), or (Q, k), int64 indices on the CPU, nearest first.
 
     Examples:
         >>> points = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
         >>> nearest_neighbors(points, k=1, block_size=3, key_block_size=3).flatten().tolist()
         [1, 0, 3, 2]
+        >>> nearest_neighbors(points, k=1, queries=torch.tensor([2])).tolist()
+        [[3]]
     """
     if features.ndim != 2:
         raise ValueError(f"features must be (N, D), got shape {tuple(features.shape)}")
@@ -49,17 +55,20 @@ def nearest_neighbors(
         raise ValueError(f"block sizes must be positive, got {block_size}, {key_block_size}")
     device = torch.device(device) if device is not None else features.device
     keys = _normalized_blocks(features, key_block_size, device)
-    result = torch.empty(rows, k, dtype=torch.long)
-    for start in range(0, rows, block_size):
-        stop = min(start + block_size, rows)
-        queries = keys[start:stop]
+    wanted = torch.arange(rows) if queries is None else torch.as_tensor(queries, dtype=torch.long)
+    if wanted.ndim != 1 or (len(wanted) and not 0 <= int(wanted.min()) <= int(wanted.max()) < rows):
+        raise ValueError(f"queries must be (Q,) row indices in [0, {rows}), got {queries!r}")
+    result = torch.empty(len(wanted), k, dtype=torch.long)
+    for start in range(0, len(wanted), block_size):
+        stop = min(start + block_size, len(wanted))
+        own = wanted[start:stop].to(device)
+        block = keys[own]
         best_values = torch.full((stop - start, k), -float("inf"), device=device)
         best_indices = torch.zeros((stop - start, k), dtype=torch.long, device=device)
         for key_start in range(0, rows, key_block_size):
             key_stop = min(key_start + key_block_size, rows)
-            similarity = queries @ keys[key_start:key_stop].T
+            similarity = block @ keys[key_start:key_stop].T
             # A row is not its own neighbour (duplicates of it still are).
-            own = torch.arange(start, stop, device=device)
             inside = (own >= key_start) & (own < key_stop)
             similarity[inside.nonzero().flatten(), own[inside] - key_start] = -float("inf")
             values, indices = similarity.topk(min(k, key_stop - key_start), dim=1)

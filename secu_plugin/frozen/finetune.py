@@ -10,8 +10,11 @@ kept fixed as the classifier) can move the features towards its clusters. The pi
   epoch runs only the tail (a few seconds for 5,000 images on 2 cores, against minutes for
   the whole network).
 - the targets: per head and cluster, the images the model is most sure of
-  (:func:`secu_plugin.frozen.self_labeling.confident_targets`, shared with the frozen heads).
-- :func:`neighbor_agreement`: the label-free criterion that keeps or restores the start: how
+  and the cross-entropy against them
+  (:func:`secu_plugin.frozen.self_labeling.confident_targets` and
+  :func:`~secu_plugin.frozen.self_labeling.self_label_loss`, shared with the frozen heads).
+- :func:`secu_plugin.model_selection.neighbor_agreement`: the label-free
+  criterion that keeps or restores the start: how
   often an image's cluster is the cluster of its nearest neighbours in the *starting*
   backbone's feature space (a fixed graph that the fine-tuning cannot move); :class:`KeptState`
   keeps the state it prefers, the start included, through checkpoints.
@@ -23,7 +26,6 @@ The settings and their presets: :mod:`secu_plugin.frozen.finetune_presets`.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -193,56 +195,3 @@ class KeptState:
     def load_state_dict(self, state: dict) -> None:
         self.history, self.best = state["history"], state["best"]
         self.generator.set_state(state["generator"])
-
-
-@torch.no_grad()
-def neighbor_agreement(predictions: torch.Tensor, neighbors: torch.Tensor) -> float:
-    """The share of (image, neighbour) pairs that fall in the same cluster, averaged over the
-    heads: ``predictions`` (H, N) cluster ids, ``neighbors`` (N, k) indices. Needs no labels;
-    a higher value means clusters that follow the neighbourhood graph more closely.
-
-    Examples:
-        >>> neighbors = torch.tensor([[1], [0], [3], [2]])
-        >>> neighbor_agreement(torch.tensor([[0, 0, 1, 1]]), neighbors)
-        1.0
-        >>> neighbor_agreement(torch.tensor([[0, 1, 1, 0]]), neighbors)
-        0.0
-    """
-    if predictions.ndim != 2 or neighbors.ndim != 2:
-        raise ValueError("predictions must be (H, N) and neighbors (N, k)")
-    same = predictions[:, neighbors] == predictions.unsqueeze(2)
-    return float(same.float().mean())
-
-
-def self_label_loss(
-    projections: torch.Tensor,
-    centers: list[torch.Tensor],
-    targets: torch.Tensor,
-    keep: torch.Tensor,
-    temperature: float,
-) -> torch.Tensor:
-    """Cross-entropy of every head's softmax over cos(projection, center) / ``temperature``
-    against its targets, over the kept images of each head, averaged over the heads.
-    ``targets`` and ``keep``: (H, B).
-
-    Examples:
-        >>> z = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-        >>> loss = self_label_loss(z, [torch.eye(2)], torch.tensor([[0, 1]]),
-        ...                        torch.tensor([[True, True]]), temperature=0.1)
-        >>> round(float(loss), 4)
-        0.0
-    """
-    z = F.normalize(projections, dim=1)
-    losses = []
-    for head, head_centers in enumerate(centers):
-        if keep[head].any():
-            logits = z[keep[head]] @ F.normalize(head_centers, dim=1).T / temperature
-            kept = targets[head][keep[head]]
-            # Each cluster weighs the same in the batch (SCAN's class weights): large clusters
-            # would otherwise pull the boundary images of the small ones over.
-            counts = torch.bincount(kept, minlength=head_centers.shape[0]).float()
-            weight = torch.where(counts > 0, 1.0 / counts.clamp_min(1), torch.zeros_like(counts))
-            losses.append(F.cross_entropy(logits, kept, weight=weight * len(kept)))
-    if not losses:
-        return projections.sum() * 0.0  # no confident image in this batch: no gradient
-    return torch.stack(losses).mean()

@@ -5,6 +5,7 @@ feature cache and the pairs. A registry of values, like :mod:`secu_plugin.train.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar, Literal
 
 from secu_plugin.train.settings import (
     BankSettings,
@@ -27,7 +28,7 @@ class FeatureCacheSettings:
         'float16'
     """
 
-    cache_dtype: str = "float16"
+    cache_dtype: Literal["float16", "float32"] = "float16"
     augmented_views: int = 0
     extract_batch_size: int = 64
     cache_chunk_size: int = 1024
@@ -45,7 +46,7 @@ class PairSettings:
         5
     """
 
-    pairs: str = "neighbors"
+    pairs: Literal["neighbors", "views"] = "neighbors"
     num_neighbors: int = 5
     neighbor_whitening: int = 256
 
@@ -102,6 +103,9 @@ class HeadPreset(RunSettings):
         3
     """
 
+    # frozen heads cache timm's training views of the backbone (min_scale sets their crop)
+    recipe_choices: ClassVar[dict[str, tuple[str, ...]]] = {"views": ("timm",)}
+
     # timm's training transform of the backbone, for the cached augmented views
     augmentation: ViewSettings = field(default_factory=lambda: ViewSettings("timm", 0.5))
     cache: FeatureCacheSettings = field(default_factory=FeatureCacheSettings)
@@ -117,10 +121,8 @@ class HeadPreset(RunSettings):
 
     def check(self) -> None:
         """Refuses settings that cannot run, naming the setting."""
-        pairs = self.pairing.pairs
-        if pairs not in ("neighbors", "views"):
-            raise ValueError(f"pairs must be 'neighbors' or 'views', got {pairs!r}")
-        if pairs == "views" and self.cache.augmented_views < 2:
+        super().check()
+        if self.pairing.pairs == "views" and self.cache.augmented_views < 2:
             raise ValueError(
                 "pairs=views needs at least 2 augmented views per image: "
                 "--set augmented_views=2 (or more)"
@@ -129,10 +131,10 @@ class HeadPreset(RunSettings):
         if self.pairing.num_neighbors < 1:
             raise ValueError(f"num_neighbors must be positive, got {self.pairing.num_neighbors}")
         # What the frozen loop has no use for: said, never silently ignored.
-        if self.augmentation.views != "timm" or self.augmentation.view_kwargs is not None:
+        if self.augmentation.view_kwargs is not None:
             raise ValueError(
-                "frozen heads cache timm's training views of the backbone: views must be "
-                "'timm' and view_kwargs null (min_scale sets their crop)"
+                "frozen heads cache timm's training views of the backbone: view_kwargs must "
+                "be null (min_scale sets their crop)"
             )
         if self.network.predictor_hidden_dim is not None:
             raise ValueError("frozen heads train no predictor: predictor_hidden_dim must be null")

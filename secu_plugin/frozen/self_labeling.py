@@ -20,19 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from secu_plugin.core.nearest import cosine_logits
 from secu_plugin.frozen.head_presets import SelfLabelSettings
 from secu_plugin.train.evaluation import project_features
-
-
-def cluster_logits(z: torch.Tensor, centers: Sequence[torch.Tensor], temperature: float):
-    """Per head, (B, K_h) cosine similarities of projections ``z`` to its centers / temperature.
-
-    Examples:
-        >>> [tuple(l.shape) for l in cluster_logits(torch.randn(4, 3), [torch.randn(2, 3)], 0.1)]
-        [(4, 2)]
-    """
-    z = F.normalize(z, dim=1)
-    return [z @ F.normalize(c, dim=1).T / temperature for c in centers]
 
 
 @torch.no_grad()
@@ -55,6 +45,51 @@ def confident_targets(logits: torch.Tensor, fraction: float) -> torch.Tensor:
         best = members[confidence[members].topk(keep).indices]
         targets[best] = cluster
     return targets
+
+
+def self_label_loss(
+    projections: torch.Tensor,
+    centers: Sequence[torch.Tensor],
+    targets: torch.Tensor,
+    keep: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """Class-balanced cross-entropy of every head's softmax over
+    :func:`~secu_plugin.core.nearest.cosine_logits` (``projections`` (B, dim) against its
+    centers, at ``temperature``) against its ``targets``, over the images ``keep`` marks,
+    summed over the heads. ``targets`` and ``keep``: (H, B), e.g. from
+    :func:`confident_targets` (``targets.clamp(min=0)``, ``targets >= 0``).
+
+    Summed, not averaged: each head's term weighs as it would alone, so SGD's learning rate
+    (frozen heads) does not depend on the number of heads; AdamW (fine-tuning) is insensitive
+    to the scale. A batch without any kept image gives a zero loss that has a gradient.
+
+    Examples:
+        >>> z = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+        >>> loss = self_label_loss(z, [torch.eye(2)], torch.tensor([[0, 1]]),
+        ...                        torch.tensor([[True, True]]), temperature=0.1)
+        >>> round(float(loss), 4)
+        0.0
+    """
+    if targets.shape != keep.shape or targets.shape != (len(centers), len(projections)):
+        raise ValueError(
+            f"targets and keep must be (heads, batch) = ({len(centers)}, {len(projections)}), "
+            f"got {tuple(targets.shape)} and {tuple(keep.shape)}"
+        )
+    losses = []
+    for head, head_centers in enumerate(centers):
+        if not keep[head].any():
+            continue
+        logits = cosine_logits(projections, head_centers, temperature)[keep[head]]
+        kept = targets[head][keep[head]]
+        # Each cluster weighs the same in the batch (SCAN's class weights): large clusters
+        # would otherwise pull the border images of the small ones over.
+        counts = torch.bincount(kept, minlength=head_centers.shape[0])
+        weight = torch.where(counts > 0, 1.0 / counts.clamp_min(1), 0.0).float()
+        losses.append(F.cross_entropy(logits, kept, weight=weight))
+    if not losses:
+        return projections.sum() * 0.0  # no confident image in this batch: no gradient
+    return sum(losses[1:], losses[0])
 
 
 def self_label(
@@ -98,11 +133,14 @@ def self_label(
             z = project_features(head, features)
             targets = torch.stack(
                 [
-                    confident_targets(logits, settings.confident_fraction)
-                    for logits in cluster_logits(z, centers, settings.self_label_temperature)
+                    confident_targets(
+                        cosine_logits(z, c, settings.self_label_temperature),
+                        settings.confident_fraction,
+                    )
+                    for c in centers
                 ]
             )  # (H, N)
-        assigned = cluster_logits(z, centers[:1], 1.0)[0].argmax(1)
+        assigned = cosine_logits(z, centers[0]).argmax(1)
         changes.append(0.0 if previous is None else float((assigned != previous).float().mean()))
         previous = assigned
         confident = (targets >= 0).float().mean().item()
@@ -114,21 +152,16 @@ def self_label(
             noise = torch.randn(x.shape, generator=generator).to(device)
             keep = (torch.rand(x.shape, generator=generator) >= settings.feature_dropout).to(device)
             x = (x + settings.feature_noise * scale * noise) * keep / (1 - settings.feature_dropout)
-            logits = cluster_logits(head(x), centers, settings.self_label_temperature)
-            loss = torch.zeros((), device=device)
-            for h, head_logits in enumerate(logits):
-                batch_targets = targets[h, rows].to(device)
-                chosen = batch_targets >= 0
-                if not chosen.any():
-                    continue
-                # Class-balanced: each cluster's confident images weigh as much in all.
-                counts = torch.bincount(batch_targets[chosen], minlength=head_logits.shape[1])
-                weight = torch.where(counts > 0, 1.0 / counts.clamp_min(1), 0.0).float()
-                loss = loss + F.cross_entropy(
-                    head_logits[chosen], batch_targets[chosen], weight=weight
-                )
-            if not loss.requires_grad:  # no confident image in this batch
+            batch_targets = targets[:, rows].to(device)
+            if not (batch_targets >= 0).any():  # no confident image in this batch
                 continue
+            loss = self_label_loss(
+                head(x),
+                centers,
+                batch_targets.clamp(min=0),
+                batch_targets >= 0,
+                settings.self_label_temperature,
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -96,11 +96,28 @@ def create_backbone(name: str, in_chans: int = 3, **timm_kwargs) -> nn.Module:
         >>> create_backbone("secu_convnet_small", in_chans=1)(torch.randn(2, 1, 28, 28)).shape
         torch.Size([2, 128])
     """
+    check_backbone_name(name)
+    return timm.create_model(name, num_classes=0, in_chans=in_chans, **timm_kwargs)
+
+
+def check_backbone_name(name: str, allow_hub: bool = False) -> None:
+    """Refuses a name that is not a timm model: a registered architecture (this module's
+    included), with or without a pretrained tag (``.in1k``), or, with ``allow_hub``, an
+    ``hf-hub:`` repository (its architecture is in the repository's config, downloaded when
+    the model is created: never for a config read from a model file).
+
+    Examples:
+        >>> check_backbone_name("resnet18.a1_in1k"), check_backbone_name("secu_convnet_small")
+        (None, None)
+        >>> check_backbone_name("resnet5O")
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown timm model 'resnet5O' (see timm.list_models())
+    """
     if not isinstance(name, str) or not name:
         raise ValueError(f"backbone must be a timm model name, got {name!r}")
-    if not timm.is_model(name):
+    if not ((allow_hub and name.startswith("hf-hub:")) or timm.is_model(name)):
         raise ValueError(f"unknown timm model {name!r} (see timm.list_models())")
-    return timm.create_model(name, num_classes=0, in_chans=in_chans, **timm_kwargs)
 
 
 def _replace_resnet_stem(model: ResNet, stem: str, in_chans: int) -> None:

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from secu_plugin.data.files import file_sha256
+from secu_plugin.models.backbones import check_backbone_name
 
 EFFICIENTNET_LITE0 = "tf_efficientnet_lite0"
 
@@ -39,14 +40,10 @@ def architecture_name(name: str) -> str:
         >>> architecture_name("resnet18")
         'resnet18'
     """
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"backbone must be a timm model name, got {name!r}")
+    check_backbone_name(name, allow_hub=True)
     if name.startswith("hf-hub:"):  # the architecture is in the Hub repository's config
         return str(timm.create_model(name, pretrained=False).pretrained_cfg["architecture"])
-    architecture = name.split(".", 1)[0]
-    if not timm.is_model(architecture):
-        raise ValueError(f"unknown timm model {name!r} (see timm.list_models())")
-    return architecture
+    return name.split(".", 1)[0]
 
 
 def create_pretrained(

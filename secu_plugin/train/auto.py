@@ -249,7 +249,7 @@ def preset_data(name: str, overrides: dict) -> str:
     return named.data if named is not None else PRESETS[BASE_PRESET].data
 
 
-def resolve_preset(name: str, description: DataDescription | None = None, **overrides) -> Preset:
+def resolve_preset(name: str, description: DataDescription | None = None, /, **overrides) -> Preset:
     """The settings ``recipes/train.py`` trains with: the named preset, or for ``"auto"`` the
     settings derived from ``description`` (of the training data the recipe read), with the
     workers of this machine unless ``overrides`` name them.

@@ -11,6 +11,7 @@ a preset sets ``input_size``/``mean``/``std`` only where it differs from its bac
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from secu_plugin.train.settings import (
     BankSettings,
@@ -38,6 +39,9 @@ class Preset(RunSettings):
         >>> get_preset("cifar10", epochs=5).schedule.epochs
         5
     """
+
+    # timm's training views are the frozen heads' (recipes/train_head.py)
+    recipe_choices: ClassVar[dict[str, tuple[str, ...]]] = {"views": ("byol", "digits")}
 
     loader: LoaderSettings = field(default_factory=lambda: LoaderSettings(128, num_workers=4))
     # centers and memory from k-means on the initial projections (a pretrained backbone)
@@ -114,7 +118,7 @@ AUTO = "auto"
 PRESET_CHOICES: list[str] = sorted([*PRESETS, AUTO])
 
 
-def get_preset(name: str, presets: dict | None = None, **overrides) -> RunSettings:
+def get_preset(name: str, presets: dict | None = None, /, **overrides) -> RunSettings:
     """The preset ``name`` of ``presets`` (default: :data:`PRESETS`) with ``overrides`` (flat
     names or ``group.name``) applied and checked.
 

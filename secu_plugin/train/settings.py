@@ -11,6 +11,10 @@ to the constructor it configures::
     bank = SeCuCenterBank(num_instances=len(images), dim=network.dim, **asdict(settings.bank))
     criterion = SeCuLoss(bank, **asdict(settings.loss))
 
+Every string setting declares the values it takes (:mod:`secu_plugin.train.choices`): a
+recipe checks its command line's values before it reads data (:meth:`RunSettings.checked_overrides`)
+and every value when the settings are resolved (:meth:`RunSettings.check`).
+
 Numbers only: this module imports nothing beyond the standard library.
 """
 
@@ -22,7 +26,9 @@ import functools
 import json
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Literal
+
+from secu_plugin.train.choices import DataSource, RunName, TimmModelName, check_setting
 
 
 @dataclass(frozen=True)
@@ -36,7 +42,7 @@ class NetworkSettings:
         128
     """
 
-    backbone: str = "secu_resnet18_cifar"  # any timm name; secu_* carry the paper's stems
+    backbone: TimmModelName = "secu_resnet18_cifar"  # secu_* carry the paper's stems
     backbone_kwargs: dict | None = None  # extra timm create_model arguments
     in_chans: int = 3
     input_size: int | None = None
@@ -60,7 +66,8 @@ class ViewSettings:
         True
     """
 
-    views: str = "byol"  # "byol" (lightly's BYOL pair), "digits", or "timm" (frozen heads)
+    # "byol" (lightly's BYOL pair), "digits", or "timm" (timm's training transform: frozen heads)
+    views: Literal["byol", "digits", "timm"] = "byol"
     min_scale: float = 0.3
     view_kwargs: dict | None = None
 
@@ -90,7 +97,7 @@ class OptimizerSettings:
         0.2
     """
 
-    optimizer: str = "sgd"
+    optimizer: Literal["sgd", "lars"] = "sgd"
     lr: float = 0.2
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -123,13 +130,13 @@ class BankSettings:
     """
 
     num_clusters: list[int] = field(default_factory=lambda: list(range(10, 101, 10)))
-    assigner: str = "size"
+    assigner: Literal["size", "entropy"] = "size"
     dual_lr: float = 0.1
     lower_bound_ratio: float = 0.9
     alpha: float = 6000.0
     # "replicated", "sharded" (each rank keeps its own instances' labels) or "auto" (sharded
     # above 1 GiB of labels); "sharded" at any size tests the per-rank checkpoints.
-    memory: str = "auto"
+    memory: Literal["auto", "replicated", "sharded"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -164,9 +171,35 @@ def batch_size_for(num_images: int, largest: int = 256, smallest: int = 2) -> in
 
 
 @functools.cache
+def setting_types(cls: type) -> dict[str, tuple[str | None, Any]]:
+    """Each flat setting name of the settings class ``cls``: its group (None: a field of
+    ``cls`` itself) and its type (``Literal`` and ``Annotated`` kept); refuses a name declared
+    twice.
+
+    Examples:
+        >>> from secu_plugin.train.presets import Preset
+        >>> setting_types(Preset)["optimizer"]
+        ('optimization', typing.Literal['sgd', 'lars'])
+    """
+    hints = typing.get_type_hints(cls, include_extras=True)
+    names: dict[str, tuple[str | None, Any]] = {}
+    for outer in dataclasses.fields(cls):
+        group = hints[outer.name]
+        if _is_group(group):
+            inner = typing.get_type_hints(group, include_extras=True)
+            found = {f.name: (outer.name, inner[f.name]) for f in dataclasses.fields(group)}
+        else:
+            found = {outer.name: (None, group)}
+        for name, declared in found.items():
+            if name in names:
+                raise TypeError(f"{cls.__name__}: setting {name!r} is declared twice")
+            names[name] = declared
+    return names
+
+
 def group_fields(cls: type) -> dict[str, str | None]:
     """Each flat setting name of the settings class ``cls`` and its group (None: a field of
-    ``cls`` itself); refuses a name declared twice.
+    ``cls`` itself).
 
     Examples:
         >>> from secu_plugin.train.presets import Preset
@@ -174,16 +207,7 @@ def group_fields(cls: type) -> dict[str, str | None]:
         >>> fields["lr"], fields["num_clusters"], fields["data"]
         ('optimization', 'bank', None)
     """
-    hints = typing.get_type_hints(cls)
-    names: dict[str, str | None] = {}
-    for outer in dataclasses.fields(cls):
-        group = hints[outer.name]
-        inner = [f.name for f in dataclasses.fields(group)] if _is_group(group) else [outer.name]
-        for name in inner:
-            if name in names:
-                raise TypeError(f"{cls.__name__}: setting {name!r} is declared twice")
-            names[name] = outer.name if _is_group(group) else None
-    return names
+    return {name: group for name, (group, _) in setting_types(cls).items()}
 
 
 def _is_group(hint: Any) -> bool:
@@ -204,8 +228,11 @@ class RunSettings:
         (0.1, 0.5, 0.5)
     """
 
-    name: str
-    data: str = "mnist5k"  # mnist5k, an image folder, parquet files or a Hub data set
+    # The allowed values of a shared group's string setting that this recipe narrows.
+    recipe_choices: ClassVar[dict[str, tuple[str, ...]]] = {}
+
+    name: RunName
+    data: DataSource = "mnist5k"
     network: NetworkSettings = field(default_factory=NetworkSettings)
     augmentation: ViewSettings = field(default_factory=ViewSettings)
     loader: LoaderSettings = field(default_factory=LoaderSettings)
@@ -237,6 +264,36 @@ class RunSettings:
             raise ValueError(f"unknown preset settings: {sorted(unknown)}")
         return flat
 
+    @classmethod
+    def checked_overrides(cls, changes: dict[str, Any]) -> dict[str, Any]:
+        """:meth:`flat_names` of ``changes``, each value checked (:meth:`check_value`): what a
+        recipe does with its command line before it reads any data.
+
+        Examples:
+            >>> from secu_plugin.train.presets import Preset
+            >>> Preset.checked_overrides({"optimization.optimizer": "lars"})
+            {'optimizer': 'lars'}
+        """
+        flat = cls.flat_names(changes)
+        for name, value in flat.items():
+            cls.check_value(name, value)
+        return flat
+
+    @classmethod
+    def check_value(cls, name: str, value: Any) -> None:
+        """Refuses a value of the string setting ``name`` (flat) that its type does not
+        declare (:func:`~secu_plugin.train.choices.check_setting`), or that this recipe does
+        not take (:attr:`recipe_choices`); other settings pass.
+
+        Examples:
+            >>> from secu_plugin.train.presets import Preset
+            >>> Preset.check_value("views", "byoll")
+            Traceback (most recent call last):
+            ...
+            ValueError: views='byoll' is not one of the allowed values: 'byol', 'digits'
+        """
+        check_setting(name, setting_types(cls)[name][1], value, cls.recipe_choices.get(name))
+
     def replace(self, **changes: Any):
         """A copy with ``changes`` applied; each key is a flat name (``lr``) or
         ``group.name`` (``optimization.lr``)."""
@@ -264,7 +321,10 @@ class RunSettings:
         return record
 
     def check(self) -> None:
-        """Refuses settings that cannot run (subclasses add their rules)."""
+        """Refuses settings that cannot run: every string setting's value against what it
+        declares (:meth:`check_value`); subclasses add their rules."""
+        for name, value in self.to_dict().items():
+            self.check_value(name, value)
 
     def with_batch_size_for(self, num_images: int):
         """These settings with a batch: the one they name, else :func:`batch_size_for`."""
