@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from secu_plugin.frozen import head_presets
+from secu_plugin.frozen import finetune_presets, head_presets
+from secu_plugin.frozen.finetune_presets import FINETUNE_PRESETS, FinetuneSettings
 from secu_plugin.frozen.head_presets import HEAD_PRESETS, HeadPreset
 from secu_plugin.train import presets, settings
 from secu_plugin.train.choices import FreeForm, declared_values
@@ -22,14 +23,18 @@ from secu_plugin.train.presets import PRESETS, Preset, get_preset
 from secu_plugin.train.settings import setting_types
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = {Preset: ("mnist5k", PRESETS), HeadPreset: ("frozen", HEAD_PRESETS)}
+RECIPES = {
+    Preset: ("mnist5k", PRESETS),
+    HeadPreset: ("frozen", HEAD_PRESETS),
+    FinetuneSettings: ("finetune", FINETUNE_PRESETS),
+}
 
 
 def settings_classes() -> list[type]:
     """Every dataclass the settings modules define: the groups and the recipes' settings."""
     return [
         cls
-        for module in (settings, presets, head_presets)
+        for module in (settings, presets, head_presets, finetune_presets)
         for _, cls in inspect.getmembers(module, dataclasses.is_dataclass)
         if isinstance(cls, type) and cls.__module__ == module.__name__
     ]

@@ -82,6 +82,7 @@ class FinetuneSettings(RunSettings):
 
     def check(self) -> None:
         """Refuses settings that cannot run, or that fine-tuning would not read, naming them."""
+        super().check()  # every string setting against what it declares
         registered = FINETUNE_PRESETS.get(self.name)
         if registered is not None:
             mine, theirs = self.to_dict(), registered.to_dict()
