@@ -269,7 +269,8 @@ def device_environment(device: Any, **extra: Any) -> dict:
 
 def write_json(path: str | os.PathLike, record: dict, indent: int = 2) -> None:
     """Writes ``record`` to ``path`` (its folder made when missing), ending in a newline; a
-    record with a ``provenance`` gets there ``modules``: :func:`modules_imported` by now.
+    record with a ``provenance`` gets there (in ``record`` too) ``modules``:
+    :func:`modules_imported` by now.
 
     Examples:
         >>> path = Path(tempfile.mkdtemp()) / "run.json"
@@ -277,8 +278,8 @@ def write_json(path: str | os.PathLike, record: dict, indent: int = 2) -> None:
         >>> "benchmarks.common" in json.loads(path.read_text())["provenance"]["modules"]
         True
     """
-    if isinstance(record.get("provenance"), dict):
-        record = {**record, "provenance": {**record["provenance"], "modules": modules_imported()}}
+    if isinstance(record.get("provenance"), dict):  # in place: the caller's record says it too
+        record["provenance"]["modules"] = modules_imported()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=indent) + "\n")
