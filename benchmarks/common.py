@@ -8,7 +8,10 @@
 - timing: :func:`timed` (a step on a device, synchronized), :func:`run_timed` (a command in a
   subprocess) and :func:`run_recipe` (a recipe on one set, with the run's record);
 - output: :func:`write_json` (the record, rewritten after each run so a stopped benchmark keeps
-  what it did), :func:`print_line` (one JSON line per run, flushed), :func:`device_environment`.
+  what it did), :func:`print_line` (one JSON line per run, flushed), :func:`device_environment`;
+- the code measured: :func:`write_json` adds to the provenance ``modules``, the project modules
+  this process and the recipes it ran imported (:func:`modules_imported`), from which
+  ``render_docs.py --stale`` tells which figures were measured on code that changed since.
 
 A script imports it after putting the repository on ``sys.path`` (two lines at its top), so it
 runs as ``python benchmarks/NAME.py`` from anywhere without installing.
@@ -21,12 +24,14 @@ import json
 import os
 import platform
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from benchmarks.provenance import REPO_ROOT, cpu_model, provenance
+from secu_plugin.train.runtime import MODULES_FOLDER_VARIABLE, project_modules
 
 __all__ = [
     "REPO_ROOT",
@@ -34,6 +39,7 @@ __all__ = [
     "device_environment",
     "manifest_fields",
     "manifest_sets",
+    "modules_imported",
     "print_line",
     "provenance",
     "run_recipe",
@@ -53,7 +59,43 @@ def start_record(**fields: Any) -> dict:
         >>> list(record), record["seeds"], "load_average" in record["provenance"]
         (['provenance', 'seeds'], [0, 1], True)
     """
+    record_recipe_modules()
     return {"provenance": provenance(), **fields}
+
+
+def record_recipe_modules() -> Path:
+    """The folder where the recipes this process starts (and their ranks) write the project
+    modules they imported (``secu_plugin.train.runtime.run_or_exit`` does, when
+    ``SECU_RECORD_MODULES`` names a folder); set for this process and its children.
+
+    Examples:
+        >>> record_recipe_modules() == record_recipe_modules()  # one folder per benchmark
+        True
+    """
+    if not os.environ.get(MODULES_FOLDER_VARIABLE):
+        os.environ[MODULES_FOLDER_VARIABLE] = tempfile.mkdtemp(prefix="secu-modules-")
+    return Path(os.environ[MODULES_FOLDER_VARIABLE])
+
+
+def modules_imported() -> list[str]:
+    """The sorted project modules this process imported and those its recipes reported (see
+    :func:`record_recipe_modules`): what a figure measured.
+
+    Examples:
+        >>> import sys
+        >>> folder = record_recipe_modules()
+        >>> _ = subprocess.run([sys.executable, "-c", "from secu_plugin.train import runtime; "
+        ...     "runtime.run_or_exit(lambda args: None, None)"], check=True)
+        >>> "benchmarks.common" in modules_imported()  # this process
+        True
+        >>> any("secu_plugin.train.runtime" in f.read_text() for f in folder.glob("modules-*"))
+        True
+    """
+    found = set(project_modules())
+    folder = os.environ.get(MODULES_FOLDER_VARIABLE)
+    for file in sorted(Path(folder).glob("modules-*.txt")) if folder else []:
+        found.update(file.read_text(encoding="utf-8").split())
+    return sorted(found)
 
 
 def add_to_earlier(record: dict, path: str | os.PathLike) -> dict | None:
@@ -68,8 +110,8 @@ def add_to_earlier(record: dict, path: str | os.PathLike) -> dict | None:
         True
         >>> write_json(path, {"provenance": {"date_utc": "a"}, "runs": [1]})
         >>> record = {"provenance": {"date_utc": "b"}, "runs": []}
-        >>> add_to_earlier(record, path)["runs"], record["earlier_provenance"]
-        ([1], [{'date_utc': 'a'}])
+        >>> add_to_earlier(record, path)["runs"], record["earlier_provenance"][0]["date_utc"]
+        ([1], 'a')
     """
     if not Path(path).is_file():
         return None
@@ -161,6 +203,10 @@ def run_timed(
         >>> result.returncode, result.stdout.strip(), seconds >= 0
         (0, '42', True)
     """
+    if env is not None and MODULES_FOLDER_VARIABLE not in env:  # the recipe says what it ran
+        env = {**env, MODULES_FOLDER_VARIABLE: os.fspath(record_recipe_modules())}
+    else:
+        record_recipe_modules()
     started = time.time()
     result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     return result, round(time.time() - started, 1)
@@ -222,7 +268,18 @@ def device_environment(device: Any, **extra: Any) -> dict:
 
 
 def write_json(path: str | os.PathLike, record: dict, indent: int = 2) -> None:
-    """Writes ``record`` to ``path`` (its folder made when missing), ending in a newline."""
+    """Writes ``record`` to ``path`` (its folder made when missing), ending in a newline; a
+    record with a ``provenance`` gets there (in ``record`` too) ``modules``:
+    :func:`modules_imported` by now.
+
+    Examples:
+        >>> path = Path(tempfile.mkdtemp()) / "run.json"
+        >>> write_json(path, {"provenance": {"commit": "abc"}})
+        >>> "benchmarks.common" in json.loads(path.read_text())["provenance"]["modules"]
+        True
+    """
+    if isinstance(record.get("provenance"), dict):  # in place: the caller's record says it too
+        record["provenance"]["modules"] = modules_imported()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=indent) + "\n")

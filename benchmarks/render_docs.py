@@ -2,6 +2,7 @@
 
     python benchmarks/render_docs.py           # rewrite the rendered parts in place
     python benchmarks/render_docs.py --check   # exit 1 and print a diff if any part differs
+    python benchmarks/render_docs.py --stale   # list the figures measured on older code
 
 A table sits between two markers naming its JSON file(s) and its kind (a renderer in
 ``benchmarks/renderers.py``, or one registered here with ``@renderer``):
@@ -15,6 +16,11 @@ and a number in prose between markers on one line (``value=`` is a dotted path i
 ``fmt=`` is a Python format spec, or ``bytes`` for kB/MB/GB):
 
     ACC <!-- render: docs/mnist5k_results.json value=evaluations.0.accuracy fmt=.3f -->0.974<!-- end render -->
+
+A figure whose JSON was measured on code that changed since (``benchmarks/figure_age.py``:
+its modules' files differ between its commit and HEAD) is marked: a number gets "(measured on
+older code, commit X)", a table a line under its source. The marks follow the committed
+history, so commit the code, then measure; and re-render after a commit that changes code.
 
 docs/figures.md says how to add a figure (script -> JSON -> marker -> render).
 """
@@ -33,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling module o
 # The registry and its helpers live in renderers.py; a kind may also be added here with
 # @renderer("name"): both register into the same RENDERERS.
 import quality_renderers  # noqa: F401  (registers the clustering-quality kinds)
+from figure_age import FigureAge, FigureAges
 from renderers import DATA_SETS, RENDERERS, human_bytes, renderer, table  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +47,9 @@ MARKER = re.compile(
     r"<!-- render: (?P<spec>[^\n]*?) -->(?P<body>.*?)<!-- end render -->", re.DOTALL
 )
 OPEN, CLOSE = "<!-- render:", "<!-- end render -->"
+KEPT_MARK = re.compile(
+    r"( \(measured on older code, [^)\n]*\)|\n\n\*\*Measured on older code\*\*.*)$"
+)
 FENCE = re.compile(r"(^ {0,3}```.*?^ {0,3}```[^\n]*$)", re.DOTALL | re.MULTILINE)
 
 
@@ -159,8 +169,19 @@ def load_json(root: Path, path: str) -> dict:
     return json.loads(file.read_text(encoding="utf-8"))
 
 
-def render_marker(match: re.Match, root: Path) -> str:
-    """One marker and what it renders, from the JSON files it names."""
+def figure_age(paths: list[str], datas: list[dict], root: Path, ages: FigureAges | None):
+    """``(path, age)`` of the first of a marker's files measured on older code, else None
+    (and None when ``ages`` is None: outside a git checkout nothing is judged)."""
+    for path, data in zip(paths, datas) if ages is not None and ages.judges else ():
+        age = ages.of_json(data, recorded(path, data, root).get("commit"))
+        if age.stale:
+            return path, age
+    return None
+
+
+def render_marker(match: re.Match, root: Path, ages: FigureAges | None = None) -> str:
+    """One marker and what it renders, from the JSON files it names, marked when measured on
+    older code (judged by ``ages``)."""
     spec, body = match["spec"], match["body"]
     if OPEN in body:
         raise ValueError(f"marker {spec!r} is not closed before the next one")
@@ -170,22 +191,51 @@ def render_marker(match: re.Match, root: Path) -> str:
         raise ValueError(f"unknown table {kind!r}; known: {sorted(set(RENDERERS) - {'value'})}")
     datas = [load_json(root, path) for path in paths]
     rendered = RENDERERS[kind](datas, {**options, "_paths": paths})
+    older = figure_age(paths, datas, root, ages)
     if kind == "value":
         line_start = match.string.rfind("\n", 0, match.start()) + 1
         if "\n" in body or not match.string[line_start : match.start()].strip():
             # A line that starts with "<!--" would end the paragraph (an HTML block).
             raise ValueError(f"value marker {spec!r} must sit inside one line of text")
-        return f"<!-- render: {spec} -->{rendered}{CLOSE}"
-    return f"<!-- render: {spec} -->\n{rendered}\n\n{sources(paths, datas, root)}\n{CLOSE}"
+        # A recorded date or commit is not a measurement: it has no age to mark.
+        marked = older and not options["value"].startswith("provenance.")
+        mark = f" ({older[1].short()})" if marked else ""
+        return f"<!-- render: {spec} -->{rendered}{kept_mark(body, ages) or mark}{CLOSE}"
+    mark = f"\n\n{older_code_line(*older)}" if older else kept_mark(body, ages)
+    return f"<!-- render: {spec} -->\n{rendered}\n\n{sources(paths, datas, root)}{mark}\n{CLOSE}"
 
 
-def render_text(text: str, root: Path, name: str = "text") -> str:
+def kept_mark(body: str, ages: FigureAges | None) -> str:
+    """The mark of older code already in ``body`` when there is no history to judge by (a
+    source archive, a shallow clone): the page keeps what a full clone rendered.
+
+    Examples:
+        >>> kept_mark("0.97 (measured on older code, commit 0123456)", None)
+        ' (measured on older code, commit 0123456)'
+    """
+    if ages is not None and ages.judges:
+        return ""
+    found = KEPT_MARK.search(body)
+    return found[0] if found else ""
+
+
+def older_code_line(path: str, age: FigureAge) -> str:
+    """The line under a table measured on older code.
+
+    Examples:
+        >>> older_code_line("docs/a.json", FigureAge("commit not recorded", None, ()))
+        '**Measured on older code** (`docs/a.json`: commit not recorded).'
+    """
+    return f"**Measured on older code** (`{path}`: {age.described()})."
+
+
+def render_text(text: str, root: Path, name: str = "text", ages: FigureAges | None = None) -> str:
     """``text`` with every marked part re-rendered from the JSON its marker names; markers
     inside fenced code blocks are examples and stay as they are."""
 
     def replace(match: re.Match) -> str:
         try:
-            return render_marker(match, root)
+            return render_marker(match, root, ages)
         except ValueError as error:
             raise ValueError(f"{name}: {error}") from None
         except (KeyError, IndexError, TypeError) as error:  # a file without the expected fields
@@ -206,13 +256,13 @@ def documents(root: Path) -> list[Path]:
 
 def render_all(root: Path, check: bool) -> list[str]:
     """Renders every document (writes it unless ``check``); returns the diffs found."""
-    diffs = []
+    diffs, ages = [], FigureAges(root)
     for document in documents(root):
         if not document.is_file():
             continue
         text = document.read_text(encoding="utf-8")
         name = str(document.relative_to(root))
-        rendered = render_text(text, root, name)
+        rendered = render_text(text, root, name, ages)
         if rendered != text:
             diff = difflib.unified_diff(
                 text.splitlines(keepends=True), rendered.splitlines(keepends=True), name, name
@@ -223,11 +273,46 @@ def render_all(root: Path, check: bool) -> list[str]:
     return diffs
 
 
+def stale_figures(root: Path) -> list[str]:
+    """One line per marker (fenced examples aside) whose figures were measured on older code:
+    page and line, its marker, and which files changed since its commit."""
+    ages, found = FigureAges(root), []
+    if not ages.judges:
+        raise ValueError(f"{root}: not the top of a full git clone, no history to judge by")
+    for document in documents(root):
+        text = document.read_text(encoding="utf-8") if document.is_file() else ""
+        offset = 0
+        for index, part in enumerate(FENCE.split(text)):
+            for match in MARKER.finditer(part) if index % 2 == 0 else ():
+                paths, _ = parse_spec(match["spec"])
+                datas = [load_json(root, path) for path in paths]
+                older = figure_age(paths, datas, root, ages)
+                if older:
+                    line = text.count("\n", 0, offset + match.start()) + 1
+                    where = f"{document.relative_to(root)}:{line}"
+                    found.append(f"{where}: {match['spec']}: {older[1].described(named=None)}")
+            offset += len(part)
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 on a diff")
+    parser.add_argument(
+        "--stale",
+        action="store_true",
+        help="change nothing; list the figures measured on older code (exit 1 if any)",
+    )
     parser.add_argument("--root", type=Path, default=ROOT, help="repository root")
     args = parser.parse_args(argv)
+    if args.stale:
+        try:
+            stale = stale_figures(args.root)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        print("".join(f"{line}\n" for line in stale), end="")
+        return 1 if stale else 0
     try:
         diffs = render_all(args.root, args.check)
     except ValueError as error:

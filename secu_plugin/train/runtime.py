@@ -1,15 +1,24 @@
-"""Process-level settings of a training run: CPU threads, and a check that ranks agree."""
+"""Process-level settings of a training run: CPU threads, a check that ranks agree, and the
+exit path every recipe shares (which also tells a benchmark the project modules it ran)."""
 
 from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from secu_plugin.core import dist
+
+# A benchmark sets this to a folder: each recipe process writes there the project modules it
+# imported, so the figure's JSON can say which code it measured (benchmarks/common.py).
+MODULES_FOLDER_VARIABLE = "SECU_RECORD_MODULES"
+PROJECT_PACKAGES = ("secu_plugin", "recipes", "benchmarks")
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def use_cpu_cores(accelerator) -> int:
@@ -92,3 +101,57 @@ def run_or_exit(main: Callable[[Any], Any], args: Any) -> Any:
             raise
         print(f"error: {error}", file=sys.stderr, flush=True)
         sys.exit(2)
+    finally:  # a failed run ran the same code: its modules count too
+        record_imported_modules()
+
+
+def project_modules() -> list[str]:
+    """The sorted names of the project's modules (under ``secu_plugin``, ``recipes`` or
+    ``benchmarks``) this process imported; a script run by its path (``__main__``) or a
+    sibling imported by a bare name is named by its file's place in the repository.
+
+    Examples:
+        >>> "secu_plugin.train.runtime" in project_modules()
+        True
+    """
+    found = set()
+    for name, module in list(sys.modules.items()):
+        if name.partition(".")[0] in PROJECT_PACKAGES:
+            found.add(name)
+            continue
+        file = getattr(module, "__file__", None)
+        path = Path(file).resolve() if file else None
+        if path is None or not path.is_relative_to(PROJECT_ROOT) or path.suffix != ".py":
+            continue
+        parts = path.relative_to(PROJECT_ROOT).with_suffix("").parts
+        if parts[0] in PROJECT_PACKAGES:
+            found.add(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return sorted(found)
+
+
+def record_imported_modules() -> Path | None:
+    """Writes :func:`project_modules` to a new file in the folder that
+    ``SECU_RECORD_MODULES`` names (one file per process: ranks and runs do not overwrite each
+    other) and returns it; None when the variable is unset (a run outside a benchmark).
+
+    Examples:
+        >>> import tempfile
+        >>> os.environ["SECU_RECORD_MODULES"] = tempfile.mkdtemp()
+        >>> "secu_plugin.train.runtime" in record_imported_modules().read_text().split()
+        True
+        >>> del os.environ["SECU_RECORD_MODULES"]
+        >>> record_imported_modules() is None
+        True
+    """
+    folder = os.environ.get(MODULES_FOLDER_VARIABLE)
+    if not folder:
+        return None
+    try:
+        with tempfile.NamedTemporaryFile(
+            "w", dir=folder, prefix="modules-", suffix=".txt", delete=False
+        ) as file:
+            file.write("".join(f"{name}\n" for name in project_modules()))
+    except OSError as error:  # the benchmark's record loses a detail; the run goes on
+        print(f"warning: modules not recorded in {folder}: {error}", file=sys.stderr)
+        return None
+    return Path(file.name)
