@@ -26,10 +26,10 @@ from secu_plugin.frozen.objective_turtle import per_head_softmax
 
 SCAN_DEFAULTS = {
     "entropy_weight": 5.0,
-    "steps": 300,
+    "steps": 1500,
     "lr": 1e-2,
-    "self_label_steps": 100,
-    "confidence": 0.99,
+    "self_label_steps": 300,
+    "confidence": 0.9,
     "noise": 0.5,
 }
 
