@@ -26,6 +26,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -75,6 +77,21 @@ def recipe_command(
     ]
 
 
+@contextlib.contextmanager
+def holding(lock: str | None):
+    """Holds ``flock(lock)`` (a machine shared with other jobs) while the block runs, so a
+    run's seconds never include the wait for it."""
+    if lock is None:
+        yield
+        return
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def lite0_weights(path: Path) -> Path:
     """The offline EfficientNet-Lite0 weights, written once from their pip package."""
     if not path.exists():
@@ -93,6 +110,7 @@ def run_one(
     extra: list[str],
     variant: str = "default",
     true_k_only: bool = False,
+    lock: str | None = None,
 ) -> dict:
     """One recipe run on one set; the recipe itself adds the ceiling of the features it cached
     to its results.json (``feature_ceiling``). ``extra``: ``NAME=VALUE`` settings for the
@@ -107,7 +125,8 @@ def run_one(
         overrides.append(f"num_clusters={grid}".replace(" ", ""))
     command = recipe_command(entry["data"], seed, weights, work, run_dir, overrides)
     environment = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    result, record = run_recipe(command, entry, seed, environment, variant=variant)
+    with holding(lock):
+        result, record = run_recipe(command, entry, seed, environment, variant=variant)
     if result.returncode != 0:
         return record
     record["results"] = json.loads((run_dir / "results.json").read_text())
@@ -181,6 +200,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--weights", help="default: WORK/lite0.safetensors (written if missing)")
     parser.add_argument("--json", default=os.fspath(REPO_ROOT / "docs" / "frozen_heldout.json"))
     parser.add_argument("--partial", action="store_true", help="label the JSON a partial run")
+    parser.add_argument("--lock", help="hold this flock file during each run (a shared machine)")
     parser.add_argument(
         "--true_k_only", action="store_true", help="one head per run, at the true K (cheaper)"
     )
@@ -217,7 +237,14 @@ def main(argv: list[str] | None = None) -> dict:
         for variant, settings in variants:
             for seed in args.seeds:
                 record = run_one(
-                    entry, seed, weights, work, extra + settings, variant, args.true_k_only
+                    entry,
+                    seed,
+                    weights,
+                    work,
+                    extra + settings,
+                    variant,
+                    args.true_k_only,
+                    args.lock,
                 )
                 report["runs"].append(record)
                 report["summary"] = summarize(report["runs"])
