@@ -233,9 +233,10 @@ def main(argv: list[str] | None = None) -> dict:
         "variants": dict(variants),
         "runs": [],
     }
-    for entry in chosen:
-        for variant, settings in variants:
-            for seed in args.seeds:
+    # Seed by seed over all sets: a benchmark stopped early has every set at its first seeds.
+    for seed in args.seeds:
+        for entry in chosen:
+            for variant, settings in variants:
                 record = run_one(
                     entry,
                     seed,

@@ -71,7 +71,7 @@ def train_objective_heads(
         >>> truth = torch.arange(200) % 2
         >>> features = torch.randn(2, 16, generator=generator).abs()[truth] * 3
         >>> features = features + torch.rand(200, 16, generator=generator)
-        >>> settings = ObjectiveSettings(objective="scan", objective_dim=8, objective_steps=50)
+        >>> settings = ObjectiveSettings(objective="scan", objective_dim=8, objective_steps=200)
         >>> heads = train_objective_heads(settings, features, [2, 3])
         >>> [tuple(c.shape) for c in heads.centers], heads.projection.out_features
         ([(2, 18), (3, 18)], 18)
