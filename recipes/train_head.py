@@ -32,6 +32,7 @@ from secu_plugin.data.feature_pairs import CachedPairs
 from secu_plugin.data.transforms import augment_transform, eval_transform
 from secu_plugin.frozen.features import cached_neighbors, default_cache_root, open_feature_cache
 from secu_plugin.frozen.head_presets import HEAD_PRESETS
+from secu_plugin.frozen.objectives import train_objective_heads
 from secu_plugin.frozen.self_labeling import self_label
 from secu_plugin.models import SeCuNetwork
 from secu_plugin.models.pretrained import (
@@ -102,6 +103,74 @@ def main(args: argparse.Namespace) -> dict:
     cache_root = Path(args.cache_dir) if args.cache_dir else default_cache_root()
     cache = open_feature_cache(run, network.backbone, weights, images, transforms, cache_root)
     extracted = time.time()
+    if settings.head_objective.objective == "secu":
+        bank, temperature, epochs = train_secu_heads(run, settings, network, images, cache, args)
+        projection_head = network.projection_head
+    else:  # TURTLE or SCAN: their heads as a projection and centers (secu_plugin.frozen.objectives)
+        bank, temperature, projection_head = train_other_heads(run, settings, images, cache, args)
+        epochs = 0
+    trained = time.time()
+
+    # ---- Export: the frozen backbone, the trained head and centers, as one SeCuModel.
+    record = run.training_record(frozen_backbone=weights)
+    if projection_head is network.projection_head:
+        model = SeCuModel.from_network(
+            network, bank.centers, temperature=temperature, training=record
+        )
+    else:  # a linear projection of its own width (secu_plugin.frozen.linear_heads)
+        model = SeCuModel.from_modules(
+            network.backbone,
+            projection_head,
+            list(bank.centers),
+            network.in_chans,
+            **{k: network.config[k] for k in ("input_size", "mean", "std")},
+            temperature=temperature,
+            training=record,
+        )
+    eval_images = run.evaluation_images(images)
+    eval_features = cache.features
+    if eval_images is not images:  # an evaluation split: its own plain view, cached too
+        eval_cache = open_feature_cache(
+            run, network.backbone, weights, eval_images, transforms[:1], cache_root
+        )
+        eval_features = eval_cache.features
+    projections = project_features(model.projection_head, eval_features[:, 0])
+    predictions = predict_projections(projections, model.centers)
+    summary = {
+        "epochs": epochs,
+        "seconds_features": round(extracted - run.started, 1),
+        "seconds_heads": round(trained - extracted, 1),
+    }
+    # k-means on the same cached features: the baseline to beat.
+    summary.update(
+        run.export(
+            model,
+            bank,
+            images,
+            eval_images,
+            predictions,
+            eval_images.labels,
+            projections=projections,
+            baseline_features=eval_features[:, 0],
+        )
+    )
+    if settings.feature_ceiling and eval_images.labels is not None:
+        summary.update(add_feature_ceiling(run, eval_features[:, 0], eval_images.labels, args))
+    return run.finish(summary)
+
+
+def train_secu_heads(
+    run: RecipeRun,
+    settings,
+    network: SeCuNetwork,
+    images,
+    cache,
+    args: argparse.Namespace,
+) -> tuple[SeCuCenterBank, float, int]:
+    """SeCu heads: the projection MLP (``network.projection_head``, trained in place) and the
+    center bank, over the pairs of the cache; then self-labeling. Returns the bank, the
+    temperature of the centers and the epochs done."""
+    accelerator, log = run.accelerator, run.log
     features = cache.features
     pairing = settings.pairing
     neighbors = None
@@ -175,43 +244,40 @@ def main(args: argparse.Namespace) -> dict:
             seed=args.seed,
             log=log,
         )
-    trained = time.time()
+    return bank, criterion.temperature_c, progress.epoch
 
-    # ---- Export: the frozen backbone, the trained head and centers, as one SeCuModel.
-    record = run.training_record(frozen_backbone=weights)
-    model = SeCuModel.from_network(
-        network, bank.centers, temperature=criterion.temperature_c, training=record
-    )
-    eval_images = run.evaluation_images(images)
-    eval_features = features
-    if eval_images is not images:  # an evaluation split: its own plain view, cached too
-        eval_cache = open_feature_cache(
-            run, network.backbone, weights, eval_images, transforms[:1], cache_root
+
+def train_other_heads(
+    run: RecipeRun, settings, images, cache, args: argparse.Namespace
+) -> tuple[SeCuCenterBank, float, torch.nn.Module]:
+    """TURTLE or SCAN heads on the plain cached features, every process the same (seeded);
+    returns a bank holding their centers and training clusters (what the export scores), the
+    temperature and the projection head."""
+    objective = settings.head_objective
+    features = cache.features[:, 0]
+    neighbors = None
+    if objective.objective == "scan":
+        neighbors = cached_neighbors(
+            run.accelerator,
+            cache,
+            objective.scan_neighbors,
+            settings.pairing.neighbor_whitening,
+            run.log,
         )
-        eval_features = eval_cache.features
-    projections = project_features(model.projection_head, eval_features[:, 0])
-    predictions = predict_projections(projections, model.centers)
-    summary = {
-        "epochs": progress.epoch,
-        "seconds_features": round(extracted - run.started, 1),
-        "seconds_heads": round(trained - extracted, 1),
-    }
-    # k-means on the same cached features: the baseline to beat.
-    summary.update(
-        run.export(
-            model,
-            bank,
-            images,
-            eval_images,
-            predictions,
-            eval_images.labels,
-            projections=projections,
-            baseline_features=eval_features[:, 0],
-        )
+    num_clusters = settings.bank.num_clusters
+    heads = train_objective_heads(objective, features, num_clusters, args.seed, neighbors)
+    run.log(f"{objective.objective} heads; exported agreement per head: {heads.agreement}")
+    bank = SeCuCenterBank(
+        dim=heads.projection.out_features,
+        num_clusters=num_clusters,
+        num_instances=len(images),
+        memory="replicated",
     )
-    if settings.feature_ceiling and eval_images.labels is not None:
-        summary.update(add_feature_ceiling(run, eval_features[:, 0], eval_images.labels, args))
-    return run.finish(summary)
+    with torch.no_grad():
+        for center, trained in zip(bank.centers, heads.centers):
+            center.copy_(trained)
+        bank.memory.copy_(heads.labels.to(bank.memory.dtype))
+    return bank, heads.temperature, torch.nn.Sequential(heads.projection)
 
 
 def add_feature_ceiling(run: RecipeRun, features, labels, args: argparse.Namespace) -> dict:

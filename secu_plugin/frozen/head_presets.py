@@ -87,6 +87,56 @@ class SelfLabelSettings:
             raise ValueError("self_label_temperature and self_label_lr must be positive")
 
 
+# The head objectives of the frozen path (secu_plugin.frozen.objectives).
+OBJECTIVES = ("secu", "turtle", "scan")
+
+
+@dataclass(frozen=True)
+class ObjectiveSettings:
+    """What the heads learn: ``"secu"`` (SeCu's center bank over pairs: the settings above),
+    ``"turtle"`` (the labelling a linear classifier fits fastest,
+    :mod:`secu_plugin.frozen.objective_turtle`) or ``"scan"`` (neighbour consistency, then
+    self-labeling, :mod:`secu_plugin.frozen.objective_scan`).
+
+    TURTLE and SCAN train linear heads in the neighbour space (square root, L2, PCA whitening)
+    of ``objective_dim`` dimensions (0: the raw features); ``objective_steps`` and
+    ``objective_lr`` (None: the objective's own defaults) are TURTLE's outer iterations or
+    SCAN's steps, and their Adam rate. ``turtle_*``: TURTLE's entropy weight gamma, inner Adam
+    steps and rate; ``scan_*``: SCAN's neighbours, entropy weight, and its self-labeling
+    (steps, confidence threshold, feature noise in units of the space's scale).
+
+    Examples:
+        >>> ObjectiveSettings().objective in OBJECTIVES
+        True
+    """
+
+    objective: str = "secu"
+    objective_dim: int = 128
+    objective_steps: int | None = None
+    objective_lr: float | None = None
+    turtle_gamma: float = 10.0
+    turtle_inner_steps: int = 10
+    turtle_inner_lr: float = 1e-3
+    scan_neighbors: int = 20
+    scan_entropy_weight: float = 5.0
+    scan_self_label_steps: int = 300
+    scan_confidence: float = 0.9
+    scan_noise: float = 0.5
+
+    def check(self) -> None:
+        """Refuses values that cannot run, naming the setting."""
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.objective_dim < 0:
+            raise ValueError(f"objective_dim must be >= 0, got {self.objective_dim}")
+        if self.objective_steps is not None and self.objective_steps < 1:
+            raise ValueError(f"objective_steps must be positive, got {self.objective_steps}")
+        if self.objective_lr is not None and self.objective_lr <= 0:
+            raise ValueError(f"objective_lr must be positive, got {self.objective_lr}")
+        if self.scan_neighbors < 1:
+            raise ValueError(f"scan_neighbors must be positive, got {self.scan_neighbors}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class HeadPreset(RunSettings):
     """Every setting of a frozen-backbone run. ``--set name=value`` overrides any setting.
@@ -115,6 +165,8 @@ class HeadPreset(RunSettings):
     kmeans_epoch: int = 3
     # after the SeCu epochs: self-labeling on the confident images (secu_plugin.frozen.self_labeling)
     self_labeling: SelfLabelSettings = field(default_factory=SelfLabelSettings)
+    # what the heads learn: SeCu (the groups above) or another objective on the same features
+    head_objective: ObjectiveSettings = field(default_factory=ObjectiveSettings)
     # the features' ceiling (k-means, spectral, k-NN agreement, linear probe) in results.json
     # when the evaluation images have labels (secu_plugin.baselines.feature_ceiling)
     feature_ceiling: bool = True
@@ -128,6 +180,7 @@ class HeadPreset(RunSettings):
                 "--set augmented_views=2 (or more)"
             )
         self.self_labeling.check()
+        self.head_objective.check()
         if self.pairing.num_neighbors < 1:
             raise ValueError(f"num_neighbors must be positive, got {self.pairing.num_neighbors}")
         # What the frozen loop has no use for: said, never silently ignored.
