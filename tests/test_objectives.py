@@ -73,7 +73,10 @@ def test_objective_heads_are_exported_and_agree():
 
 @pytest.mark.parametrize(
     ("change", "message"),
-    [({"objective": "temi2"}, "objective must be"), ({"objective_dim": -1}, "objective_dim")],
+    [
+        ({"objective": "temi2"}, "objective='temi2' is not one of the allowed values: 'secu'"),
+        ({"objective_dim": -1}, "objective_dim"),
+    ],
 )
 def test_bad_objective_settings_are_named(change, message):
     with pytest.raises(ValueError, match=message):

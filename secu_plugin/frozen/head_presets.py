@@ -4,6 +4,7 @@ feature cache and the pairs. A registry of values, like :mod:`secu_plugin.train.
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
@@ -88,7 +89,8 @@ class SelfLabelSettings:
 
 
 # The head objectives of the frozen path (secu_plugin.frozen.objectives).
-OBJECTIVES = ("secu", "turtle", "scan")
+Objective = Literal["secu", "turtle", "scan"]
+OBJECTIVES: tuple[str, ...] = typing.get_args(Objective)
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,7 @@ class ObjectiveSettings:
         True
     """
 
-    objective: str = "secu"
+    objective: Objective = "secu"
     objective_dim: int = 128
     objective_steps: int | None = None
     objective_lr: float | None = None
@@ -125,8 +127,6 @@ class ObjectiveSettings:
 
     def check(self) -> None:
         """Refuses values that cannot run, naming the setting."""
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.objective_dim < 0:
             raise ValueError(f"objective_dim must be >= 0, got {self.objective_dim}")
         if self.objective_steps is not None and self.objective_steps < 1:
