@@ -224,8 +224,9 @@ class RecipeRun:
         data_name, hub_id = dataset_names(self.settings.data)
         selection = head_selection(projections, predictions, bank.num_clusters, seed=self.args.seed)
         model.training_recipe = {**(model.training_recipe or {}), "k_selection": selection}
-        recommended = selection["recommended_num_clusters"]
-        self.log(f"recommended head: K={recommended} (the highest k-NN modularity, no labels)")
+        recommended, also = selection["recommended_num_clusters"], selection["also_plausible"]
+        close = "" if also is None else f"; K={also} scores close to it: look at both"
+        self.log(f"recommended head: K={recommended} (the highest {selection['signal']}{close})")
         results = evaluate_predictions(
             predictions,
             labels,
@@ -255,6 +256,7 @@ class RecipeRun:
         return {
             **metrics,
             "recommended_num_clusters": recommended,
+            "also_plausible": also,
             "model_dir": str(self.output_dir / "model"),
             "report": str(self.output_dir / "report" / "index.html"),
         }
@@ -314,6 +316,7 @@ class RecipeRun:
             num_clusters=found.num_clusters,
             head_names=found.head_names(),
             recommended_head=selection["recommended_head"],
+            k_selection=selection,
             labels=labels,
             class_names=eval_images.classes,
             names=eval_images.paths,
