@@ -21,7 +21,6 @@ import torch
 from secu_plugin.k_signals import (
     knn_graph,
     knn_modularity,
-    linear_generalisation,
     pca_basis,
     pca_silhouette,
     sample_indices,
@@ -31,11 +30,17 @@ from secu_plugin.k_signals import (
 # up to 50, each step at most a third larger than the one before, so that a true K between two
 # grid points is within one step of both (docs/k_selection.md: cost and choice).
 HEAD_GRID = (2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50)
-# The score that picks the head (higher is better), and the margin under which the runner-up
-# is named too (``also_plausible``): both chosen on the tune sets (docs/k_selection.md).
-SIGNAL = "modularity"
-CLOSE_MARGIN = 0.01
-SCORES = ("modularity", "kappa", "silhouette_pca8", "linear_generalisation", "size_balance")
+# The score that picks the head (higher is better): the silhouette of the clusters in a
+# 32-dimensional PCA of the projections, right on 7 of 8 tune sets and never more than one grid
+# step off (modularity: 3 of 8, up to 5 steps; kappa and linear generalisation favour K = 2-4 on
+# sets of 20 classes). The runner-up is named too (``also_plausible``) when it scores within
+# CLOSE_MARGIN of it: 1 of 8 tune runs (at most 20 % asked). Both chosen on the tune sets, seed 0
+# (docs/k_selection.md), before any held-out set was looked at.
+SIGNAL = "silhouette_pca32"
+CLOSE_MARGIN = 0.004
+# Recorded per head; the linear generalisation and the seed agreement of secu_plugin.k_signals
+# are benchmark columns only (they picked K less well on the tune sets, and cost more).
+SCORES = ("modularity", "kappa", "silhouette_pca8", "silhouette_pca32", "size_balance")
 
 
 def _size_balance(labels: np.ndarray, num_clusters: int) -> float:
@@ -85,7 +90,7 @@ def head_selection(
         num_clusters: The K of each head (length H).
         num_neighbors: Links per image of the k-NN graph (cosine).
         max_images: At most this many images (a random sample, ``seed``) are scored.
-        seed: Seed of that sample and of the halves of the linear generalisation.
+        seed: Seed of that sample.
         space: What ``embeddings`` are, recorded with the result.
 
     Returns:
@@ -135,7 +140,7 @@ def head_selection(
             "modularity": modularity,
             "kappa": kappa,
             "silhouette_pca8": pca_silhouette(reduced[8], labels),
-            "linear_generalisation": linear_generalisation(reduced[32], labels, seed),
+            "silhouette_pca32": pca_silhouette(reduced[32], labels),
             "size_balance": _size_balance(predictions[head, sample], num),
         }
         heads.append({"head": head, "num_clusters": int(num), **scores})

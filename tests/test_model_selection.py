@@ -45,8 +45,11 @@ def test_one_cluster_and_random_clusters_score_about_zero():
     rng = np.random.default_rng(1)
     heads = np.stack([np.zeros(len(points), dtype=np.int64), rng.integers(0, 4, len(points))])
     found = head_selection(points, heads, [1, 4])
-    assert found["heads"][0][SIGNAL] == 0.0  # every link inside, but so is chance
-    assert abs(found["heads"][1][SIGNAL]) < 0.05 and abs(found["heads"][1]["kappa"]) < 0.07
+    assert found["heads"][0]["modularity"] == 0.0  # every link inside, but so is chance
+    assert found["heads"][0][SIGNAL] == -1.0  # a silhouette needs two clusters
+    random = found["heads"][1]
+    assert abs(random["modularity"]) < 0.05 and abs(random["kappa"]) < 0.07
+    assert abs(random[SIGNAL]) < 0.1
     assert found["heads"][0]["size_balance"] == 1.0
 
 
@@ -117,7 +120,8 @@ def test_the_card_shows_every_heads_signal_and_the_recommended_head():
     model = tiny_digit_model(num_clusters=[10, 5], training={"k_selection": SELECTION})
     text = model_card(None, model.config).text
     assert "## Which head (K)" in text and "**K=5**" in text
-    assert "| 5 (recommended) | 0.5 | 0.6 | 0.95 |" in text and "| 10 | 0.3 | 0.4 | 0.9 |" in text
+    assert "| 5 (recommended) | 0.3 | 0.4 | 0.1 | 0.5 | 0.9 |" in text
+    assert "| 10 | 0.3 | 0.4 | 0.1 | 0.2 | 0.9 |" in text
     assert "## Which head (K)" not in model_card(None, tiny_digit_model().config).text
     broken = tiny_digit_model(num_clusters=[10, 5], training={"k_selection": {"x": 1}})
     with pytest.raises(ValueError, match="recommended_num_clusters"):
