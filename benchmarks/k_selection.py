@@ -25,6 +25,7 @@ Usage::
 
     python benchmarks/k_selection.py --work /tmp/kselect --role tune --seeds 0 1 2
     python benchmarks/k_selection.py --work /tmp/kselect --role held_out --seeds 0 1 2 --resume
+    python benchmarks/k_selection.py --work /tmp/kselect --summarize --merge other.json
 """
 
 from __future__ import annotations
@@ -250,7 +251,7 @@ def run_one(name: str, data: str, seed: int, args, weights: Path) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", default="outputs/k_selection", help="sets, runs, cache")
-    parser.add_argument("--role", choices=["tune", "held_out"], required=True)
+    parser.add_argument("--role", choices=["tune", "held_out"], help="required unless --summarize")
     parser.add_argument("--sets", nargs="*", help="default: every set of --role")
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     parser.add_argument("--set", nargs="*", default=[], help="recipe overrides (NAME=VALUE)")
@@ -259,18 +260,25 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--lock", help="run each recipe under `flock LOCK` (a shared machine)")
     parser.add_argument("--resume", action="store_true", help="keep the runs already in --json")
     parser.add_argument("--summarize", action="store_true", help="no runs: --json's summary anew")
+    parser.add_argument("--merge", nargs="*", default=[], help="with --summarize: add their runs")
     parser.add_argument("--json", default=os.fspath(REPO_ROOT / "docs" / "k_selection.json"))
     args = parser.parse_args(argv)
+    work = Path(args.work)
+    if args.summarize:  # the rule or the summary changed: every run's record is kept
+        report = json.loads(Path(args.json).read_text())
+        for other in map(json.loads, map(Path.read_text, map(Path, args.merge))):
+            # runs of the same benchmark written to other files (run side by side)
+            report["earlier_provenance"] += [*other["earlier_provenance"], other["provenance"]]
+            report["runs"] += other["runs"]
+        report.update(summarize(report["runs"], work), summarized=provenance())
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        return report
+    if args.role is None:
+        parser.error("--role is required (or --summarize)")
     names = args.sets or [n for n, (_, role, _) in SETS.items() if role == args.role]
     unknown = [n for n in names if n not in SETS or SETS[n][1] != args.role]
     if unknown:
         parser.error(f"not {args.role} sets: {unknown}")
-    work = Path(args.work)
-    if args.summarize:  # the rule or the summary changed: every run's record is kept
-        report = json.loads(Path(args.json).read_text())
-        report.update(summarize(report["runs"], work), summarized=provenance())
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-        return report
     weights = Path(args.weights) if args.weights else lite0_weights(work / "lite0.safetensors")
     paths = make_tune_sets(work) if args.role == "tune" else {}
     if args.role == "held_out":

@@ -82,7 +82,7 @@ HEAD_SCORES = {
     "modularity": 0.3,
     "kappa": 0.4,
     "silhouette_pca8": 0.1,
-    "linear_generalisation": 0.7,
+    "silhouette_pca32": 0.2,
     "size_balance": 0.9,
 }
 SELECTION = {
