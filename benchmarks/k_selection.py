@@ -269,7 +269,8 @@ def main(argv: list[str] | None = None) -> dict:
         for other in map(json.loads, map(Path.read_text, map(Path, args.merge))):
             # runs of the same benchmark written to other files (run side by side)
             report["earlier_provenance"] += [*other["earlier_provenance"], other["provenance"]]
-            report["runs"] += other["runs"]
+            done = {(r["set"], r["seed"]) for r in report["runs"] if r["returncode"] == 0}
+            report["runs"] += [r for r in other["runs"] if (r["set"], r["seed"]) not in done]
         report.update(summarize(report["runs"], work), summarized=provenance())
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
         return report

@@ -58,8 +58,11 @@ def test_28px_grey_set_gets_the_cpu_demo_settings():
     demo = get_preset("mnist5k")
     same = ("backbone", "in_chans", "views", "min_scale", "batch_size", "lr", "center_lr")
     assert {k: preset.to_dict()[k] for k in same} == {k: demo.to_dict()[k] for k in same}
-    more = ("num_clusters", "dual_lr", "temperature_x", "temperature_c", "optimizer")
+    more = ("dual_lr", "temperature_x", "temperature_c", "optimizer")
     assert {k: preset.to_dict()[k] for k in more} == {k: demo.to_dict()[k] for k in more}
+    # 10 known classes: heads C..5C; the demo, told no K, has the grid from 2 to 50
+    assert preset.bank.num_clusters == [10, 20, 30, 40, 50]
+    assert demo.bank.num_clusters == list(HEAD_GRID)
     assert (preset.network.input_size, preset.network.mean, preset.network.std) == (
         28,
         [0.13],
