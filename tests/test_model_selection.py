@@ -219,3 +219,22 @@ def test_the_frozen_recipe_recommends_the_true_k_of_a_small_tune_set(tmp_path):
     page = (tmp_path / "run" / "report" / "index.html").read_text()
     assert "The run recommends" in page or "The run names two values" in page
     assert (tmp_path / "run" / "report" / "plots" / "k-signal.png").is_file()
+
+
+def test_the_report_plots_every_heads_score_and_says_both_close_values(tmp_path):
+    from secu_plugin.cluster_report import write_cluster_report
+
+    images, labels = load_mnist5k()
+    ids = np.stack([labels[:60] % 2, labels[:60] % 5])
+    selection = {**SELECTION, "also_plausible": 10}
+    confidence = np.ones((2, 60))
+    index = write_cluster_report(
+        tmp_path / "r", images[:60], ids, confidence, num_clusters=[10, 5], k_selection=selection
+    )
+    page = index.read_text()
+    two = 'The run names two values: <a href="#head-1">K=5</a> or <a href="#head-0">K=10</a>'
+    assert two in page
+    assert (tmp_path / "r" / "plots" / "k-signal.png").is_file()
+    with pytest.raises(ValueError, match="does not score this report's heads"):
+        wrong = {**SELECTION, "signal": "x"}
+        write_cluster_report(tmp_path / "s", images[:60], ids, confidence, k_selection=wrong)
