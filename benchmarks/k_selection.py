@@ -1,33 +1,37 @@
-"""How often the label-free K signal (:mod:`secu_plugin.model_selection`) recommends the head whose
-K is the true number of classes, on sets with K = 5, 10 and 20 classes.
+"""How often the label-free K signal (:mod:`secu_plugin.model_selection`) recommends the head
+whose K is the true number of classes (or the grid point nearest to it), with the default heads.
 
-Families of sets, each with K = 5, 10 and 20 classes (written under ``--work``):
+Sets (written under ``--work``), each with its true K:
 
-- tune ``mnist``: MNIST-5k's digits 0-4 (2,500 images), all of MNIST-5k (5,000), and MNIST-5k
-  with scikit-learn's 1,797 digits (upscaled to 28 x 28) as ten further classes (6,797);
-- tune ``digits8``: scikit-learn's digits 0-4 (901), all 1,797, and those with a random 1,797
-  of MNIST-5k as ten further classes (3,594; the digits upscaled to 28 x 28);
-- held-out ``letters_grey28`` / ``letters_colour64``: the ``letters{5,10,20}_*`` sets of
-  ``benchmarks/make_test_sets.py`` (``--per_class`` images per letter, default 200).
+- tune ``mnist``: MNIST-5k's digits 0-2, 0-4, 0-6, all (the built-in ``mnist5k``), and with
+  scikit-learn's 1,797 digits (upscaled to 28 x 28) as ten more classes (K = 3, 5, 7, 10, 20);
+- tune ``digits8``: scikit-learn's digits 0-4, all, and those with a random 1,797 of MNIST-5k
+  as ten more classes (K = 5, 10, 20; upscaled to 28 x 28 where mixed);
+- tune ``colour``: 2,000 MNIST-5k digits at 32 x 32 in random colours (``make_test_sets``'
+  ``color32``), digits 0-2 and 0-6 (K = 3, 7);
+- held-out ``letters_grey`` / ``letters_colour``: ``letters{5,7,10,13,20}_{grey28,colour64}``
+  of ``benchmarks/make_test_sets.py --flat`` (``--per_class`` images per letter): flat folders,
+  labels kept aside, so nothing reads K from class folders.
 
 Each set and seed: ``recipes/train_head.py`` (EfficientNet-Lite0 offline weights, 112 px) with
-heads ``--heads`` (default 5, 10, 15, 20, 30, 40: every true K present). The recipe's own
-recommendation comes from its results.json; beside it, every candidate signal is recomputed
-from the saved model and the cached features (modularity and kappa of the k-NN graph, in the
-projection space the recipe uses and in the backbone's feature space), so that the candidates
-are compared on the same heads. The signal was chosen on the tune families; the held-out
-family is scored only to check it. Writes ``--json`` (default ``docs/k_selection.json``) after
-every run, with the provenance and a per-family summary.
+the preset's default heads (no K given). Every candidate signal
+(:mod:`secu_plugin.k_signals`) is recomputed from the saved model and the cached features on
+the same heads; the heads' cluster ids are kept (``--work``/runs) for the agreement between
+seeds. The signal and the "close" margin are chosen on the tune sets
+(``--role tune``); the held-out sets are scored afterwards (``--role held_out``) to check it.
+Writes ``--json`` after every run: the provenance, every run, a per-signal and per-set summary.
 
 Usage::
 
-    python benchmarks/k_selection.py --work /tmp/kselect --seeds 0
-    python benchmarks/k_selection.py --work /tmp/kselect --families letters_grey28 --seeds 0 1
+    python benchmarks/k_selection.py --work /tmp/kselect --role tune --seeds 0 1 2
+    python benchmarks/k_selection.py --work /tmp/kselect --role held_out --seeds 0 1 2 --resume
+    python benchmarks/k_selection.py --work /tmp/kselect --summarize --merge other.json
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import subprocess
@@ -43,27 +47,33 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere, without ins
     sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.frozen_heldout import CACHE_LINE, lite0_weights, recipe_command
+from benchmarks.k_selection_summary import summarize
 from benchmarks.provenance import provenance
 
-FAMILIES = {  # family -> role, the set names for K = 5, 10, 20
-    "mnist": ("tune", ["mnist_k5", "mnist_k10", "mnist_k20"]),
-    "digits8": ("tune", ["digits8_k5", "digits8_k10", "digits8_k20"]),
-    "letters_grey28": ("held_out", ["letters5_grey28", "letters10_grey28", "letters20_grey28"]),
-    "letters_colour64": (
-        "held_out",
-        ["letters5_colour64", "letters10_colour64", "letters20_colour64"],
-    ),
+SETS = {  # name -> (family, role, true K)
+    "mnist_k3": ("mnist", "tune", 3),
+    "mnist_k5": ("mnist", "tune", 5),
+    "mnist_k7": ("mnist", "tune", 7),
+    "mnist_k10": ("mnist", "tune", 10),
+    "mnist_k20": ("mnist", "tune", 20),
+    "digits8_k5": ("digits8", "tune", 5),
+    "digits8_k10": ("digits8", "tune", 10),
+    "digits8_k20": ("digits8", "tune", 20),
+    "colour_k3": ("colour", "tune", 3),
+    "colour_k7": ("colour", "tune", 7),
+    **{
+        f"letters{k}_{kind}": (f"letters_{kind[:-2]}", "held_out", k)
+        for kind in ("grey28", "colour64")
+        for k in (5, 7, 10, 13, 20)
+    },
 }
-SIGNAL_CHOSEN = "modularity_projections"  # what the recipes compute: see docs/k_selection.md
-SIGNALS = ("modularity_projections", "kappa_projections", "modularity_features", "kappa_features")
 
 
-def _write_folder(root: Path, images: np.ndarray, labels: np.ndarray) -> int:
+def _write_folder(root: Path, images: np.ndarray, labels: np.ndarray) -> None:
     for index, (image, label) in enumerate(zip(images, labels)):
         folder = root / f"{int(label):02d}"
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(folder / f"{index:05d}.png")
-    return len(images)
 
 
 def _digits28() -> tuple[np.ndarray, np.ndarray]:
@@ -78,19 +88,27 @@ def _digits28() -> tuple[np.ndarray, np.ndarray]:
     return np.stack(big), digits.target
 
 
-def make_digit_sets(work: Path, seed: int) -> dict[str, str]:
+def make_tune_sets(work: Path) -> dict[str, str]:
     """The tune sets as ``ROOT/<class>/`` folders (``mnist_k10`` is the built-in MNIST-5k)."""
     from sklearn.datasets import load_digits
 
+    from benchmarks.make_test_sets import make_color32
     from secu_plugin.data import load_mnist5k
 
     mnist, mnist_labels = load_mnist5k()
     digits = load_digits()
     digits8 = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
     digits28, digit_labels = _digits28()
-    subset = np.sort(np.random.default_rng(seed).permutation(len(mnist))[:1797])
+    subset = np.sort(np.random.default_rng(0).permutation(len(mnist))[:1797])
+    colour_root = work / "sets" / "color32"
+    if not (colour_root / "done").exists():
+        make_color32(colour_root, 0)
+        (colour_root / "done").write_text("")
     sets = {
-        "mnist_k5": (mnist[mnist_labels < 5], mnist_labels[mnist_labels < 5]),
+        **{
+            f"mnist_k{k}": (mnist[mnist_labels < k], mnist_labels[mnist_labels < k])
+            for k in (3, 5, 7)
+        },
         "mnist_k20": (
             np.concatenate([mnist, digits28]),
             np.concatenate([mnist_labels, digit_labels + 10]),
@@ -103,6 +121,12 @@ def make_digit_sets(work: Path, seed: int) -> dict[str, str]:
         ),
     }
     paths = {"mnist_k10": "mnist5k"}
+    for k in (3, 7):  # colour digits 0..k-1: the color32 images of those classes
+        files = sorted(p for p in colour_root.glob("*/*.png") if int(p.parent.name) < k)
+        sets[f"colour_k{k}"] = (
+            np.stack([np.asarray(Image.open(p)) for p in files]),
+            np.array([int(p.parent.name) for p in files]),
+        )
     for name, (images, labels) in sets.items():
         root = work / "sets" / name
         if not (root / "done").exists():
@@ -112,31 +136,46 @@ def make_digit_sets(work: Path, seed: int) -> dict[str, str]:
     return paths
 
 
-def make_letter_sets(work: Path, names: list[str], per_class: int) -> dict[str, str]:
+def make_held_out_sets(work: Path, names: list[str], per_class: int) -> dict[str, str]:
+    """The letter sets as flat folders, labels in ``WORK/sets/NAME_labels.csv``."""
     out = work / "sets"
-    missing = [n for n in names if not (out / n).exists()]
+    missing = [n for n in names if not (out / f"{n}_labels.csv").exists()]
     if missing:
-        command = [
-            sys.executable,
-            os.fspath(REPO_ROOT / "benchmarks" / "make_test_sets.py"),
-            "--out",
-            os.fspath(out),
-            "--per_class",
-            str(per_class),
-            "--sets",
-            *missing,
-        ]
-        subprocess.run(command, check=True, capture_output=True)
+        command = [sys.executable, os.fspath(REPO_ROOT / "benchmarks" / "make_test_sets.py")]
+        command += ["--out", os.fspath(out), "--per_class", str(per_class), "--flat"]
+        subprocess.run([*command, "--sets", *missing], check=True, capture_output=True)
     return {n: os.fspath(out / n) for n in names}
 
 
-def candidate_signals(run_dir: Path, cache_dir: str, seed: int) -> dict[str, list[float]]:
-    """Every candidate signal per head, recomputed from the saved model and cached features."""
+def _true_labels(data: str, work: Path) -> np.ndarray | None:
+    """The classes of a flat set's images in the order the recipe reads them."""
+    from secu_plugin.data import ImageDataset
+
+    table = work / "sets" / f"{Path(data).name}_labels.csv"
+    if not table.exists():
+        return None
+    with open(table, newline="") as file:
+        by_name = {row["file"]: row["label"] for row in csv.DictReader(file)}
+    paths = ImageDataset.from_source(data, split="train").paths
+    names = sorted(set(by_name.values()))
+    return np.array([names.index(by_name[Path(p).name]) for p in paths])
+
+
+def candidate_signals(run_dir: Path, cache_dir: str, seed: int) -> tuple[dict, np.ndarray]:
+    """Every candidate signal per head, from the saved model and cached features, and the
+    heads' cluster ids (H, N)."""
     import torch
 
     from secu_plugin import SeCuModel
     from secu_plugin.data import FeatureCache
-    from secu_plugin.model_selection import head_selection
+    from secu_plugin.k_signals import (
+        knn_graph,
+        knn_modularity,
+        linear_generalisation,
+        pca_basis,
+        pca_silhouette,
+        sample_indices,
+    )
     from secu_plugin.train.evaluation import predict_projections, project_features
 
     model = SeCuModel.from_pretrained(run_dir / "model")
@@ -146,130 +185,126 @@ def candidate_signals(run_dir: Path, cache_dir: str, seed: int) -> dict[str, lis
     with torch.no_grad():
         projections = project_features(model.projection_head, features)
     predictions = predict_projections(projections, model.centers)
-    ks = [int(c.shape[0]) for c in model.centers]
-    signals = {}
-    for space, embeddings in (("projections", projections), ("features", features)):
-        found = head_selection(embeddings, predictions, ks, seed=seed, space=space)
-        signals[f"modularity_{space}"] = [h["knn_modularity"] for h in found["heads"]]
-        signals[f"kappa_{space}"] = [h["knn_kappa"] for h in found["heads"]]
-    signals["size_balance"] = [h["size_balance"] for h in found["heads"]]
-    return signals
+    sample = sample_indices(len(features), 2000, seed)
+    spaces = {"projections": projections.numpy()[sample], "features": features.numpy()[sample]}
+    signals: dict[str, list[float]] = {}
+    started = time.time()
+    for space, embeddings in spaces.items():
+        neighbors = knn_graph(embeddings, 10)
+        reduced = {dims: pca_basis(embeddings, dims) for dims in (8, 32)}
+        for labels in predictions[:, sample]:
+            labels = np.unique(labels, return_inverse=True)[1]  # empty clusters do not count
+            modularity, kappa = knn_modularity(neighbors, labels)
+            values = {
+                "modularity": modularity,
+                "kappa": kappa,
+                "silhouette_pca8": pca_silhouette(reduced[8], labels),
+                "silhouette_pca32": pca_silhouette(reduced[32], labels),
+                "linear_generalisation": linear_generalisation(reduced[32], labels, seed),
+            }
+            for name, value in values.items():
+                signals.setdefault(f"{name}_{space}", []).append(value)
+    signals["seconds_signals"] = round(time.time() - started, 1)
+    return signals, predictions
 
 
-def run_one(name: str, data: str, true_k: int, seed: int, args, weights: Path) -> dict:
-    run_dir = Path(args.work) / "runs" / name / f"seed{seed}"
-    heads = "[" + ",".join(str(k) for k in args.heads) + "]"
-    command = recipe_command(
-        data, seed, weights, Path(args.work), run_dir, [f"num_clusters={heads}"]
-    )
+def run_one(name: str, data: str, seed: int, args, weights: Path) -> dict:
+    work = Path(args.work)
+    run_dir = work / "runs" / name / f"seed{seed}"
+    overrides = ["feature_ceiling=false", *args.set]
+    command = recipe_command(data, seed, weights, work, run_dir, overrides)
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.fspath(REPO_ROOT)}
     started = time.time()
     locked = ["flock", args.lock, *command] if args.lock else command
     result = subprocess.run(locked, capture_output=True, text=True, env=environment, check=False)
-    record = {
-        "set": name,
-        "seed": seed,
-        "true_k": true_k,
-        "command": command,
-        "returncode": result.returncode,
-        "seconds_recipe": round(time.time() - started, 1),
-    }
+    family, role, true_k = SETS[name]
+    record = {"set": name, "family": family, "role": role, "seed": seed, "true_k": true_k}
+    record.update(command=command, returncode=result.returncode)
+    record["seconds_recipe_with_queue"] = round(time.time() - started, 1)
     if result.returncode != 0:
         record["output_tail"] = (result.stdout + result.stderr)[-3000:]
         return record
+    final = json.loads(result.stdout.strip().splitlines()[-1])
+    record.update({k: final.get(k) for k in ("seconds", "seconds_features", "seconds_heads")})
     results = json.loads((run_dir / "results.json").read_text())
-    record["accuracy_true_k_head"] = results["evaluations"][0]["accuracy"]
-    record["recipe_recommended_k"] = results["k_selection"]["recommended_num_clusters"]
+    record["recipe_k_selection"] = results["k_selection"]
+    record["heads"] = [h["num_clusters"] for h in results["k_selection"]["heads"]]
     caches = [m.group(1) for m in map(CACHE_LINE.search, result.stdout.splitlines()) if m]
-    record["signals"] = candidate_signals(run_dir, caches[-1], seed)
+    signals, predictions = candidate_signals(run_dir, caches[-1], seed)
+    record["signals"] = signals
+    np.save(run_dir / "predictions.npy", predictions.astype(np.int16))
+    truth = _true_labels(data, work)
+    if truth is None and results.get("evaluations"):  # class folders: the recipe scored them
+        record["accuracy_per_head"] = {
+            str(e["num_clusters"]): e["accuracy"] for e in results["evaluations"]
+        }
+    elif truth is not None:
+        from secu_plugin.metrics import clustering_metrics
+
+        record["accuracy_per_head"] = {
+            str(k): round(clustering_metrics(truth, p.astype(np.int64))["accuracy"], 4)
+            for k, p in zip(record["heads"], predictions)
+        }
     return record
-
-
-def summarize(runs: list[dict], heads: list[int]) -> dict:
-    """Per family and candidate signal: the right head's count and the largest head distance."""
-    summary = {}
-    for family, (role, names) in FAMILIES.items():
-        done = [r for r in runs if r["set"] in names and r["returncode"] == 0]
-        if not done:
-            continue
-        per_signal = {}
-        for signal in (*SIGNALS, "recipe"):
-            picks = [
-                r["recipe_recommended_k"]
-                if signal == "recipe"
-                else heads[int(np.argmax(r["signals"][signal]))]
-                for r in done
-            ]
-            distances = [
-                abs(heads.index(p) - heads.index(r["true_k"])) for p, r in zip(picks, done)
-            ]
-            per_signal[signal] = {
-                "picked": [
-                    f"{r['set']}/seed{r['seed']}: K={p} (true {r['true_k']})"
-                    for p, r in zip(picks, done)
-                ],
-                "right": sum(d == 0 for d in distances),
-                "runs": len(done),
-                "max_head_distance": max(distances),
-            }
-        summary[family] = {"role": "tuned on" if role == "tune" else "held out", **per_signal}
-    return summary
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", default="outputs/k_selection", help="sets, runs, cache")
-    parser.add_argument("--families", nargs="*", default=list(FAMILIES), choices=list(FAMILIES))
-    parser.add_argument("--seeds", nargs="*", type=int, default=[0])
-    parser.add_argument("--heads", nargs="*", type=int, default=[5, 10, 15, 20, 30, 40])
+    parser.add_argument("--role", choices=["tune", "held_out"], help="required unless --summarize")
+    parser.add_argument("--sets", nargs="*", help="default: every set of --role")
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    parser.add_argument("--set", nargs="*", default=[], help="recipe overrides (NAME=VALUE)")
     parser.add_argument("--per_class", type=int, default=200, help="letter images per class")
     parser.add_argument("--weights", help="default: WORK/lite0.safetensors (written if missing)")
     parser.add_argument("--lock", help="run each recipe under `flock LOCK` (a shared machine)")
     parser.add_argument("--resume", action="store_true", help="keep the runs already in --json")
+    parser.add_argument("--summarize", action="store_true", help="no runs: --json's summary anew")
+    parser.add_argument("--merge", nargs="*", default=[], help="with --summarize: add their runs")
     parser.add_argument("--json", default=os.fspath(REPO_ROOT / "docs" / "k_selection.json"))
     args = parser.parse_args(argv)
     work = Path(args.work)
+    if args.summarize:  # the rule or the summary changed: every run's record is kept
+        report = json.loads(Path(args.json).read_text())
+        for other in map(json.loads, map(Path.read_text, map(Path, args.merge))):
+            # runs of the same benchmark written to other files (run side by side)
+            report["earlier_provenance"] += [*other["earlier_provenance"], other["provenance"]]
+            done = {(r["set"], r["seed"]) for r in report["runs"] if r["returncode"] == 0}
+            report["runs"] += [r for r in other["runs"] if (r["set"], r["seed"]) not in done]
+        report.update(summarize(report["runs"], work), summarized=provenance())
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        return report
+    if args.role is None:
+        parser.error("--role is required (or --summarize)")
+    names = args.sets or [n for n, (_, role, _) in SETS.items() if role == args.role]
+    unknown = [n for n in names if n not in SETS or SETS[n][1] != args.role]
+    if unknown:
+        parser.error(f"not {args.role} sets: {unknown}")
     weights = Path(args.weights) if args.weights else lite0_weights(work / "lite0.safetensors")
-    paths = make_digit_sets(work, seed=0)
-    letters = [n for f in args.families for n in FAMILIES[f][1] if n.startswith("letters")]
-    paths.update(make_letter_sets(work, letters, args.per_class) if letters else {})
-    report = {
-        "provenance": provenance(),
-        "earlier_provenance": [],
-        "families": args.families,
-        "seeds": args.seeds,
-        "heads": args.heads,
-        "per_class_letters": args.per_class,
-        "signal_chosen": SIGNAL_CHOSEN,
-        "runs": [],
-    }
+    paths = make_tune_sets(work) if args.role == "tune" else {}
+    if args.role == "held_out":
+        paths = make_held_out_sets(work, names, args.per_class)
+    report = {"provenance": provenance(), "earlier_provenance": [], "runs": []}
     if args.resume and Path(args.json).is_file():  # a JSON of the same benchmark: add to it
         earlier = json.loads(Path(args.json).read_text())
-        if earlier["heads"] != args.heads or earlier["per_class_letters"] != args.per_class:
-            parser.error(f"{args.json} has other heads or letter sets: no --resume")
         report["earlier_provenance"] = [
             *earlier.get("earlier_provenance", []),
             earlier["provenance"],
         ]
-        report["families"] = list(dict.fromkeys(earlier["families"] + args.families))
-        report["seeds"] = sorted(set(earlier["seeds"]) | set(args.seeds))
         report["runs"] = [r for r in earlier["runs"] if r["returncode"] == 0]
+    report["per_class_letters"] = args.per_class
     done = {(r["set"], r["seed"]) for r in report["runs"]}
-    for family in args.families:
-        for true_k, name in zip((5, 10, 20), FAMILIES[family][1]):
-            for seed in args.seeds:
-                if (name, seed) in done:
-                    continue
-                record = run_one(name, paths[name], true_k, seed, args, weights)
-                record["family"], record["role"] = family, FAMILIES[family][0]
-                report["runs"].append(record)
-                report["summary"] = summarize(report["runs"], args.heads)
-                Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-                brief = {
-                    k: record.get(k)
-                    for k in ("set", "seed", "returncode", "seconds_recipe", "recipe_recommended_k")
-                }
-                print(json.dumps(brief), flush=True)
+    for seed in args.seeds:  # every set once before the next seed: partial results cover all
+        for name in names:
+            if (name, seed) in done:
+                continue
+            record = run_one(name, paths[name], seed, args, weights)
+            report["runs"].append(record)
+            report.update(summarize(report["runs"], work))
+            Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+            brief = {k: record.get(k) for k in ("set", "seed", "returncode", "seconds")}
+            brief["recipe_k"] = record.get("recipe_k_selection", {}).get("recommended_num_clusters")
+            print(json.dumps(brief), flush=True)
     return report
 
 

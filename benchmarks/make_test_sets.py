@@ -19,7 +19,7 @@ Tune sets come from data available offline (scikit-learn's digits, the bundled M
   (``file,label``) to score the clusters afterwards (``benchmarks/kmeans_baseline.py --score``).
 
 Held-out sets are letters, never digits, notMNIST-style: ``lettersK_{grey,colour}{28,64}``,
-the first K of A-T (K = 5, 10, 20), ``--per_class`` images of each (default 500) as
+the first K of A-T (K = 5, 7, 10, 13, 20), ``--per_class`` images of each (default 500) as
 ``ROOT/train/<letter>/``, rendered from every installed typeface that draws them (found by
 globbing ``--fonts`` folders for ``*.ttf``/``*.otf``), each at a random scale (55-95 % of the
 frame) and position; grey (white on black) or coloured (random foreground and background).
@@ -29,6 +29,9 @@ Which typefaces are installed changes the sets: the manifest lists them. On Debi
         fonts-urw-base35 fonts-crosextra-carlito fonts-crosextra-caladea fonts-open-sans \\
         fonts-texgyre fonts-linuxlibertine fonts-go fonts-lato fonts-croscore fonts-cantarell \\
         fonts-ebgaramond fonts-roboto-unhinted fonts-noto-core
+
+``--flat``: each set as one flat folder ``ROOT/*.png`` (shuffled names), labels aside in
+``OUT/NAME_labels.csv`` as ``mnist56flat``: no path can read K from class folders.
 
 ``OUT/sets.json``: the provenance (``benchmarks/provenance.py``), the seed, the typefaces, and
 per set its name, role, source, classes, images, size, colour, layout and ``data`` (what to
@@ -132,6 +135,32 @@ def make_color32(root: Path, seed: int) -> dict:
     return {"layout": "ROOT/<class>/", "images": 2000, "size": "32x32", "mode": "RGB"}
 
 
+def flatten(root: Path, seed: int) -> dict:
+    """Moves the images of ``root``'s class folders into ``root`` under shuffled names; their
+    class goes to ``ROOT_labels.csv``.
+
+    Examples:
+        >>> import tempfile; root = Path(tempfile.mkdtemp()) / "set"
+        >>> _write_classes(np.zeros((4, 2, 2), np.uint8), np.array([0, 0, 1, 1]), root)
+        >>> flatten(root, 0)["images"], sorted(p.name for p in root.iterdir())[:2]
+        (4, ['00000.png', '00001.png'])
+    """
+    files = sorted(root.rglob("*.png"))
+    classes = [p.parent.name for p in files]
+    rows = []
+    for position, i in enumerate(np.random.default_rng(seed).permutation(len(files))):
+        name = f"{position:05d}.png"
+        files[i].rename(root / name)  # no clash: the class folders' names are not NNNNN.png
+        rows.append((name, classes[i]))
+    for folder in sorted((p for p in root.rglob("*") if p.is_dir()), reverse=True):
+        folder.rmdir()  # emptied class folders, deepest first
+    with open(root.parent / f"{root.name}_labels.csv", "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["file", "label"])
+        writer.writerows(rows)
+    return {"layout": "ROOT/*.png (flat, labels aside)", "images": len(rows)}
+
+
 def make_mnist56flat(root: Path, seed: int) -> dict:
     images, labels = load_mnist5k()
     large = _resize(images, 56, Image.Resampling.BILINEAR)
@@ -145,12 +174,8 @@ def make_mnist56flat(root: Path, seed: int) -> dict:
         writer = csv.writer(file)
         writer.writerow(["file", "label"])
         writer.writerows(rows)
-    return {
-        "layout": "ROOT/*.png (flat, labels aside)",
-        "images": 5000,
-        "size": "56x56",
-        "mode": "L",
-    }
+    flat = {"layout": "ROOT/*.png (flat, labels aside)", "images": 5000}
+    return {**flat, "size": "56x56", "mode": "L"}
 
 
 # ---- Held-out sets: letters rendered from installed typefaces (notMNIST-style).
@@ -282,6 +307,11 @@ HELD_OUT = {  # name -> (classes, size, colour)
     "letters20_grey28": (20, 28, False),
     "letters5_colour64": (5, 64, True),
     "letters20_colour64": (20, 64, True),
+    # K between the usual 5, 10, 20 (docs/k_selection.md: the held-out check of the K signal)
+    "letters7_grey28": (7, 28, False),
+    "letters13_grey28": (13, 28, False),
+    "letters7_colour64": (7, 64, True),
+    "letters13_colour64": (13, 64, True),
 }
 BUILT_IN = {  # tune sets the recipes read by name: nothing to write
     "mnist5k": {
@@ -305,6 +335,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--per_class", type=int, default=500, help="letter images per class")
     parser.add_argument("--fonts", nargs="*", default=FONT_DIRS, help="folders searched for fonts")
+    parser.add_argument("--flat", action="store_true", help="flat folders, labels aside")
     args = parser.parse_args(argv)
     if args.per_class < 1:
         parser.error(f"--per_class must be positive, got {args.per_class}")
@@ -338,6 +369,8 @@ def main(argv: list[str] | None = None) -> dict:
             )
             source, classes = f"letters from {len(fonts)} typefaces", list(LETTERS[:num_classes])
             role = "held_out"
+        if args.flat and name != "mnist56flat":
+            written = {**written, **flatten(root, args.seed)}
         entry = {
             "name": name,
             "role": role,
@@ -349,8 +382,8 @@ def main(argv: list[str] | None = None) -> dict:
             "layout": written["layout"],
             "data": os.fspath(root),
         }
-        if name == "mnist56flat":
-            entry["labels_csv"] = os.fspath(out / "mnist56flat_labels.csv")
+        if written["layout"].startswith("ROOT/*.png"):
+            entry["labels_csv"] = os.fspath(out / f"{name}_labels.csv")
         manifest["sets"].append(entry)
         print_line(entry)
     write_json(out / "sets.json", manifest)

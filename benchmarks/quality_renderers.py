@@ -160,46 +160,38 @@ def render_scratch_heldout(datas: list[dict], options: dict[str, str]) -> str:
 
 @renderer("k_selection")
 def render_k_selection(datas: list[dict], options: dict[str, str]) -> str:
-    """``view=signals``: per family and candidate signal, the runs whose recommended head is the
-    true K, and the farthest head recommended; ``view=runs``: each run's pick."""
+    """benchmarks/k_selection.py: ``view=signals``: per role and candidate signal, the runs whose
+    best head is the true K (or the nearest grid point) and the farthest pick in grid steps;
+    ``view=sets``: per set, the recipes' rule (right, off by, second K named); ``view=runs``:
+    each run."""
     data = datas[0]
-    names = {
-        "recipe": "the recipes' signal",
-        "modularity_projections": "modularity, projections",
-        "kappa_projections": "kappa, projections",
-        "modularity_features": "modularity, backbone features",
-        "kappa_features": "kappa, backbone features",
-    }
     if options.get("view") == "runs":
-        heads = data["heads"]
-        signal = data["signal_chosen"]
         rows = [
-            [
-                r["family"],
-                r["set"],
-                r["seed"],
-                r["true_k"],
-                heads[max(range(len(heads)), key=lambda h: r["signals"][signal][h])],
-                f"{r['accuracy_true_k_head']:.3f}",
-                r["seconds_recipe"],
-            ]
+            [r["set"], role(r["role"]), r["seed"], r["true_k"], r["rule"]["pick"]]
+            + [r["rule"]["also_plausible"] or "", "yes" if r["rule"]["right"] else "no"]
+            + [r.get("seconds", "")]
             for r in data["runs"]
             if r["returncode"] == 0
         ]
-        header = ["family", "set", "seed", "true K", "recommended K", "ACC of the true-K head"]
-        return table([*header, "run, s (queue included)"], rows)
-    rows = []
-    for family, summary in data["summary"].items():
-        for signal, name in names.items():
-            found = summary[signal]
-            rows.append(
-                [
-                    family,
-                    summary["role"],
-                    name,
-                    f"{found['right']} of {found['runs']}",
-                    found["max_head_distance"],
-                ]
+        header = ["set", "role", "seed", "true K", "recommended K", "also plausible", "right"]
+        return table([*header, "run, s"], rows)
+    if options.get("view") == "sets":
+        rows = []
+        for name, s in data["per_set"].items():
+            wrong = ", ".join(
+                f"{k:+d} ({steps} step{'s' * (steps != 1)})"
+                for k, steps in zip(s["k_off_when_wrong"], s["steps_off_when_wrong"])
             )
-    header = ["family", "role", "signal", "right head", "farthest pick (heads away)"]
-    return table(header, rows)
+            rows.append(
+                [f"`{name}`", role(s["role"]), s["true_k"], f"{s['right']} of {s['runs']}"]
+                + [wrong or "-", s["max_steps_off"], s["two_named"]]
+                + [s["truth_among_two_when_named"]]
+            )
+        header = ["set", "role", "true K", "right", "off when wrong (K, grid steps)"]
+        header += ["farthest (steps)", "two K named", "truth among the two"]
+        return table(header, rows)
+    rows = []
+    for name, per_signal in data["signals"].items():
+        for signal, s in sorted(per_signal.items()):
+            rows.append([role(name), signal, f"{s['right']} of {s['runs']}", s["max_steps_off"]])
+    return table(["role", "signal (best head)", "right", "farthest pick (grid steps)"], rows)

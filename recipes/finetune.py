@@ -49,7 +49,7 @@ from secu_plugin.frozen.finetune import (
 )
 from secu_plugin.frozen.finetune_presets import FINETUNE_PRESETS
 from secu_plugin.frozen.self_labeling import confident_targets, self_label_loss
-from secu_plugin.model_selection import neighbor_agreement, size_balance
+from secu_plugin.k_signals import neighbor_agreement, size_balance
 from secu_plugin.models import hub
 from secu_plugin.train.checkpoint import TrainProgress
 from secu_plugin.train.evaluation import evaluate_predictions

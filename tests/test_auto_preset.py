@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from secu_plugin.data import DataDescription, ImageDataset, describe_data
+from secu_plugin.model_selection import HEAD_GRID
 from secu_plugin.train.auto import (
     auto_preset,
     default_num_workers,
@@ -57,8 +58,11 @@ def test_28px_grey_set_gets_the_cpu_demo_settings():
     demo = get_preset("mnist5k")
     same = ("backbone", "in_chans", "views", "min_scale", "batch_size", "lr", "center_lr")
     assert {k: preset.to_dict()[k] for k in same} == {k: demo.to_dict()[k] for k in same}
-    more = ("num_clusters", "dual_lr", "temperature_x", "temperature_c", "optimizer")
+    more = ("dual_lr", "temperature_x", "temperature_c", "optimizer")
     assert {k: preset.to_dict()[k] for k in more} == {k: demo.to_dict()[k] for k in more}
+    # 10 known classes: heads C..5C; the demo, told no K, has the grid from 2 to 50
+    assert preset.bank.num_clusters == [10, 20, 30, 40, 50]
+    assert demo.bank.num_clusters == list(HEAD_GRID)
     assert (preset.network.input_size, preset.network.mean, preset.network.std) == (
         28,
         [0.13],
@@ -85,9 +89,11 @@ def test_rgb_32px_set_gets_colour_views():
 
 def test_large_images_are_resized_down_and_unknown_classes_get_the_default_heads():
     preset = auto_preset(DataDescription(5000, 1, 56, None))
-    assert preset.network.input_size == 32 and preset.bank.num_clusters == [10, 20, 30, 40, 50]
-    small = auto_preset(DataDescription(300, 1, 28, None))
-    assert small.bank.num_clusters == [10] and small.loader.batch_size == 16
+    assert preset.network.input_size == 32 and preset.bank.num_clusters == list(HEAD_GRID)
+    small = auto_preset(DataDescription(300, 1, 28, None))  # at least 20 images per cluster
+    assert (
+        small.bank.num_clusters == [2, 3, 4, 5, 6, 8, 10, 12, 15] and small.loader.batch_size == 16
+    )
     small.check_data_size(300)
     tiny = auto_preset(DataDescription(50, 3, 64, 4))
     assert tiny.bank.num_clusters == [4] and tiny.loader.batch_size == 8

@@ -20,7 +20,7 @@ from secu_plugin.frozen.finetune import StagedBackbone
 from secu_plugin.frozen.finetune_presets import FINETUNE_PRESETS, FINETUNE_READS, FinetuneSettings
 from secu_plugin.frozen.head_presets import HeadPreset
 from secu_plugin.frozen.self_labeling import self_label_loss
-from secu_plugin.model_selection import neighbor_agreement
+from secu_plugin.k_signals import neighbor_agreement
 from secu_plugin.train.presets import get_preset
 from secu_plugin.train.settings import group_fields
 from tests.launch import ROOT, accelerate_launch, write_digit_folder

@@ -4,7 +4,9 @@ bounded, refuses bad input, and secu-cluster and the card use the head it recomm
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -43,8 +45,11 @@ def test_one_cluster_and_random_clusters_score_about_zero():
     rng = np.random.default_rng(1)
     heads = np.stack([np.zeros(len(points), dtype=np.int64), rng.integers(0, 4, len(points))])
     found = head_selection(points, heads, [1, 4])
-    assert found["heads"][0][SIGNAL] == 0.0  # every link inside, but so is chance
-    assert abs(found["heads"][1][SIGNAL]) < 0.05 and abs(found["heads"][1]["knn_kappa"]) < 0.07
+    assert found["heads"][0]["modularity"] == 0.0  # every link inside, but so is chance
+    assert found["heads"][0][SIGNAL] == -1.0  # a silhouette needs two clusters
+    random = found["heads"][1]
+    assert abs(random["modularity"]) < 0.05 and abs(random["kappa"]) < 0.07
+    assert abs(random[SIGNAL]) < 0.1
     assert found["heads"][0]["size_balance"] == 1.0
 
 
@@ -65,7 +70,7 @@ def test_the_sample_is_bounded_and_seeded():
         (torch.zeros(4, 2), np.full((1, 4), 2), [2], "cluster id >= its K = 2"),
         (torch.zeros(4, 2), -np.ones((1, 4), dtype=np.int64), [2], "integers >= 0"),
         (torch.zeros(4, 2), np.zeros((1, 4)), [2], "integers >= 0"),
-        (torch.zeros(1, 2), np.zeros((1, 1), dtype=np.int64), [2], "at least 2 images"),
+        (torch.zeros(3, 2), np.zeros((1, 3), dtype=np.int64), [2], "at least 4 images"),
     ],
 )
 def test_bad_input_is_a_clear_error(embeddings, predictions, ks, message):
@@ -73,12 +78,27 @@ def test_bad_input_is_a_clear_error(embeddings, predictions, ks, message):
         head_selection(embeddings, predictions, ks)
 
 
-SELECTION = {"recommended_head": 1, "recommended_num_clusters": 5, "signal": SIGNAL,
-             "space": "projections", "num_neighbors": 10, "images": 40,
-             "heads": [{"head": 0, "num_clusters": 10, SIGNAL: 0.3, "knn_kappa": 0.4,
-                        "size_balance": 0.9},
-                       {"head": 1, "num_clusters": 5, SIGNAL: 0.5, "knn_kappa": 0.6,
-                        "size_balance": 0.95}]}  # fmt: skip
+HEAD_SCORES = {
+    "modularity": 0.3,
+    "kappa": 0.4,
+    "silhouette_pca8": 0.1,
+    "silhouette_pca32": 0.2,
+    "size_balance": 0.9,
+}
+SELECTION = {
+    "recommended_head": 1,
+    "recommended_num_clusters": 5,
+    "also_plausible": None,
+    "signal": SIGNAL,
+    "close_margin": 0.01,
+    "space": "projections",
+    "num_neighbors": 10,
+    "images": 40,
+    "heads": [
+        {"head": 0, "num_clusters": 10, **HEAD_SCORES},
+        {"head": 1, "num_clusters": 5, **HEAD_SCORES, SIGNAL: 0.5},
+    ],
+}
 
 
 @pytest.mark.parametrize(
@@ -100,7 +120,8 @@ def test_the_card_shows_every_heads_signal_and_the_recommended_head():
     model = tiny_digit_model(num_clusters=[10, 5], training={"k_selection": SELECTION})
     text = model_card(None, model.config).text
     assert "## Which head (K)" in text and "**K=5**" in text
-    assert "| 5 (recommended) | 0.5 | 0.6 | 0.95 |" in text and "| 10 | 0.3 | 0.4 | 0.9 |" in text
+    assert "| 5 (recommended) | 0.3 | 0.4 | 0.1 | 0.5 | 0.9 |" in text
+    assert "| 10 | 0.3 | 0.4 | 0.1 | 0.2 | 0.9 |" in text
     assert "## Which head (K)" not in model_card(None, tiny_digit_model().config).text
     broken = tiny_digit_model(num_clusters=[10, 5], training={"k_selection": {"x": 1}})
     with pytest.raises(ValueError, match="recommended_num_clusters"):
@@ -142,20 +163,78 @@ def test_secu_cluster_uses_the_recommended_head_unless_told_otherwise(
     assert code == 2 and "--model: training['k_selection']" in capsys.readouterr().err
 
 
-def test_the_benchmark_counts_right_heads_and_the_farthest_pick():
+def test_the_benchmark_counts_right_heads_nearest_grid_points_and_steps_off(tmp_path):
     root = str(Path(__file__).resolve().parents[1])
     if root not in sys.path:  # benchmarks/ is a folder of scripts, not an installed package
         sys.path.insert(0, root)
-    from benchmarks.k_selection import SIGNALS, summarize
+    from benchmarks.k_selection_summary import summarize, targets_of
 
     heads = [5, 10, 20, 40]
-    scores = {"mnist_k5": [0.9, 0.8, 0.1, 0.0], "mnist_k10": [0.1, 0.2, 0.9, 0.0],
-              "mnist_k20": [0.0, 0.1, 0.2, 0.3]}  # fmt: skip
-    runs = [{"set": name, "seed": 0, "true_k": k, "returncode": 0, "recipe_recommended_k": 5,
-             "signals": dict.fromkeys(SIGNALS, scores[name])}
-            for name, k in (("mnist_k5", 5), ("mnist_k10", 10), ("mnist_k20", 20))]  # fmt: skip
-    found = summarize(runs, heads)["mnist"]
-    assert found["role"] == "tuned on"
-    assert found["modularity_projections"]["right"] == 1  # K=5 right, 20 for 10, 40 for 20
-    assert found["modularity_projections"]["max_head_distance"] == 1
-    assert found["recipe"]["right"] == 1 and found["recipe"]["max_head_distance"] == 2
+    assert targets_of(7, heads) == [5] and targets_of(15, heads) == [10, 20]
+    scores = {
+        "a_k5": [0.9, 0.8, 0.1, 0.0],
+        "a_k10": [0.1, 0.2, 0.9, 0.0],
+        "a_k13": [0.0, 0.9, 0.2, 0.3],
+        "a_k20": [0.0, 0.1, 0.2, 0.3],
+    }
+    runs = [
+        {"set": name, "seed": 0, "role": "held_out", "true_k": int(name[3:]), "heads": heads}
+        | {"returncode": 0, "signals": {f"{SIGNAL}_projections": values}}
+        for name, values in scores.items()
+    ]
+    found = summarize(runs, tmp_path)
+    tally = found["signals"]["held_out"][f"{SIGNAL}_projections"]
+    assert tally["right"] == 2 and tally["picks"] == [5, 20, 10, 40]  # K=5 and K=13 (10)
+    assert tally["k_off_when_wrong"] == [10, 20] and tally["steps_off_when_wrong"] == [1, 1]
+    assert found["per_set"]["a_k10"]["right"] == 0 and found["rule"]["held_out"]["runs"] == 4
+
+
+@pytest.mark.slow
+def test_the_frozen_recipe_recommends_the_true_k_of_a_small_tune_set(tmp_path):
+    """MNIST-5k's digits 0-2 (1,500 images, a tune set of docs/k_selection.md) in one flat
+    folder, the frozen recipe with its default heads (K = 2..50): the recommended head is K=3."""
+    from safetensors.torch import save_file
+
+    from secu_plugin.models.pretrained import efficientnet_lite0_state_dict
+
+    weights = tmp_path / "lite0.safetensors"
+    save_file(efficientnet_lite0_state_dict(), str(weights))
+    images, labels = load_mnist5k()
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    for index in np.flatnonzero(labels < 3):  # no class folders: nothing tells the run K
+        Image.fromarray(images[index]).save(folder / f"{index:05d}.png")
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, str(root / "recipes" / "train_head.py"), "--data", str(folder)]
+    command += ["--backbone", "tf_efficientnet_lite0", "--pretrained_file", str(weights)]
+    command += ["--input_size", "112", "--cache_dir", str(tmp_path / "cache"), "--seed", "0"]
+    command += ["--output_dir", str(tmp_path / "run"), "--no_progress", "--report_to", "none"]
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=900, check=False, env=environment
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = json.loads(result.stdout.strip().splitlines()[-1])
+    assert final["recommended_num_clusters"] == 3, final
+    page = (tmp_path / "run" / "report" / "index.html").read_text()
+    assert "The run recommends" in page or "The run names two values" in page
+    assert (tmp_path / "run" / "report" / "plots" / "k-signal.png").is_file()
+
+
+def test_the_report_plots_every_heads_score_and_says_both_close_values(tmp_path):
+    from secu_plugin.cluster_report import write_cluster_report
+
+    images, labels = load_mnist5k()
+    ids = np.stack([labels[:60] % 2, labels[:60] % 5])
+    selection = {**SELECTION, "also_plausible": 10}
+    confidence = np.ones((2, 60))
+    index = write_cluster_report(
+        tmp_path / "r", images[:60], ids, confidence, num_clusters=[10, 5], k_selection=selection
+    )
+    page = index.read_text()
+    two = 'The run names two values: <a href="#head-1">K=5</a> or <a href="#head-0">K=10</a>'
+    assert two in page
+    assert (tmp_path / "r" / "plots" / "k-signal.png").is_file()
+    with pytest.raises(ValueError, match="does not score this report's heads"):
+        wrong = {**SELECTION, "signal": "x"}
+        write_cluster_report(tmp_path / "s", images[:60], ids, confidence, k_selection=wrong)

@@ -40,6 +40,10 @@ def write_report(
 
     evaluated = ((model.results or {}).get("evaluations", [model.results or {}]) or [{}])[0]
     recommended = recorded_recommendation(model.training_recipe, list(model.num_clusters))
+    # the training run's K plot and words, unless the user chose the head
+    selection = None if recommended is None else model.training_recipe["k_selection"]
+    if selection is not None and "signal" not in selection:
+        selection = None  # a hand-written record: the head is marked, nothing plotted
     if args.num_clusters is not None:
         recommended = model.head_index(args.num_clusters)
     elif recommended is None and evaluated.get("num_clusters") in model.num_clusters:
@@ -54,6 +58,7 @@ def write_report(
             num_clusters=assignments.num_clusters,
             head_names=assignments.head_names(),
             recommended_head=recommended,
+            k_selection=selection if args.num_clusters is None else None,
             labels=labels,
             class_names=class_names,
             names=names,

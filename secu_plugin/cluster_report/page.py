@@ -255,8 +255,9 @@ def render_page(
     confidence: np.ndarray,
     thumbs: dict[int, str],
     thumb_pixels: int,
+    which_k: str = "",
 ) -> str:
-    """The whole ``index.html``."""
+    """The whole ``index.html``; ``which_k``: HTML shown under the subtitle (the K chosen)."""
     links = "".join(
         f'<a href="#{head_id(h.index)}">{escape(h.name)}{_badge(h.recommended)}</a>' for h in heads
     )
@@ -268,7 +269,7 @@ def render_page(
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{escape(title)}</title><style>{STYLE}</style></head>\n"
         f'<body data-default-head="{head_id(default_head)}" style="--thumb: {thumb_pixels}px">\n'
-        f"<header><h1>{escape(title)}</h1><p>{escape(subtitle)}</p>"
+        f"<header><h1>{escape(title)}</h1><p>{escape(subtitle)}</p>{which_k}"
         f'<nav class="heads" aria-label="clustering heads">{links}</nav></header>\n'
         f"<main>\n{sections}\n</main>\n<script>{SCRIPT}</script>\n</body></html>\n"
     )

@@ -148,3 +148,49 @@ def save_confusion_plot(counts: np.ndarray, class_names: list[str], title: str, 
         xlabel="cluster (by majority class)", ylabel="class", title=f"{_plain(title)}: classes"
     )
     figure.savefig(path)
+
+
+def save_k_signal_plot(
+    num_clusters: list[int],
+    scores: list[float],
+    recommended: int,
+    also_plausible: int | None,
+    signal: str,
+    path: Path,
+) -> None:
+    """Every head's label-free score against its K (log axis), the recommended head marked
+    (and the second K the run names when the two are close).
+
+    Examples:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "k.png"
+        >>> save_k_signal_plot([2, 5, 10, 20], [0.3, 0.5, 0.7, 0.6], 2, 20, "modularity", path)
+        >>> path.read_bytes()[:4]
+        b'\\x89PNG'
+    """
+    figure = _figure(5.5, 2.6)
+    axes = figure.add_subplot()
+    axes.plot(num_clusters, scores, marker="o", color="tab:blue")
+    best = num_clusters[recommended]
+    axes.plot([best], [scores[recommended]], marker="*", markersize=16, color="tab:red", lw=0)
+    axes.annotate(
+        f"recommended K={best}",
+        (best, scores[recommended]),
+        xytext=(6, -14),
+        textcoords="offset points",
+        color="tab:red",
+    )
+    if also_plausible is not None:
+        other = num_clusters.index(also_plausible)
+        axes.plot(
+            [also_plausible], [scores[other]], marker="*", markersize=12, color="tab:orange", lw=0
+        )
+    axes.set_xscale("log")
+    axes.set_xticks(num_clusters, [str(k) for k in num_clusters])
+    axes.minorticks_off()
+    axes.set(
+        xlabel="K (clusters of the head)",
+        ylabel=_plain(signal),
+        title="Which K: every head's score (higher fits better)",
+    )
+    figure.savefig(path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Sequence
+from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,7 @@ def write_cluster_report(
     num_clusters: Sequence[int] | None = None,
     head_names: Sequence[str] | None = None,
     recommended_head: int | None = None,
+    k_selection: dict | None = None,
     labels: np.ndarray | Sequence[int] | None = None,
     class_names: Sequence[str] | None = None,
     names: Sequence[str] | None = None,
@@ -108,6 +110,10 @@ def write_cluster_report(
         num_clusters: K per head (default: the largest id + 1).
         head_names: Shown names (default ``K=<k>``).
         recommended_head: Index of the head to mark and show first, or None.
+        k_selection: The run's label-free head scores
+            (:func:`secu_plugin.model_selection.head_selection`): plotted against K at the top,
+            with the recommended head (and ``also_plausible``, said in words: "K=10 or K=20",
+            each a link to its head).
         labels: Known class per image (-1 unknown), for the confusion matrices; or None.
         class_names: Names of the label values (default their numbers).
         names: A name per image (its file path), shown on hover (default ``image <i>``).
@@ -202,12 +208,48 @@ def write_cluster_report(
         "" if recommended_head is None else f"; recommended: {head_names[recommended_head]}"
     )
     subtitle = f"{num_images} images, {num_heads} head{'s' * (num_heads > 1)}{recommended}"
+    which_k = "" if k_selection is None else _which_k(directory, k_selection, ks, head_names)
     page = render_page(
-        title, subtitle, heads, recommended_head or 0, names, conf, thumbs, min(thumb_size, 96)
+        title,
+        subtitle,
+        heads,
+        recommended_head or 0,
+        names,
+        conf,
+        thumbs,
+        min(thumb_size, 96),
+        which_k,
     )
     index = directory / "index.html"
     index.write_text(page, encoding="utf-8")
     return index
+
+
+def _which_k(directory: Path, selection: dict, ks: list[int], head_names: list[str]) -> str:
+    """The header's K paragraph: the recommended K (or two, each a link to its head) and the
+    plot of every head's score against K."""
+    signal = str(selection.get("signal", ""))
+    try:
+        scores = [float(h[signal]) for h in selection["heads"]]
+        best = ks.index(selection["recommended_num_clusters"])
+        second = selection.get("also_plausible")
+        other = None if second is None else ks.index(second)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"k_selection does not score this report's heads: {error!r}") from error
+    if len(scores) != len(ks):
+        raise ValueError(f"k_selection scores {len(scores)} heads, the report has {len(ks)}")
+    path = f"{PLOT_FOLDER}/k-signal.png"
+    plots.save_k_signal_plot(ks, scores, best, second, signal, directory / path)
+    link = '<a href="#head-{}">{}</a>'
+    words = f"The run recommends {link.format(best, escape(head_names[best]))}"
+    if other is not None:
+        words = (
+            f"The run names two values: {link.format(best, escape(head_names[best]))} or "
+            f"{link.format(other, escape(head_names[other]))} (their scores are close: look at "
+            "both, and keep the one whose clusters read as your groups)"
+        )
+    alt = f"{escape(signal)} of every head against K"
+    return f'<p class="which-k">{words}.</p><img src="{path}" alt="{alt}" class="plot">'
 
 
 def _labels(

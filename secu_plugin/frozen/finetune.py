@@ -13,7 +13,7 @@ kept fixed as the classifier) can move the features towards its clusters. The pi
   and the cross-entropy against them
   (:func:`secu_plugin.frozen.self_labeling.confident_targets` and
   :func:`~secu_plugin.frozen.self_labeling.self_label_loss`, shared with the frozen heads).
-- :func:`secu_plugin.model_selection.neighbor_agreement`: the label-free
+- :func:`secu_plugin.k_signals.neighbor_agreement`: the label-free
   criterion that keeps or restores the start: how
   often an image's cluster is the cluster of its nearest neighbours in the *starting*
   backbone's feature space (a fixed graph that the fine-tuning cannot move); :class:`KeptState`

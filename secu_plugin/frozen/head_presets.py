@@ -8,6 +8,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
+from secu_plugin.model_selection import HEAD_GRID
 from secu_plugin.train.settings import (
     BankSettings,
     LossSettings,
@@ -148,7 +149,7 @@ class HeadPreset(RunSettings):
         >>> from secu_plugin.train.presets import get_preset
         >>> preset = get_preset("frozen", HEAD_PRESETS)
         >>> preset.pairing.pairs, preset.bank.num_clusters[:3]
-        ('neighbors', [10, 20, 30])
+        ('neighbors', [2, 3, 4])
         >>> get_preset("frozen", HEAD_PRESETS, epochs=3).schedule.epochs
         3
     """
@@ -201,7 +202,7 @@ FROZEN = HeadPreset(
     network=NetworkSettings(backbone="vit_small_patch14_dinov2.lvd142m", projection_hidden_dim=512),
     optimization=OptimizerSettings(lr=0.05, center_lr=0.5),
     schedule=ScheduleSettings(epochs=30, warmup_epochs=3),
-    bank=BankSettings(num_clusters=[10, 20, 30, 40, 50], dual_lr=1.0),
+    bank=BankSettings(num_clusters=list(HEAD_GRID), dual_lr=1.0),
     loss=LossSettings(temperature_x=0.1, temperature_c=0.2),
 )
 

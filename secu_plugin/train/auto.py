@@ -17,7 +17,8 @@ settings replaced:
   demo's 40 passes over the data but at most a budget of 3,000 training steps (so time grows
   with the data up to 5,000 images, then stays flat), a warm-up of a fixed number of steps
   turned into epochs; epoch 0 still only fills the assignment memory (encoder lr 0), on top;
-- heads ``[C, 2C, 3C, 4C, 5C]`` for ``C`` known classes, else ``[10, 20, 30, 40, 50]``, each
+- heads ``[C, 2C, 3C, 4C, 5C]`` for ``C`` known classes, else the grid 2..50 of
+  :data:`secu_plugin.model_selection.HEAD_GRID` (K not given), each
   kept only if the data has at least 20 images per cluster (:func:`heads_for`);
 - everything else is the CPU demo's (``mnist5k``: backbone, dual step, temperatures, learning
   rates), measured for a few thousand steps rather than the paper's hundreds of epochs.
@@ -35,6 +36,7 @@ import os
 
 from secu_plugin.data.describe import DataDescription
 from secu_plugin.data.transforms import per_channel
+from secu_plugin.model_selection import HEAD_GRID
 from secu_plugin.train.presets import AUTO, PRESETS, Preset, get_preset
 from secu_plugin.train.settings import batch_size_for
 
@@ -49,7 +51,7 @@ WARMUP_STEPS = 100
 # Largest input side: larger images are resized down to it (time grows with its square).
 MAX_INPUT_SIZE = 32
 MIN_IMAGES_PER_CLUSTER = 20
-DEFAULT_HEADS = (10, 20, 30, 40, 50)
+DEFAULT_HEADS = HEAD_GRID
 
 
 def input_size_for(image_size: int) -> int:
@@ -148,13 +150,15 @@ def schedule_for(
 
 
 def heads_for(num_images: int, num_classes: int | None) -> list[int]:
-    """``[C, 2C, ..., 5C]`` with ``C`` classes, else ``[10, 20, ..., 50]``; heads with fewer
+    """``[C, 2C, ..., 5C]`` with ``C`` classes, else :data:`HEAD_GRID` (2..50); heads with fewer
     than :data:`MIN_IMAGES_PER_CLUSTER` images per cluster are dropped (``C`` itself is kept
     while the data has at least 2 images per class).
 
     Examples:
-        >>> heads_for(1797, 10), heads_for(1797, None), heads_for(500, 3), heads_for(100, None)
-        ([10, 20, 30, 40, 50], [10, 20, 30, 40, 50], [3, 6, 9, 12, 15], [5])
+        >>> heads_for(1797, 10), heads_for(500, 3), heads_for(100, None), heads_for(30, None)
+        ([10, 20, 30, 40, 50], [3, 6, 9, 12, 15], [2, 3, 4, 5], [2])
+        >>> heads_for(1797, None) == list(HEAD_GRID)
+        True
     """
     base = list(DEFAULT_HEADS) if num_classes is None else [num_classes * k for k in range(1, 6)]
     heads = [k for k in base if k * MIN_IMAGES_PER_CLUSTER <= num_images]

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from secu_plugin.model_selection import HEAD_GRID
 from secu_plugin.train.settings import (
     BankSettings,
     LoaderSettings,
@@ -63,7 +64,7 @@ PRESETS: dict[str, Preset] = {
         loader=LoaderSettings(batch_size=64, num_workers=0),
         optimization=OptimizerSettings(lr=0.2, center_lr=0.5),
         schedule=ScheduleSettings(epochs=40, warmup_epochs=2),
-        bank=BankSettings(num_clusters=[10, 20, 30, 40, 50], dual_lr=1.0),
+        bank=BankSettings(num_clusters=list(HEAD_GRID), dual_lr=1.0),
         loss=LossSettings(temperature_x=0.2, temperature_c=0.2),
     ),
     "cifar10": Preset(name="cifar10", data="uoft-cs/cifar10"),

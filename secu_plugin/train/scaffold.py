@@ -227,8 +227,9 @@ class RecipeRun:
         num_clusters = model.num_clusters
         selection = head_selection(projections, predictions, num_clusters, seed=self.args.seed)
         model.training_recipe = {**(model.training_recipe or {}), "k_selection": selection}
-        recommended = selection["recommended_num_clusters"]
-        self.log(f"recommended head: K={recommended} (the highest k-NN modularity, no labels)")
+        recommended, also = selection["recommended_num_clusters"], selection["also_plausible"]
+        close = "" if also is None else f"; K={also} scores close to it: look at both"
+        self.log(f"recommended head: K={recommended} (the highest {selection['signal']}{close})")
         results = evaluate_predictions(
             predictions,
             labels,
@@ -263,6 +264,7 @@ class RecipeRun:
         return {
             **metrics,
             "recommended_num_clusters": recommended,
+            "also_plausible": also,
             "model_dir": str(self.output_dir / "model"),
             "report": str(self.output_dir / "report" / "index.html"),
         }
@@ -322,6 +324,7 @@ class RecipeRun:
             num_clusters=found.num_clusters,
             head_names=found.head_names(),
             recommended_head=selection["recommended_head"],
+            k_selection=selection,
             labels=labels,
             class_names=eval_images.classes,
             names=eval_images.paths,
