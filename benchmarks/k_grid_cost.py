@@ -30,8 +30,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere, without installing
     sys.path.insert(0, str(REPO_ROOT))
 
+from benchmarks.common import print_line, start_record, write_json
 from benchmarks.frozen_heldout import lite0_weights, recipe_command
-from benchmarks.provenance import provenance
 
 OLD_HEADS = [10, 20, 30, 40, 50]
 
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     from secu_plugin.model_selection import HEAD_GRID
 
-    report = {"provenance": provenance(), "old_heads": OLD_HEADS, "grid": list(HEAD_GRID)}
+    report = start_record(old_heads=OLD_HEADS, grid=list(HEAD_GRID))
     with tempfile.TemporaryDirectory() as scratch:
         weights = Path(args.weights) if args.weights else lite0_weights(Path(scratch) / "w.st")
         report["frozen"] = [
@@ -106,8 +106,8 @@ def main(argv: list[str] | None = None) -> dict:
     report["scratch_loss_step_ms"] = rounds
     extra = (min(rounds["grid"]) - min(rounds["old"])) * 40 * 78 / 1000
     report["scratch_demo_extra_seconds_estimate"] = round(extra, 1)
-    Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in report.items() if k != "provenance"}))
+    write_json(args.json, report)
+    print_line({k: v for k, v in report.items() if k != "provenance"})
     return report
 
 

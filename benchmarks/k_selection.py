@@ -46,9 +46,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere, without installing
     sys.path.insert(0, str(REPO_ROOT))
 
+from benchmarks.common import add_to_earlier, start_record, write_json
 from benchmarks.frozen_heldout import CACHE_LINE, lite0_weights, recipe_command
 from benchmarks.k_selection_summary import summarize
-from benchmarks.provenance import provenance
 
 SETS = {  # name -> (family, role, true K)
     "mnist_k3": ("mnist", "tune", 3),
@@ -271,8 +271,8 @@ def main(argv: list[str] | None = None) -> dict:
             report["earlier_provenance"] += [*other["earlier_provenance"], other["provenance"]]
             done = {(r["set"], r["seed"]) for r in report["runs"] if r["returncode"] == 0}
             report["runs"] += [r for r in other["runs"] if (r["set"], r["seed"]) not in done]
-        report.update(summarize(report["runs"], work), summarized=provenance())
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        report.update(summarize(report["runs"], work), summarized=start_record()["provenance"])
+        write_json(args.json, report)
         return report
     if args.role is None:
         parser.error("--role is required (or --summarize)")
@@ -284,13 +284,9 @@ def main(argv: list[str] | None = None) -> dict:
     paths = make_tune_sets(work) if args.role == "tune" else {}
     if args.role == "held_out":
         paths = make_held_out_sets(work, names, args.per_class)
-    report = {"provenance": provenance(), "earlier_provenance": [], "runs": []}
-    if args.resume and Path(args.json).is_file():  # a JSON of the same benchmark: add to it
-        earlier = json.loads(Path(args.json).read_text())
-        report["earlier_provenance"] = [
-            *earlier.get("earlier_provenance", []),
-            earlier["provenance"],
-        ]
+    report = start_record(earlier_provenance=[], runs=[])
+    earlier = add_to_earlier(report, args.json) if args.resume else None
+    if earlier is not None:  # a JSON of the same benchmark: add to it
         report["runs"] = [r for r in earlier["runs"] if r["returncode"] == 0]
     report["per_class_letters"] = args.per_class
     done = {(r["set"], r["seed"]) for r in report["runs"]}
@@ -301,7 +297,7 @@ def main(argv: list[str] | None = None) -> dict:
             record = run_one(name, paths[name], seed, args, weights)
             report["runs"].append(record)
             report.update(summarize(report["runs"], work))
-            Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+            write_json(args.json, report)
             brief = {k: record.get(k) for k in ("set", "seed", "returncode", "seconds")}
             brief["recipe_k"] = record.get("recipe_k_selection", {}).get("recommended_num_clusters")
             print(json.dumps(brief), flush=True)

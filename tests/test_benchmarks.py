@@ -272,8 +272,6 @@ def test_every_benchmark_takes_its_provenance_from_the_shared_record():
     import ast
 
     shared = {"common.py", "provenance.py"}
-    # Rewritten on another branch at the same time: converted when the two are merged.
-    shared |= {"k_selection.py"}
     calls = [
         path.name
         for path in sorted((REPO_ROOT / "benchmarks").glob("*.py"))
