@@ -18,6 +18,47 @@ import torch.nn.functional as F
 from torch import nn
 
 
+@dataclass
+class LinearHeads:
+    """Linear heads over one feature space, one per K of ``num_clusters``, stacked: ``weight``
+    (sum K, dim) and ``bias`` (sum K,) once trained. What every non-SeCu objective fits
+    (:class:`~secu_plugin.frozen.objective_turtle.TurtleHeads`,
+    :class:`~secu_plugin.frozen.objective_scan.ScanHeads`), and how each predicts.
+
+    Examples:
+        >>> heads = LinearHeads([2, 3], weight=torch.eye(5, 4), bias=torch.zeros(5))
+        >>> [w.shape[0] for w in heads.split()[0]]
+        [2, 3]
+        >>> [p.tolist() for p in heads.predict(torch.tensor([[0.0, 1.0, 0.0, 1.0]]))]
+        [[1], [1]]
+        >>> LinearHeads([1])
+        Traceback (most recent call last):
+        ...
+        ValueError: num_clusters needs heads of 2+ clusters, got [1]
+    """
+
+    num_clusters: Sequence[int]
+    weight: torch.Tensor | None = None  # (sum K, dim) after fit
+    bias: torch.Tensor | None = None  # (sum K,)
+
+    def __post_init__(self) -> None:
+        self.num_clusters = [int(k) for k in self.num_clusters]
+        if not self.num_clusters or min(self.num_clusters) < 2:
+            raise ValueError(f"num_clusters needs heads of 2+ clusters, got {self.num_clusters}")
+
+    def split(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per head: its weight (K, dim) and bias (K,)."""
+        if self.weight is None or self.bias is None:
+            raise ValueError(f"{type(self).__name__}.fit first")
+        return list(self.weight.split(self.num_clusters)), list(self.bias.split(self.num_clusters))
+
+    @torch.no_grad()
+    def predict(self, features: torch.Tensor) -> list[torch.Tensor]:
+        """Per head, the (N,) cluster of every row of ``features``: the argmax of its logits."""
+        weights, biases = self.split()
+        return [(features.float() @ w.T + b).argmax(1) for w, b in zip(weights, biases)]
+
+
 @dataclass(frozen=True)
 class WhitenedSpace:
     """An affine map of features (N, D) to (N, dim): ``(features - mean) @ matrix``, where

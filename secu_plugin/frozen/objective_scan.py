@@ -16,12 +16,12 @@ matrix, full batch, Adam (SCAN's SGD at lr 5 was for unnormalised MoCo features)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from secu_plugin.frozen.linear_heads import LinearHeads
 from secu_plugin.frozen.objective_turtle import per_head_softmax
 
 SCAN_DEFAULTS = {
@@ -35,7 +35,7 @@ SCAN_DEFAULTS = {
 
 
 @dataclass
-class ScanHeads:
+class ScanHeads(LinearHeads):
     """Linear heads (one per K of ``num_clusters``) trained by SCAN on features (N, dim) and
     their ``neighbors`` (N, k) indices.
 
@@ -52,20 +52,15 @@ class ScanHeads:
         True
     """
 
-    num_clusters: Sequence[int]
     entropy_weight: float = SCAN_DEFAULTS["entropy_weight"]
     steps: int = SCAN_DEFAULTS["steps"]
     lr: float = SCAN_DEFAULTS["lr"]
     self_label_steps: int = SCAN_DEFAULTS["self_label_steps"]
     confidence: float = SCAN_DEFAULTS["confidence"]
     noise: float = SCAN_DEFAULTS["noise"]
-    weight: torch.Tensor | None = None  # (sum K, dim) after fit
-    bias: torch.Tensor | None = None  # (sum K,)
 
     def __post_init__(self) -> None:
-        self.num_clusters = [int(k) for k in self.num_clusters]
-        if not self.num_clusters or min(self.num_clusters) < 2:
-            raise ValueError(f"num_clusters needs heads of 2+ clusters, got {self.num_clusters}")
+        super().__post_init__()
         if self.steps < 1 or self.self_label_steps < 0 or self.lr <= 0:
             raise ValueError("scan steps and lr must be positive, self_label_steps >= 0")
         if not 0 < self.confidence < 1:
@@ -119,15 +114,3 @@ class ScanHeads:
             optimizer.step()
         self.weight, self.bias = weight.detach(), bias.detach()
         return self
-
-    def split(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Per head: its weight (K, dim) and bias (K,)."""
-        if self.weight is None or self.bias is None:
-            raise ValueError("ScanHeads.fit first")
-        return list(self.weight.split(self.num_clusters)), list(self.bias.split(self.num_clusters))
-
-    @torch.no_grad()
-    def predict(self, features: torch.Tensor) -> list[torch.Tensor]:
-        """Per head, the (N,) cluster of every row of ``features``: the argmax of its logits."""
-        weights, biases = self.split()
-        return [(features.float() @ w.T + b).argmax(1) for w, b in zip(weights, biases)]

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from secu_plugin.frozen.linear_heads import LinearHeads
+
 TURTLE_DEFAULTS = {
     "gamma": 10.0,
     "iterations": 300,
@@ -41,7 +43,7 @@ def per_head_softmax(logits: torch.Tensor, num_clusters: Sequence[int]) -> torch
 
 
 @dataclass
-class TurtleHeads:
+class TurtleHeads(LinearHeads):
     """Linear heads (one per K of ``num_clusters``) trained by TURTLE on features (N, dim).
 
     ``gamma``: the entropy weight (the paper's 10); ``iterations``: outer steps; ``inner_steps``:
@@ -58,19 +60,14 @@ class TurtleHeads:
         True
     """
 
-    num_clusters: Sequence[int]
     gamma: float = TURTLE_DEFAULTS["gamma"]
     iterations: int = TURTLE_DEFAULTS["iterations"]
     inner_steps: int = TURTLE_DEFAULTS["inner_steps"]
     lr: float = TURTLE_DEFAULTS["lr"]
     inner_lr: float = TURTLE_DEFAULTS["inner_lr"]
-    weight: torch.Tensor | None = None  # (sum K, dim) after fit
-    bias: torch.Tensor | None = None  # (sum K,)
 
     def __post_init__(self) -> None:
-        self.num_clusters = [int(k) for k in self.num_clusters]
-        if not self.num_clusters or min(self.num_clusters) < 2:
-            raise ValueError(f"num_clusters needs heads of 2+ clusters, got {self.num_clusters}")
+        super().__post_init__()
         if self.iterations < 1 or self.inner_steps < 1:
             raise ValueError("turtle iterations and inner_steps must be positive")
         if self.gamma < 0 or self.lr <= 0 or self.inner_lr <= 0:
@@ -135,15 +132,3 @@ class TurtleHeads:
                 step_size = self.inner_lr * (1 - beta2**step) ** 0.5 / (1 - beta1**step)
                 value.addcdiv_(m, v.sqrt().add_(eps * (1 - beta2**step) ** 0.5), value=-step_size)
         return x @ weight + bias
-
-    def split(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Per head: its weight (K, dim) and bias (K,)."""
-        if self.weight is None or self.bias is None:
-            raise ValueError("TurtleHeads.fit first")
-        return list(self.weight.split(self.num_clusters)), list(self.bias.split(self.num_clusters))
-
-    @torch.no_grad()
-    def predict(self, features: torch.Tensor) -> list[torch.Tensor]:
-        """Per head, the (N,) cluster of every row of ``features``: the argmax of its logits."""
-        weights, biases = self.split()
-        return [(features.float() @ w.T + b).argmax(1) for w, b in zip(weights, biases)]
