@@ -34,7 +34,7 @@ from benchmarks.common import (
     start_record,
     write_json,
 )
-from benchmarks.frozen_heldout import lite0_weights
+from benchmarks.frozen_heldout import lite0_weights, recipe_command
 
 
 def run_one(entry: dict, seed: int, weights: Path, work: Path, finetune_args: list[str]) -> dict:
@@ -42,29 +42,7 @@ def run_one(entry: dict, seed: int, weights: Path, work: Path, finetune_args: li
     run_dir = work / "runs" / entry["name"] / f"seed{seed}"
     k = len(entry["classes"])
     heads = f"num_clusters={[k * m for m in range(1, 6)]}".replace(" ", "")
-    start_command = [
-        sys.executable,
-        os.fspath(REPO_ROOT / "recipes" / "train_head.py"),
-        "--data",
-        entry["data"],
-        "--backbone",
-        "tf_efficientnet_lite0",
-        "--pretrained_file",
-        os.fspath(weights),
-        "--input_size",
-        "112",
-        "--cache_dir",
-        os.fspath(work / "cache"),
-        "--output_dir",
-        os.fspath(run_dir / "start"),
-        "--seed",
-        str(seed),
-        "--no_progress",
-        "--report_to",
-        "none",
-        "--set",
-        heads,
-    ]
+    start_command = recipe_command(entry["data"], seed, weights, work, run_dir / "start", [heads])
     finetune_command = [
         sys.executable,
         os.fspath(REPO_ROOT / "recipes" / "finetune.py"),
