@@ -195,3 +195,62 @@ def render_k_selection(datas: list[dict], options: dict[str, str]) -> str:
         for signal, s in sorted(per_signal.items()):
             rows.append([role(name), signal, f"{s['right']} of {s['runs']}", s["max_steps_off"]])
     return table(["role", "signal (best head)", "right", "farthest pick (grid steps)"], rows)
+
+
+def path_scores(datas: list[dict]) -> dict[str, dict]:
+    """Per set, the two paths' figures from the files of ``table=which_path``, told apart by
+    what they hold: frozen_heldout.py's summary (``heads_acc_mean``), scratch_heldout.py's
+    (``acc_mean``) and demo_runs.py's runs (the demo is the from-scratch run on its set).
+
+    Examples:
+        >>> frozen = {"summary": {"a": {"role": "held_out", "runs": 3, "heads_acc_mean": 0.8,
+        ...     "kmeans_raw_acc_mean": 0.5, "kmeans_whitened_acc_mean": 0.6,
+        ...     "seconds_cold": [60.0], "seconds_warm_mean": 30.0}}}
+        >>> path_scores([frozen])["a"]["frozen"]
+        (0.8, 3, 60.0, 0.6)
+    """
+    found: dict[str, dict] = {}
+    for data in datas:
+        for name, s in data.get("summary", {}).items():
+            entry = found.setdefault(name, {"role": role(s["role"])})
+            if s.get("runs") and "heads_acc_mean" in s:
+                best = max(s["kmeans_raw_acc_mean"], s["kmeans_whitened_acc_mean"])
+                seconds = (s["seconds_cold"] or [s["seconds_warm_mean"]])[0]
+                entry["frozen"] = (s["heads_acc_mean"], s["runs"], seconds, best)
+            elif s.get("runs") and "acc_mean" in s:
+                best = max(s["kmeans_pixels_acc"], s["kmeans_whitened_pixels_acc"])
+                entry["scratch"] = (s["acc_mean"], s["runs"], s["seconds_median"], best)
+        if "dataset" in data and data.get("runs"):
+            demo = data["runs"][0]
+            tuned = "tune" if data.get("tuned_on") else "held_out"
+            entry = found.setdefault(data["dataset"], {"role": role(tuned)})
+            entry["scratch"] = (demo["accuracy"], 1, demo["seconds"], None)
+    return found
+
+
+@renderer("which_path")
+def render_which_path(datas: list[dict], options: dict[str, str]) -> str:
+    """The README's choice of path: per set (held-out sets first), the heads on pretrained
+    features and the from-scratch run, ACC (mean over the seeds) and seconds, beside the best
+    k-means on the same features and on the pixels."""
+
+    def cell(scores: tuple | None) -> list[str]:
+        if scores is None:
+            return ["not run", "-"]
+        acc, runs, seconds, _ = scores
+        seeds = f"{runs} seed{'s' * (runs != 1)}"
+        return [f"{acc:.3f} ({seeds})", "-" if seconds is None else f"{seconds:.0f}"]
+
+    found = path_scores(datas)
+    order = sorted(found, key=lambda name: found[name]["role"] != "held out")
+    rows = []
+    for name in order:
+        entry = found[name]
+        frozen, scratch = entry.get("frozen"), entry.get("scratch")
+        baselines = [
+            "-" if scores is None or scores[3] is None else f"{scores[3]:.3f}"
+            for scores in (frozen, scratch)
+        ]
+        rows.append([f"`{name}`", entry["role"], *cell(frozen), *cell(scratch), *baselines])
+    header = ["set", "role", "pretrained + SeCu heads: ACC", "s", "from scratch: ACC", "s"]
+    return table([*header, "k-means on the features", "k-means on the pixels"], rows)

@@ -3,6 +3,7 @@ Chromium from disk (slow); ``secu-cluster --report/--out x.parquet/--data`` on r
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,8 @@ from factories import tiny_digit_model
 from launch import write_digit_folder
 from PIL import Image
 
+from benchmarks.report_screenshot import browser_command, chromium, report_index
+from benchmarks.report_screenshot import main as report_screenshot
 from secu_plugin.cli import main
 from secu_plugin.cluster_report import report as report_module
 from secu_plugin.cluster_report import write_cluster_report
@@ -298,30 +301,29 @@ def test_cli_data_out_must_be_a_folder_or_parquet(model_dir, digit_folder, tmp_p
     assert code == 2 and "a folder (save_to_disk) or a .parquet" in capsys.readouterr().err
 
 
-def chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(chromium() is None, reason="needs Debian's chromium (.ci/run installs it)")
 def test_report_renders_in_headless_chromium(tmp_path):
-    """The README's report command, after its pretrained lines, then Chromium opens the
-    report from disk: every cluster of the shown head rendered, no console error, and the
-    screenshot docs/cluster_report.png."""
-    from test_readme import run_readme_block
+    """The docs' report command, after their pretrained lines, then Chromium opens the report
+    from disk: every cluster of the shown head rendered, no console error. Then
+    benchmarks/report_screenshot.py pictures the training run's own report, into tmp_path: no
+    test writes docs/cluster_report.png."""
+    from test_readme import run_docs_block
 
     (tmp_path / "outputs").mkdir()
     write_digit_folder(tmp_path / "outputs" / "digits", count=400)
     extra = f" --data outputs/digits --epochs 3 --no_progress --cache_dir {tmp_path}/cache"
-    run_readme_block("pretrained", 3, {"recipes/train_head.py": extra}, tmp_path)
-    run_readme_block("report", 1, {}, tmp_path)
+    run_docs_block("pretrained", 3, {"recipes/train_head.py": extra}, tmp_path)
+    run_docs_block("report", 1, {}, tmp_path)
     index = tmp_path / "outputs" / "report" / "index.html"
-    browser = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-               "--no-first-run", "--disable-background-networking", "--disable-component-update",
-               "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
-               "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000"]  # fmt: skip
-    dom = subprocess.run([*browser, "--dump-dom", index.as_uri()], capture_output=True,
-                         text=True, timeout=120, check=True)  # fmt: skip
+    browser = browser_command(tmp_path / "profile")
+    dom = subprocess.run(
+        [*browser, "--dump-dom", index.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     rendered = ReportParser()
     rendered.feed(dom.stdout)
     visible = [h for h in rendered.heads if "hidden" not in h]
@@ -329,12 +331,27 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert len(visible[0]["clusters"]) == int(visible[0]["data-num-clusters"])
     console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line]
     assert console == [], console
-    screenshot = tmp_path / "cluster_report.png"
-    subprocess.run([*browser, f"--screenshot={screenshot}", "--window-size=1200,1400",
-                    "--hide-scrollbars", index.as_uri()], capture_output=True, timeout=120,
-                   check=True)  # fmt: skip
-    assert Image.open(screenshot).size == (1200, 1400)
-    shutil.copy(screenshot, ROOT / "docs" / "cluster_report.png")
+
+    published = (ROOT / "docs" / "cluster_report.png").read_bytes()
+    run = tmp_path / "outputs" / "lite0-mnist5k"
+    picture = tmp_path / "shot" / "cluster_report.png"
+    record = report_screenshot(["--model", str(run / "model"), "--out", str(picture)])
+    assert Image.open(picture).size == (1200, 1400)
+    written = json.loads(picture.with_suffix(".json").read_text())
+    assert written == record and written["provenance"]["command"]
+    selection = json.loads((run / "results.json").read_text())["k_selection"]
+    assert written["run"]["recommended_num_clusters"] == selection["recommended_num_clusters"]
+    assert written["run"]["report"] == str(run / "report" / "index.html")
+    assert (ROOT / "docs" / "cluster_report.png").read_bytes() == published
+
+
+def test_the_screenshot_script_names_what_it_needs(tmp_path):
+    with pytest.raises(ValueError, match="no report/index.html there"):
+        report_index(tmp_path)
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "index.html").write_text("<html></html>")
+    for given in (tmp_path, tmp_path / "model", tmp_path / "report"):
+        assert report_index(given) == tmp_path / "report" / "index.html"
 
 
 @pytest.mark.slow

@@ -25,6 +25,7 @@ from secu_plugin.train.presets import get_preset
 from secu_plugin.train.settings import group_fields
 from tests.launch import ROOT, accelerate_launch, write_digit_folder
 from tests.test_pretrained import run_recipe as run_train_head
+from tests.test_readme import check_final_line_examples
 
 TRAIN_HEAD = ROOT / "recipes" / "train_head.py"
 FINETUNE = ROOT / "recipes" / "finetune.py"
@@ -165,6 +166,7 @@ def test_finetune_starts_from_the_frozen_model_and_never_ends_below_its_criterio
     # the final line has what the other recipes print, and the scaffold's export wrote them
     for key in ("accuracy", "nmi", "ari", "recommended_num_clusters", "seconds"):
         assert key in summary, key
+    check_final_line_examples("recipes/finetune.py", summary)  # the docs' example line
     assert summary["output_dir"] == str(out) and summary["model_dir"] == str(out / "model")
     assert Path(summary["report"]).is_file() and (out / "cluster_sizes.png").is_file()
     report = json.loads((out / "results.json").read_text())

@@ -22,6 +22,7 @@ from secu_plugin.core.neighbors import nearest_neighbors
 from secu_plugin.data import ImageDataset
 from secu_plugin.data.feature_pairs import CachedPairs
 from tests.launch import ROOT, TRAIN, write_digit_folder
+from tests.test_readme import check_final_line_examples
 
 TRAIN_HEAD = ROOT / "recipes" / "train_head.py"
 TINY_HEADS = ["--set", "num_clusters=[10,20]", "batch_size=32", "epochs=3", "warmup_epochs=1",
@@ -122,6 +123,7 @@ def test_frozen_backbone_recipe_exports_a_working_model(tmp_path, digits, weight
     result = run_recipe(TRAIN_HEAD, *head_args(tmp_path, digits, weights_file))
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert 0 <= summary["accuracy"] <= 1 and "kmeans_accuracy" in summary
+    check_final_line_examples("recipes/train_head.py", summary)  # the docs' example line
     assert "embedding 120 images x 1 views" in result.stdout
     # results.json has the run's times: the total, each epoch's, the embedding and the heads.
     seconds = json.loads((Path(summary["output_dir"]) / "results.json").read_text())["seconds"]

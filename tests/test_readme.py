@@ -1,5 +1,7 @@
-"""The README's commands and example are true."""
+"""The README's commands and example are true, and so are the docs pages' command blocks and
+example final lines (the ones the README moved there)."""
 
+import json
 import re
 import subprocess
 import sys
@@ -9,6 +11,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+FINAL_LINE = re.compile(r"<!-- final line of (recipes/\w+\.py) -->\n```json\n(.*?)```", re.DOTALL)
+# Keys whose value may be null in a real line (no second K close to the first; no labels).
+NULLABLE = {"also_plausible", "start_accuracy"}
+# Keys a real line has only in some runs, each said in the text beside the example.
+OCCASIONAL = {"advice"}  # a from-scratch run whose clusters have not settled
 
 
 def test_readme_starts_with_the_setup_commands_and_ci_runs_both_test_suites():
@@ -40,11 +48,22 @@ def test_lightly_timm_example_runs(tmp_path):
     assert ids and all(0 <= int(i) < 10 for i in ids)  # cluster ids of head 0 (K=10)
 
 
-def run_readme_block(name: str, count: int, shorter: dict[str, str], cwd: Path):
-    """Runs the README's ``# name`` bash block line by line in ``cwd`` (the venv's programs,
-    the repository's recipes), appending ``shorter[recipe]`` to a recipe's line; returns the
-    last line's result."""
-    block = re.search(rf"```bash\n# {name}\n(.*?)```", README, re.DOTALL).group(1)
+def docs_block(name: str) -> str:
+    """The one ``# name`` bash block among the README and the docs pages."""
+    found = [
+        match.group(1)
+        for page in PAGES
+        for match in re.finditer(rf"```bash\n# {name}\n(.*?)```", page.read_text(), re.DOTALL)
+    ]
+    assert len(found) == 1, f"{len(found)} blocks named # {name} in README.md and docs/*.md"
+    return found[0]
+
+
+def run_docs_block(name: str, count: int, shorter: dict[str, str], cwd: Path):
+    """Runs the ``# name`` bash block of the README or a docs page line by line in ``cwd``
+    (the venv's programs, the repository's recipes), appending ``shorter[recipe]`` to a
+    recipe's line; returns the last line's result."""
+    block = docs_block(name)
     lines = [line for line in block.splitlines() if line.strip()]
     assert len(lines) == count
     bin_dir = Path(sys.executable).parent
@@ -63,9 +82,9 @@ def run_readme_block(name: str, count: int, shorter: dict[str, str], cwd: Path):
 
 @pytest.mark.slow
 def test_readme_workflow_commands_run(tmp_path):
-    """The README's Hub workflow, line by line, in a scratch directory with one epoch."""
+    """docs/hub.md's workflow, line by line, in a scratch directory with one epoch."""
     shorter = {"recipes/train.py": " --epochs 1 --no_progress"}
-    result = run_readme_block("workflow", 5, shorter, tmp_path)
+    result = run_docs_block("workflow", 5, shorter, tmp_path)
     rows = (tmp_path / "outputs" / "clusters.csv").read_text().splitlines()
     assert rows[0] == "path,cluster,confidence" and len(rows) == 201
     assert (tmp_path / "outputs" / "montage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -76,11 +95,64 @@ def test_readme_workflow_commands_run(tmp_path):
 
 @pytest.mark.slow
 def test_readme_pretrained_commands_run(tmp_path):
-    """The README's offline pretrained-backbone lines, on 200 digits and 3 epochs of heads."""
+    """docs/frozen.md's offline pretrained-backbone lines, on 200 digits and 3 epochs of heads."""
     from secu_plugin.data import ImageDataset
 
     ImageDataset.mnist5k().save_pngs(tmp_path / "outputs" / "digits", limit=200)
     extra = f" --data outputs/digits --epochs 3 --no_progress --cache_dir {tmp_path}/cache"
-    run_readme_block("pretrained", 3, {"recipes/train_head.py": extra}, tmp_path)
+    run_docs_block("pretrained", 3, {"recipes/train_head.py": extra}, tmp_path)
     rows = (tmp_path / "outputs" / "lite0-clusters.csv").read_text().splitlines()
     assert rows[0] == "path,cluster,confidence" and len(rows) == 201
+
+
+def final_line_examples(recipe: str) -> list[tuple[str, dict]]:
+    """Every example of ``recipe``'s final JSON line in the README and the docs pages: a
+    ``json`` block right after ``<!-- final line of recipes/NAME.py -->``; (page, line)."""
+    return [
+        (page.name, json.loads(match.group(2)))
+        for page in PAGES
+        for match in FINAL_LINE.finditer(page.read_text())
+        if match.group(1) == recipe
+    ]
+
+
+def kind(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def check_final_line_examples(recipe: str, real: dict) -> None:
+    """The documented examples of ``recipe``'s final line have the real line's keys, each
+    with a value of the real one's type (null only where a real line may have it)."""
+    examples = final_line_examples(recipe)
+    assert examples, f"no example of {recipe}'s final line in README.md or docs/*.md"
+    for page, example in examples:
+        shown, expected = set(example), set(real) - OCCASIONAL
+        assert shown == expected, (page, "missing", expected - shown, "extra", shown - expected)
+        for key in expected:
+            kinds = {kind(example[key]), kind(real[key])}
+            allowed = len(kinds) == 1 or (key in NULLABLE and "null" in kinds)
+            assert allowed, (page, key, example[key], real[key])
+
+
+def test_every_example_final_line_is_checked_against_a_real_run():
+    """A JSON block that looks like a recipe's final line carries the tag that puts it under
+    check_final_line_examples (whose callers run that recipe): none escapes the check."""
+    checked = {"recipes/train.py", "recipes/train_head.py", "recipes/finetune.py"}
+    for page in PAGES:
+        text = page.read_text()
+        blocks = re.findall(r"```json\n(.*?)```", text, re.DOTALL)
+        lines = [block for block in blocks if '"output_dir"' in block]  # every final line has it
+        tagged = FINAL_LINE.findall(text)
+        assert len(lines) == len(tagged), f"{page.name}: a final line without its recipe's tag"
+        assert {recipe for recipe, _ in tagged} <= checked
+    assert all(final_line_examples(recipe) for recipe in checked)
+
+
+def test_the_demo_example_shows_the_figures_of_the_recorded_run():
+    """The README's demo line shows the run that docs/demo_runs.json records first."""
+    (page, example), *_ = final_line_examples("recipes/train.py")
+    recorded = json.loads((ROOT / "docs" / "demo_runs.json").read_text())["runs"][0]
+    figures = ["epochs", "accuracy", "nmi", "ari", "memory_accuracy", "memory_nmi", "memory_ari"]
+    assert page == "README.md"
+    assert {k: example[k] for k in figures} == {k: recorded[k] for k in figures}
+    assert example["seconds"] == recorded["seconds"]

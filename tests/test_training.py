@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from launch import ROOT, TINY, TRAIN, accelerate_launch, write_digit_folder
+from test_readme import check_final_line_examples
 from torch import nn
 
 from secu_plugin.train.optim import build_optimizer, center_lr, encoder_lr
@@ -231,6 +232,11 @@ def test_a_run_that_has_not_settled_ends_with_advice(full_run):
     assert "recipes/train_head.py" in summary["advice"]
     assert f"advice: {summary['advice']}" in log.stdout
     assert f"reassigned {100 * changed:.0f}% of the images" in summary["advice"]
+
+
+def test_the_docs_example_of_the_final_line_has_the_real_keys(full_run):
+    """The README's example of the demo's final line, against a real run's: keys and types."""
+    check_final_line_examples("recipes/train.py", full_run[0])
 
 
 def test_interrupted_and_resumed_run_matches_uninterrupted_run(digit_folder, full_run, tmp_path):
