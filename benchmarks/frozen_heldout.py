@@ -3,7 +3,7 @@ next to the ceiling of the same cached features.
 
 For each labelled set, each variant (default: the preset as it is) and each seed,
 ``recipes/train_head.py`` runs as a subprocess with the offline ImageNet EfficientNet-Lite0
-weights at 112 px (the README's frozen-backbone section); the recipe writes the ceiling of the
+weights at 112 px (docs/frozen.md's offline lines); the recipe writes the ceiling of the
 features it cached (:func:`secu_plugin.baselines.feature_ceiling`) into its results.json.
 Every raw run (its exact command, whether its feature cache was cold or warm, the seconds), and
 the provenance of the whole benchmark go to ``--json`` (default ``docs/frozen_heldout.json``),

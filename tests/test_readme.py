@@ -31,6 +31,21 @@ def test_readme_starts_with_the_setup_commands_and_ci_runs_both_test_suites():
     assert "Set up, then run the tests" in ci and "Then the slow suite" in ci
 
 
+def test_the_readme_is_short_and_its_lines_narrow():
+    """At most 250 lines, none over 100 characters, except the commands that CI reads as they
+    are written and what render_docs.py writes between its markers."""
+    lines = README.splitlines()
+    assert len(lines) <= 250, len(lines)
+    commands = re.search(r"```bash\n(.*?)```", README, re.DOTALL).group(1).splitlines()
+    rendered = False
+    for number, line in enumerate(lines, 1):
+        rendered = rendered or ("<!-- render:" in line and "table=" in line)
+        marked = rendered or "<!-- render:" in line
+        if "<!-- end render -->" in line:
+            rendered = False
+        assert marked or line in commands or len(line) <= 100, (number, line)
+
+
 def test_lightly_timm_example_runs(tmp_path):
     example = re.search(r"```python\n(.*?)```", README, re.DOTALL).group(1)
     script = tmp_path / "example.py"

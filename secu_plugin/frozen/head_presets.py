@@ -211,7 +211,7 @@ HEAD_PRESETS: dict[str, HeadPreset] = {
     # through EfficientNet-Lite0 and on sklearn's digits: docs/results.md). The batch comes
     # from the number of images (batch_size_for).
     "frozen": FROZEN,
-    # ImageNet-1k on a DINOv2 ViT-B/14 (not run here: no GPU, no download; see the README):
+    # ImageNet-1k on a DINOv2 ViT-B/14 (not run here: no GPU, no download; docs/frozen.md):
     # the heads, batch and schedule of TEMI/TURTLE-style heads on frozen features.
     "frozen-imagenet": FROZEN.replace(
         name="frozen-imagenet",
