@@ -33,15 +33,16 @@ def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def browser_command(profile: Path) -> list[str]:
-    """Chromium, headless, with nothing reaching the network and a scratch ``profile``.
+def browser_command(profile: Path, program: str | None = None) -> list[str]:
+    """Chromium (``program``, else the installed one), headless, with nothing reaching the
+    network and a scratch ``profile``.
 
     Examples:
-        >>> command = browser_command(Path("/tmp/profile"))
-        >>> "--headless" in command and "--user-data-dir=/tmp/profile" in command
-        True
+        >>> command = browser_command(Path("/tmp/profile"), program="chromium")
+        >>> command[0], "--headless" in command, "--user-data-dir=/tmp/profile" in command
+        ('chromium', True, True)
     """
-    program = chromium()
+    program = program or chromium()
     if program is None:
         raise ValueError("no chromium found: install Debian's chromium (apt-get install chromium)")
     return [
