@@ -22,7 +22,7 @@ from secu_plugin.k_signals import (
     knn_graph,
     knn_modularity,
     pca_basis,
-    pca_silhouette,
+    pca_silhouettes,
     sample_indices,
     size_balance,
 )
@@ -124,17 +124,20 @@ def head_selection(
         raise ValueError(f"scoring heads needs at least 4 images, got {predictions.shape[1]}")
     sample = sample_indices(predictions.shape[1], max_images, seed)
     neighbors = knn_graph(embeddings[sample], num_neighbors)
-    reduced = {dims: pca_basis(embeddings[sample], dims) for dims in (8, 32)}
+    # empty clusters change no score: each head's clusters renumbered to the ones it uses
+    labellings = [np.unique(ids, return_inverse=True)[1] for ids in predictions[:, sample]]
+    # one distance matrix per space for every head (docs/k_grid_cost.json: the grid's cost)
+    silhouettes = {
+        dims: pca_silhouettes(pca_basis(embeddings[sample], dims), labellings) for dims in (8, 32)
+    }
     heads = []
     for head, num in enumerate(num_clusters):
-        # the clusters a head uses: an empty one changes no score
-        labels = np.unique(predictions[head, sample], return_inverse=True)[1]
-        modularity, kappa = knn_modularity(neighbors, labels)
+        modularity, kappa = knn_modularity(neighbors, labellings[head])
         scores = {
             "modularity": modularity,
             "kappa": kappa,
-            "silhouette_pca8": pca_silhouette(reduced[8], labels),
-            "silhouette_pca32": pca_silhouette(reduced[32], labels),
+            "silhouette_pca8": silhouettes[8][head],
+            "silhouette_pca32": silhouettes[32][head],
             "size_balance": round(size_balance(predictions[head, sample], num), 6),
         }
         heads.append({"head": head, "num_clusters": int(num), **scores})
