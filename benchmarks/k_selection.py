@@ -224,10 +224,11 @@ def cache_of(data: str, work: Path) -> str:
 
 
 def rescore(report: dict, work: Path) -> None:
-    """Every run's candidate signals anew from its saved model and cache (no training)."""
+    """The candidate signals anew, from its saved model and cache (no training), of every run
+    scored by an earlier version of :func:`candidate_signals`."""
     for run in report["runs"]:
-        if run["returncode"] != 0:
-            continue
+        if run["returncode"] != 0 or "turtle_projections" in run["signals"]:
+            continue  # failed, or scored by this code already
         run_dir = work / "runs" / run["set"] / f"seed{run['seed']}"
         data = run["command"][run["command"].index("--data") + 1]
         cache = run.get("cache_dir") or cache_of(data, work)
