@@ -302,7 +302,11 @@ def main(argv: list[str] | None = None) -> dict:
             report["runs"] += [r for r in other["runs"] if (r["set"], r["seed"]) not in done]
         if args.rescore:
             rescore(report, work)
-        report.update(summarize(report["runs"], work), summarized=start_record()["provenance"])
+        # the figures (every pick, tally and rule) are this code's: its provenance is the
+        # JSON's, the runs' own (who trained the heads) stay in earlier_provenance
+        report["earlier_provenance"].append(report["provenance"])
+        report.pop("summarized", None)
+        report.update(summarize(report["runs"], work), provenance=start_record()["provenance"])
         write_json(args.json, report)
         return report
     if args.role is None:
