@@ -161,9 +161,12 @@ def _true_labels(data: str, work: Path) -> np.ndarray | None:
     return np.array([names.index(by_name[Path(p).name]) for p in paths])
 
 
-def candidate_signals(run_dir: Path, cache_dir: str, seed: int) -> tuple[dict, np.ndarray]:
-    """Every candidate signal per head, from the saved model and cached features, and the
-    heads' cluster ids (H, N)."""
+def candidate_signals(
+    run_dir: Path, cache_dir: str, seed: int, spaces: tuple[str, ...] = ("projections",)
+) -> tuple[dict, np.ndarray]:
+    """Every candidate signal per head, from the saved model and cached features (in each of
+    ``spaces``: the projections the heads cluster, the backbone's features), and the heads'
+    cluster ids (H, N)."""
     import torch
 
     from secu_plugin import SeCuModel
@@ -173,7 +176,7 @@ def candidate_signals(run_dir: Path, cache_dir: str, seed: int) -> tuple[dict, n
         knn_modularity,
         linear_generalisation,
         pca_basis,
-        pca_silhouette,
+        pca_silhouettes,
         sample_indices,
     )
     from secu_plugin.train.evaluation import predict_projections, project_features
@@ -186,26 +189,51 @@ def candidate_signals(run_dir: Path, cache_dir: str, seed: int) -> tuple[dict, n
         projections = project_features(model.projection_head, features)
     predictions = predict_projections(projections, model.centers)
     sample = sample_indices(len(features), 2000, seed)
-    spaces = {"projections": projections.numpy()[sample], "features": features.numpy()[sample]}
+    embedded = {"projections": projections.numpy(), "features": features.numpy()}
     signals: dict[str, list[float]] = {}
     started = time.time()
-    for space, embeddings in spaces.items():
+    # empty clusters do not count
+    labellings = [np.unique(ids, return_inverse=True)[1] for ids in predictions[:, sample]]
+    for space in spaces:
+        embeddings = embedded[space][sample]
         neighbors = knn_graph(embeddings, 10)
-        reduced = {dims: pca_basis(embeddings, dims) for dims in (8, 32)}
-        for labels in predictions[:, sample]:
-            labels = np.unique(labels, return_inverse=True)[1]  # empty clusters do not count
+        reduced = {dims: pca_basis(embeddings, dims) for dims in (8, 16, 32)}
+        values: dict[str, list[float]] = {}
+        for dims in (8, 16, 32):
+            values[f"silhouette_pca{dims}"] = pca_silhouettes(reduced[dims], labellings)
+        for labels in labellings:
             modularity, kappa = knn_modularity(neighbors, labels)
-            values = {
-                "modularity": modularity,
-                "kappa": kappa,
-                "silhouette_pca8": pca_silhouette(reduced[8], labels),
-                "silhouette_pca32": pca_silhouette(reduced[32], labels),
-                "linear_generalisation": linear_generalisation(reduced[32], labels, seed),
-            }
-            for name, value in values.items():
-                signals.setdefault(f"{name}_{space}", []).append(value)
+            values.setdefault("modularity", []).append(modularity)
+            values.setdefault("kappa", []).append(kappa)
+            for name, chance in (("linear_generalisation", "kappa"), ("turtle", "uniform")):
+                score = linear_generalisation(reduced[32], labels, seed, chance=chance)
+                values.setdefault(name, []).append(score)
+        for name, scores in values.items():
+            signals[f"{name}_{space}"] = scores
     signals["seconds_signals"] = round(time.time() - started, 1)
     return signals, predictions
+
+
+def cache_of(data: str, work: Path) -> str:
+    """The feature cache (a folder of ``WORK/cache``) whose key names ``data``'s folder."""
+    for key in sorted((work / "cache").glob("*/key.json")):
+        description = json.loads(key.read_text())["key"]["data"]["description"]
+        if description.endswith(f"/{Path(data).name}") or Path(data).name in description.split():
+            return os.fspath(key.parent)
+    raise ValueError(f"no feature cache in {work / 'cache'} for {data}")
+
+
+def rescore(report: dict, work: Path) -> None:
+    """The candidate signals anew, from its saved model and cache (no training), of every run
+    scored by an earlier version of :func:`candidate_signals`."""
+    for run in report["runs"]:
+        if run["returncode"] != 0 or "turtle_projections" in run["signals"]:
+            continue  # failed, or scored by this code already
+        run_dir = work / "runs" / run["set"] / f"seed{run['seed']}"
+        data = run["command"][run["command"].index("--data") + 1]
+        cache = run.get("cache_dir") or cache_of(data, work)
+        run["signals"], _ = candidate_signals(run_dir, cache, run["seed"])
+        print(json.dumps({"rescored": run["set"], "seed": run["seed"]}), flush=True)
 
 
 def run_one(name: str, data: str, seed: int, args, weights: Path) -> dict:
@@ -231,7 +259,7 @@ def run_one(name: str, data: str, seed: int, args, weights: Path) -> dict:
     record["heads"] = [h["num_clusters"] for h in results["k_selection"]["heads"]]
     caches = [m.group(1) for m in map(CACHE_LINE.search, result.stdout.splitlines()) if m]
     signals, predictions = candidate_signals(run_dir, caches[-1], seed)
-    record["signals"] = signals
+    record["signals"], record["cache_dir"] = signals, caches[-1]
     np.save(run_dir / "predictions.npy", predictions.astype(np.int16))
     truth = _true_labels(data, work)
     if truth is None and results.get("evaluations"):  # class folders: the recipe scored them
@@ -261,6 +289,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--resume", action="store_true", help="keep the runs already in --json")
     parser.add_argument("--summarize", action="store_true", help="no runs: --json's summary anew")
     parser.add_argument("--merge", nargs="*", default=[], help="with --summarize: add their runs")
+    parser.add_argument("--rescore", action="store_true", help="with --summarize: signals anew")
     parser.add_argument("--json", default=os.fspath(REPO_ROOT / "docs" / "k_selection.json"))
     args = parser.parse_args(argv)
     work = Path(args.work)
@@ -271,7 +300,13 @@ def main(argv: list[str] | None = None) -> dict:
             report["earlier_provenance"] += [*other["earlier_provenance"], other["provenance"]]
             done = {(r["set"], r["seed"]) for r in report["runs"] if r["returncode"] == 0}
             report["runs"] += [r for r in other["runs"] if (r["set"], r["seed"]) not in done]
-        report.update(summarize(report["runs"], work), summarized=start_record()["provenance"])
+        if args.rescore:
+            rescore(report, work)
+        # the figures (every pick, tally and rule) are this code's: its provenance is the
+        # JSON's, the runs' own (who trained the heads) stay in earlier_provenance
+        report["earlier_provenance"].append(report["provenance"])
+        report.pop("summarized", None)
+        report.update(summarize(report["runs"], work), provenance=start_record()["provenance"])
         write_json(args.json, report)
         return report
     if args.role is None:

@@ -61,6 +61,31 @@ def add_seed_agreement(runs: list[dict], work: Path) -> None:
             ]
 
 
+def rule_picks(signals: dict[str, list[float]], heads: list[int]) -> dict[str, int]:
+    """The K each candidate rule picks from one run's per-head signals (projections): the best
+    head of each signal, the largest K within a tolerance of a signal's best, and the best sum
+    of two signals' ranks (ties: the smaller K)."""
+    space = "_projections"
+    scores = {n.removesuffix(space): v for n, v in signals.items() if n.endswith(space)}
+    picks = {}
+    for name, values in scores.items():
+        picks[name] = heads[int(np.argmax(values))]
+        for tolerance in (0.005, 0.01, 0.02):
+            near = [k for k, v in zip(heads, values) if v >= max(values) - tolerance]
+            picks[f"{name} (largest K within {tolerance})"] = max(near)
+    pairs = [
+        ("silhouette_pca32", "turtle"),
+        ("silhouette_pca16", "turtle"),
+        ("silhouette_pca32", "kappa"),
+        ("silhouette_pca32", "modularity"),
+    ]
+    for first, second in pairs:
+        if first in scores and second in scores:
+            ranks = np.argsort(np.argsort(scores[first])) + np.argsort(np.argsort(scores[second]))
+            picks[f"{first} + {second} (rank sum)"] = heads[int(np.argmax(ranks))]
+    return picks
+
+
 def signal_names(runs: list[dict]) -> list[str]:
     names = {
         n for r in runs if r["returncode"] == 0 for n in r["signals"] if n != "seconds_signals"
@@ -73,6 +98,16 @@ def summarize(runs: list[dict], work: Path) -> dict:
     add_seed_agreement(runs, work)
     done = [r for r in runs if r["returncode"] == 0]
     signals: dict[str, dict] = {}
+    picks = {id(r): rule_picks(r["signals"], r["heads"]) for r in done}
+    rules: dict[str, dict] = {}
+    for role, name in itertools.product(("tune", "held_out"), sorted(picks[id(done[0])])):
+        scored = [
+            score_pick(picks[id(r)][name], r["true_k"], r["heads"])
+            for r in done
+            if r["role"] == role and name in picks[id(r)]
+        ]
+        if scored:
+            rules.setdefault(role, {})[name] = _tally(scored)
     for role, signal in itertools.product(("tune", "held_out"), signal_names(done)):
         scored = [
             score_pick(r["heads"][int(np.argmax(r["signals"][signal]))], r["true_k"], r["heads"])
@@ -100,6 +135,7 @@ def summarize(runs: list[dict], work: Path) -> dict:
         entry.update(_tally(entry.pop("runs")))
     return {
         "signals": signals,
+        "candidate_rules": rules,
         "rule": {role: _tally(scored) for role, scored in rule.items()},
         "per_set": per_set,
     }

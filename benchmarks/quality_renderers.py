@@ -162,9 +162,18 @@ def render_scratch_heldout(datas: list[dict], options: dict[str, str]) -> str:
 def render_k_selection(datas: list[dict], options: dict[str, str]) -> str:
     """benchmarks/k_selection.py: ``view=signals``: per role and candidate signal, the runs whose
     best head is the true K (or the nearest grid point) and the farthest pick in grid steps;
+    ``view=rules``: the same for every candidate rule (signals and their combinations);
     ``view=sets``: per set, the recipes' rule (right, off by, second K named); ``view=runs``:
     each run."""
     data = datas[0]
+    if options.get("view") == "rules":
+        rows = [
+            [role(name), rule, f"{s['right']} of {s['runs']}", s["max_steps_off"]]
+            for name, per_rule in data["candidate_rules"].items()
+            if options.get("role", name) == name  # role=tune: the rows the choice was made on
+            for rule, s in sorted(per_rule.items(), key=lambda item: -item[1]["right"])
+        ]
+        return table(["role", "candidate rule", "right", "farthest pick (grid steps)"], rows)
     if options.get("view") == "runs":
         rows = [
             [r["set"], role(r["role"]), r["seed"], r["true_k"], r["rule"]["pick"]]

@@ -13,6 +13,7 @@ from secu_plugin.k_signals import (
     linear_generalisation,
     pca_basis,
     pca_silhouette,
+    pca_silhouettes,
     sample_indices,
     seed_agreement,
 )
@@ -41,6 +42,7 @@ def scores(points: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         "kappa": kappa,
         "silhouette_pca8": pca_silhouette(pca_basis(points, 8), labels),
         "linear_generalisation": linear_generalisation(pca_basis(points, 32), labels),
+        "turtle": linear_generalisation(pca_basis(points, 32), labels, chance="uniform"),
     }
 
 
@@ -59,10 +61,22 @@ def test_kappa_and_linear_generalisation_punish_a_split_but_not_a_merge(groups):
     # blindness, why neither picks K alone: docs/k_selection.md).
     points, labelled = groupings(groups)
     found = {name: scores(points, labels) for name, labels in labelled.items()}
-    for signal in ("kappa", "linear_generalisation"):
+    for signal in ("kappa", "linear_generalisation", "turtle"):
         assert found["truth"][signal] == pytest.approx(1.0), signal
         assert found["merged"][signal] == pytest.approx(1.0), signal
         assert found["split"][signal] < 0.97, signal
+
+
+@pytest.mark.parametrize("groups", [3, 5, 10])
+def test_the_silhouettes_of_many_labellings_are_scikit_learns(groups):
+    from sklearn.metrics import silhouette_score
+
+    points, labelled = groupings(groups)
+    reduced = pca_basis(points, 8)
+    found = pca_silhouettes(reduced, list(labelled.values()))
+    expected = [silhouette_score(reduced, labels) for labels in labelled.values()]
+    assert found == pytest.approx(expected, abs=2e-6)
+    assert found[0] > max(found[1:])  # the truth beats the split and the merge
 
 
 def test_seed_agreement_finds_the_same_clusters_under_other_names_and_no_more():
@@ -91,6 +105,7 @@ def test_one_cluster_and_random_clusters_score_nothing():
         (lambda: pca_silhouette(np.zeros((3, 2)), np.zeros(3, dtype=np.int64)), "at least 4"),
         (lambda: linear_generalisation(np.zeros((5, 2)), -np.ones(5, dtype=int)), ">= 0"),
         (lambda: pca_basis(np.zeros((5, 2)), 0), "dims must be positive"),
+        (lambda: linear_generalisation(np.zeros((5, 2)), np.zeros(5, int), chance="x"), "'kappa'"),
         (lambda: sample_indices(10, 2, 0), "at least 4"),
         (lambda: seed_agreement(np.zeros(3), np.zeros(4)), "same images"),
         (lambda: knn_modularity(np.zeros((3, 1), dtype=int), np.zeros(4, dtype=int)), "N = 4"),

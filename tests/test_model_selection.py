@@ -81,8 +81,8 @@ def test_bad_input_is_a_clear_error(embeddings, predictions, ks, message):
 HEAD_SCORES = {
     "modularity": 0.3,
     "kappa": 0.4,
-    "silhouette_pca8": 0.1,
-    "silhouette_pca32": 0.2,
+    "silhouette_pca8": 0.2,
+    "silhouette_pca32": 0.1,
     "size_balance": 0.9,
 }
 SELECTION = {
@@ -96,7 +96,7 @@ SELECTION = {
     "images": 40,
     "heads": [
         {"head": 0, "num_clusters": 10, **HEAD_SCORES},
-        {"head": 1, "num_clusters": 5, **HEAD_SCORES, SIGNAL: 0.5},
+        {"head": 1, "num_clusters": 5, **HEAD_SCORES, "silhouette_pca8": 0.5},
     ],
 }
 
@@ -120,8 +120,8 @@ def test_the_card_shows_every_heads_signal_and_the_recommended_head():
     model = tiny_digit_model(num_clusters=[10, 5], training={"k_selection": SELECTION})
     text = model_card(None, model.config).text
     assert "## Which head (K)" in text and "**K=5**" in text
-    assert "| 5 (recommended) | 0.3 | 0.4 | 0.1 | 0.5 | 0.9 |" in text
-    assert "| 10 | 0.3 | 0.4 | 0.1 | 0.2 | 0.9 |" in text
+    assert "| 5 (recommended) | 0.3 | 0.4 | 0.5 | 0.1 | 0.9 |" in text
+    assert "| 10 | 0.3 | 0.4 | 0.2 | 0.1 | 0.9 |" in text
     assert "## Which head (K)" not in model_card(None, tiny_digit_model().config).text
     broken = tiny_digit_model(num_clusters=[10, 5], training={"k_selection": {"x": 1}})
     with pytest.raises(ValueError, match="recommended_num_clusters"):
