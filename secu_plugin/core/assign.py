@@ -62,7 +62,8 @@ class ConstrainedAssigner:
         """Returns the cluster of each row in each head.
 
         Args:
-            cost: (B, sum K) assignment cost (minus the mean similarity to the current centers).
+            cost: (B, sum K) assignment cost (minus the mean similarity to the current centers);
+                scratch space: the assigner may overwrite it (no copy of a (B, sum K) matrix).
             counts: (sum K,) int64 cluster counts of all heads.
             duals: (sum K,) dual variables of all heads.
             stored_labels: (H, B) int64 label of each row in the memory, -1 where it has none.
@@ -129,7 +130,7 @@ class SizeConstrainedAssigner(ConstrainedAssigner):
         self.lower_bound_ratio = float(lower_bound_ratio)
 
     def assign(self, cost, counts, duals, stored_labels, layout):
-        return layout.argmin(cost - duals.to(cost.dtype))
+        return layout.argmin(cost.sub_(duals.to(cost.dtype)))
 
     def update(self, counts, duals, batch_labels, new_labels, previous_labels, layout):
         histogram = layout.histogram(batch_labels)
@@ -197,7 +198,7 @@ class EntropyConstrainedAssigner(ConstrainedAssigner):
         has_label = (stored_labels >= 0).T[:, layout.column_head]  # (B, sum K)
         entropy_change = torch.where(has_label, join_moved, join_new)
         penalty = (self.alpha * entropy_change).to(cost.dtype)
-        return layout.argmin(cost + penalty)
+        return layout.argmin(cost.add_(penalty))
 
     def update(self, counts, duals, batch_labels, new_labels, previous_labels, layout):
         counts += layout.histogram(new_labels, include=new_labels >= 0)

@@ -315,7 +315,8 @@ class SeCuCenterBank(BankState):
         """Assigns each row under the constraint, from the state before the step.
 
         Args:
-            cost: (B, sum K) stacked assignment costs of all heads.
+            cost: (B, sum K) stacked assignment costs of all heads (the assigner may overwrite
+                them: pass a copy to keep them).
             indices: (B,) dataset indices of the rows.
             stored: (H, B) their :meth:`stored_labels`, if already fetched.
 

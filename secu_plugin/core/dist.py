@@ -8,6 +8,8 @@ cannot reduce or broadcast int16.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.distributed as dist
 
@@ -124,21 +126,26 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 
 
 class _MeanGradientAcrossRanks(torch.autograd.Function):
-    """Identity forward; backward averages the incoming gradient over all ranks."""
+    """Identity forward; backward averages the incoming gradients over all ranks, in one
+    all-reduce for all the tensors."""
 
     @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor.view_as(tensor)
+    def forward(ctx, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(tensor.view_as(tensor) for tensor in tensors)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad)
-        return grad / world_size()
+    def backward(ctx, *grads: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        flat = torch.cat([grad.reshape(-1) for grad in grads])
+        dist.all_reduce(flat)
+        flat /= world_size()
+        return tuple(
+            part.view_as(grad) for part, grad in zip(flat.split([g.numel() for g in grads]), grads)
+        )
 
 
-def mean_gradient_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
-    """Returns ``tensor`` unchanged; the gradient reaching it is averaged over ranks.
+def mean_gradient_across_ranks(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Returns ``tensors`` unchanged; the gradients reaching them are averaged over ranks (one
+    all-reduce for all of them).
 
     When the centers live outside the DistributedDataParallel wrapper of the encoder, nothing
     else averages their gradient. When they live inside it (a bank that is a submodule of a
@@ -149,10 +156,11 @@ def mean_gradient_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
     ``tests/test_distributed.py`` checks both against the single-process gradient.
 
     Examples:
-        >>> centers = torch.randn(3, 2, requires_grad=True)
-        >>> mean_gradient_across_ranks(centers) is centers  # one process: unchanged
+        >>> centers = [torch.randn(3, 2, requires_grad=True), torch.randn(4, 2, requires_grad=True)]
+        >>> mean_gradient_across_ranks(centers)[1] is centers[1]  # one process: unchanged
         True
     """
-    if world_size() == 1 or not tensor.requires_grad:
-        return tensor
-    return _MeanGradientAcrossRanks.apply(tensor)
+    tensors = list(tensors)
+    if world_size() == 1 or not any(tensor.requires_grad for tensor in tensors):
+        return tensors
+    return list(_MeanGradientAcrossRanks.apply(*tensors))

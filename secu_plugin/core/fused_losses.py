@@ -27,7 +27,7 @@ divided by the temperature cannot overflow or underflow. Measured in docs/benchm
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -114,6 +114,34 @@ def _exp_per_head_(matrix: torch.Tensor, layout: HeadLayout, shift: bool) -> tor
     return maxima
 
 
+def _sum_views(stacked: torch.Tensor, out: torch.Tensor) -> None:
+    """(views, rows, columns) -> ``out`` (rows, columns): the sum over views. Pairwise adds: a
+    sum over the leading dimension runs at half their speed on a CPU."""
+    torch.add(stacked[0], stacked[1], out=out)
+    for view in stacked[2:]:
+        out.add_(view)
+
+
+def scaled_unit_rows(
+    matrices: Sequence[torch.Tensor], scale: float, workspace: Workspace
+) -> torch.Tensor:
+    """``F.normalize(torch.cat(matrices), dim=1) * scale``, written once into a workspace buffer
+    (a fresh (sum K, dim) tensor per step costs more in page faults than the division).
+
+    Examples:
+        >>> scaled_unit_rows([torch.tensor([[3.0, 4.0]]), torch.tensor([[0.0, 2.0]])], 10.0,
+        ...                  Workspace())
+        tensor([[ 6.,  8.],
+                [ 0., 10.]])
+    """
+    rows = [matrix.shape[0] for matrix in matrices]
+    out = workspace.get("scaled_unit_rows", sum(rows), matrices[0].shape[1], matrices[0])
+    for matrix, part in zip(matrices, out.split(rows)):
+        norms = torch.linalg.vector_norm(matrix, dim=1, keepdim=True).clamp_min_(1e-12)
+        torch.div(matrix, norms.div_(scale), out=part)  # 1e-12: F.normalize's eps
+    return out
+
+
 def _head_sums(matrix: torch.Tensor, layout: HeadLayout) -> torch.Tensor:
     """(rows, sum K) -> (rows, H): each head's row sums."""
     return torch.stack([part.sum(-1) for part in layout.split(matrix)], -1)
@@ -122,7 +150,7 @@ def _head_sums(matrix: torch.Tensor, layout: HeadLayout) -> torch.Tensor:
 @torch.no_grad()
 def loss_step(
     flat: torch.Tensor,
-    centers: torch.Tensor,
+    scaled_centers: torch.Tensor,
     targets: torch.Tensor,
     stored: torch.Tensor,
     assign: Assign,
@@ -138,11 +166,13 @@ def loss_step(
 
     Args:
         flat: (views x B, dim) normalized features, views stacked (an even number of them).
-        centers: (sum K, dim) the normalized current centers.
+        scaled_centers: (sum K, dim) the normalized current centers divided by
+            ``temperature_c`` (:func:`scaled_unit_rows`).
         targets: (sum K, dim) the frozen targets.
         stored: (H, B) each row's label in the memory before the step (-1: none).
         assign: ``assign(cost, rows)``: the (H, len(rows)) labels of the batch rows ``rows``
-            from their (len(rows), sum K) cost (minus the mean similarity over views).
+            from their (len(rows), sum K) cost (minus the mean similarity over views), which it
+            may overwrite.
         assigns_rows_independently: Whether a row's label depends on its own cost alone (the
             blocks are then assigned one by one; else the whole cost is built first).
         layout, temperature_x, temperature_c, label_weight: As in
@@ -184,18 +214,18 @@ def loss_step(
         rows = slice(start, min(start + block_rows, batch))
         size = rows.stop - rows.start
         block = views[:, rows].reshape(num_views * size, dim)
-        # Similarities to the current centers -> the assignment cost and the center loss.
+        # Similarities to the current centers, over temperature_c (the centers come scaled, so
+        # no pass scales the matrix) -> the assignment cost and the center loss.
         similarity = workspace.get("similarity", num_views * size, columns, flat)
-        torch.mm(block, centers.T, out=similarity)
+        torch.mm(block, scaled_centers.T, out=similarity)
         if assigns_rows_independently:
             cost = workspace.get("block_cost", size, columns, flat)
         else:
             cost = full_cost[rows]
-        torch.sum(similarity.view(num_views, size, columns), 0, out=cost)
-        cost.mul_(-1.0 / num_views)
+        _sum_views(similarity.view(num_views, size, columns), out=cost)
+        cost.mul_(-temperature_c / num_views)  # minus the mean similarity
         if assigns_rows_independently:
             block_labels.append(assign(cost, rows))
-        similarity.mul_(1.0 / temperature_c)
         maxima = _exp_per_head_(similarity, layout, shift_c)
         log_norm = _head_sums(similarity, layout).log_()
         log_norm_c[:, rows] = (log_norm if maxima is None else log_norm + maxima).view(
@@ -224,8 +254,8 @@ def loss_step(
     target_columns = layout.to_columns(torch.where(stored >= 0, stored, labels)).T
 
     # Center loss: the assigned similarity, against the per-head log-sum-exp.
-    assigned = centers.index_select(0, label_columns.flatten()).view(batch, num_heads, dim)
-    positive = torch.einsum("vbd,bhd->vbh", views, assigned) / temperature_c
+    assigned = scaled_centers.index_select(0, label_columns.flatten()).view(batch, num_heads, dim)
+    positive = torch.einsum("vbd,bhd->vbh", views, assigned)  # over temperature_c
     center_value = (log_norm_c - positive).mean(1).sum()
     coefficient = (torch.exp(positive - log_norm_c) - 1.0) / (batch * temperature_c)
     center_gradient = torch.einsum("vbh,vbd->bhd", coefficient, views)

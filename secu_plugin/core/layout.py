@@ -80,10 +80,12 @@ class HeadLayout:
         return padded.flatten(-2).index_select(-1, self.column_slot)
 
     def argmin(self, matrix: torch.Tensor) -> torch.Tensor:
-        """(rows, sum K) -> (H, rows) int64: each head's argmin, as within-head ids."""
+        """(rows, sum K) -> (H, rows) int64: each head's argmin (the first on ties), as
+        within-head ids."""
+        # min(dim).indices, not argmin: the same index, twice as fast on a CPU (torch 2.14).
         if self.padded:
-            return self._pad(matrix, float("inf")).argmin(-1).T
-        return torch.stack([part.argmin(-1) for part in self.split(matrix)])
+            return self._pad(matrix, float("inf")).min(-1).indices.T
+        return torch.stack([part.min(-1).indices for part in self.split(matrix)])
 
     def log_softmax_(self, matrix: torch.Tensor) -> torch.Tensor:
         """Log-softmax over each head's columns of the last dimension, in place; returns it."""

@@ -276,8 +276,9 @@ class SeCuLoss(nn.Module):
         batch = features[0].shape[0]
         stacked = torch.cat(features)  # (num_views * B, dim)
         # Only the assigned centers get gradient: the step normalizes all of them without
-        # autograd and, with it, only the (B, H) rows it gathers.
-        raw_centers = torch.cat(list(bank.centers))
+        # autograd and, with it, only the (B, H) rows it gathers, head by head (no copy of all
+        # the centers).
+        raw_centers = list(bank.centers)
         if self.sync_center_gradients:
             raw_centers = dist.mean_gradient_across_ranks(raw_centers)
 
@@ -298,10 +299,14 @@ class SeCuLoss(nn.Module):
         # Both losses without autograd, every head at once; their exact gradients enter through
         # surrogates (see secu_plugin/core/fused_losses.py for why).
         with torch.no_grad():
-            centers = F.normalize(raw_centers.detach(), dim=1)
+            scaled_centers = fused_losses.scaled_unit_rows(
+                [center.detach() for center in raw_centers],
+                1.0 / self.temperature_c,
+                self._workspace,
+            )
             step = fused_losses.loss_step(
                 stacked.detach(),
-                centers,
+                scaled_centers,
                 bank.targets,
                 stored,
                 assign,
@@ -313,9 +318,10 @@ class SeCuLoss(nn.Module):
                 self._workspace,
             )
         labels = step.labels
-        label_columns = bank.layout(stacked.device).to_columns(labels)
-        assigned = F.normalize(raw_centers.index_select(0, label_columns.T.flatten()), dim=1)
-        assigned = assigned.view(batch, num_heads, -1)
+        assigned = torch.stack(
+            [center.index_select(0, head) for center, head in zip(raw_centers, labels)], 1
+        )
+        assigned = F.normalize(assigned, dim=2)  # (B, H, dim)
         scale = 1.0 / (num_views * num_heads)
         center_loss = (
             fused_losses.with_gradient(step.center_value, assigned, step.center_gradient) * scale
