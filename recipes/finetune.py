@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import time
 from pathlib import Path
 
@@ -147,7 +148,12 @@ def main(args: argparse.Namespace) -> dict:
 
     # ---- The trunk's activations of every view, cached once (keyed by the model's weights).
     transforms = [eval_transform(model.data_config, model.in_chans)] + [
-        augment_transform(model.data_config, model.in_chans, settings.augmentation.min_scale)
+        augment_transform(
+            model.data_config,
+            model.in_chans,
+            settings.augmentation.min_scale,
+            **(settings.augmentation.view_kwargs or {}),  # timm's, e.g. hflip=0.0
+        )
         for _ in range(settings.cache.augmented_views)
     ]
     size = model.data_config["input_size"]
@@ -169,11 +175,24 @@ def main(args: argparse.Namespace) -> dict:
     labels = images.labels
     data_name, _ = dataset_names(settings.data)
 
-    def scores(predictions: torch.Tensor) -> dict:
+    # the heads that self-label, and whose agreement and balance choose the kept state: every
+    # head, or the start's recommended one alone (SCAN self-labels the one head it keeps)
+    trained = list(range(len(model.centers)))
+    if settings.recommended_head_only:
+        trained = [int(record["k_selection"]["recommended_head"])]
+
+    def scores(predictions: torch.Tensor, features: torch.Tensor) -> dict:
+        ks = [model.num_clusters[h] for h in trained]
+        # a diagnostic beside the criterion: the agreement on the graph of the state's own
+        # features (the start's graph favours the start, whose heads learnt its pairs)
+        own = nearest_neighbors(
+            whitened(features, whitening) if whitening else features, num_neighbors
+        )
         found = {
-            "neighbor_agreement": round(neighbor_agreement(predictions, neighbors), 4),
+            "neighbor_agreement": round(neighbor_agreement(predictions[trained], neighbors), 4),
+            "own_graph_agreement": round(neighbor_agreement(predictions[trained], own), 4),
             "size_balance": round(
-                min(size_balance(ids, k) for ids, k in zip(predictions, model.num_clusters)), 4
+                min(size_balance(ids, k) for ids, k in zip(predictions[trained], ks)), 4
             ),
         }
         results = evaluate_predictions(
@@ -197,7 +216,8 @@ def main(args: argparse.Namespace) -> dict:
     run.init_trackers()
     if not kept.history:  # a fresh run: the start is epoch 0 of the history, and kept
         kept.consider(
-            {"epoch": 0, **scores(head_outputs(model, projections)[1])}, model.state_dict()
+            {"epoch": 0, **scores(head_outputs(model, projections)[1], features)},
+            model.state_dict(),
         )
         log(f"start: {json.dumps(kept.history[0])}")
 
@@ -212,7 +232,7 @@ def main(args: argparse.Namespace) -> dict:
         )
         # log p: the probabilities as logits (their softmax is p); -1 marks an image left out
         fraction = settings.self_labeling.confident_fraction
-        chosen = torch.stack([confident_targets(p.log(), fraction) for p in probabilities])
+        chosen = torch.stack([confident_targets(probabilities[h].log(), fraction) for h in trained])
         targets, keep = chosen.clamp(min=0), chosen >= 0
         order = torch.randperm(len(images), generator=kept.generator)
         for start in range(0, len(order) - batch_size + 1, batch_size):
@@ -222,19 +242,21 @@ def main(args: argparse.Namespace) -> dict:
             batch, view = batch[mine], view[mine]
             x = activations[batch][torch.arange(len(batch)), view]
             z = network(x.float().view(-1, *shape).to(accelerator.device))
-            loss = self_label_loss(
-                z, list(model.centers), targets[:, batch], keep[:, batch], model.temperature
-            )
+            centers = [model.centers[h] for h in trained]
+            loss = self_label_loss(z, centers, targets[:, batch], keep[:, batch], model.temperature)
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
             optimizer.step()
             progress.record(loss)
-        _, predictions = head_outputs(
-            model, plain_view_outputs(model, staged, activations, shape)[1]
-        )
+        features, projections = plain_view_outputs(model, staged, activations, shape)
+        _, predictions = head_outputs(model, projections)
         mean_loss = torch.tensor(progress.epoch_mean_loss(), dtype=torch.float64)
         mean_loss = float(accelerator.reduce(mean_loss.to(accelerator.device), "mean"))
-        found = {"epoch": progress.epoch + 1, "loss": round(mean_loss, 4), **scores(predictions)}
+        found = {
+            "epoch": progress.epoch + 1,
+            "loss": round(mean_loss, 4),
+            **scores(predictions, features),
+        }
         kept.consider(found, model.state_dict())
         run.epoch_seconds.append(round(time.time() - epoch_started, 1))
         log(f"epoch {found['epoch']}: {json.dumps(found)} | {run.epoch_seconds[-1]:.1f}s")
@@ -277,6 +299,11 @@ def main(args: argparse.Namespace) -> dict:
         eval_images.labels,
         projections=projections.cpu(),
         baseline_features=features.cpu(),  # k-means on the fine-tuned backbone's features
+        next_step=(
+            "the features of another backbone, e.g. accelerate launch recipes/train_head.py "
+            f"--data {shlex.quote(settings.data)} --backbone vit_small_patch14_dinov2.lvd142m"
+        ),
+        pooled_features=lambda rows: features[torch.as_tensor(rows)].cpu(),
     )
     run.update_results(history=kept.history, kept_epoch=best["epoch"])
     return run.finish({**exported, **summary})

@@ -14,6 +14,7 @@ It ends with one JSON line: {"accuracy", "nmi", "ari", "epochs", "seconds", "out
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from dataclasses import asdict
@@ -256,13 +257,24 @@ def main(args: argparse.Namespace) -> dict:
         batch_size = max(64, settings.loader.batch_size)
         predictions, labels = predict_dataset(accelerator, model, eval_images, batch_size)
         projections = project_dataset(accelerator, model, eval_images, batch_size)  # the report
-        summary.update(
-            run.export(model, bank, train_images, eval_images, predictions, labels, projections)
+        # what to run when the clusters are no better than k-means on the pixels
+        frozen_path = f"accelerate launch recipes/train_head.py --data {shlex.quote(settings.data)}"
+        next_step = f"SeCu heads on a pretrained backbone's features: {frozen_path}"
+        found = run.export(
+            model,
+            bank,
+            train_images,
+            eval_images,
+            predictions,
+            labels,
+            projections,
+            next_step=next_step,
         )
-        advice = report.advice()  # a run that has not settled: what to try instead
+        summary.update(found)
+        # and a run that has not settled: what to try instead (one advice: both, or either)
+        advice = [a for a in (report.advice(), found.get("advice")) if a]
         if advice:
-            log(f"advice: {advice}")
-            summary["advice"] = advice
+            summary["advice"] = "; ".join(advice)
     return run.finish(summary)
 
 

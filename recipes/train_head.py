@@ -18,6 +18,7 @@ backbone is the frozen pretrained network, so that ``predict``, ``evaluate.py``,
 from __future__ import annotations
 
 import argparse
+import shlex
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -152,6 +153,11 @@ def main(args: argparse.Namespace) -> dict:
             eval_images.labels,
             projections=projections,
             baseline_features=eval_features[:, 0],
+            next_step=(
+                "the features of another backbone, e.g. accelerate launch recipes/train_head.py "
+                f"--data {shlex.quote(settings.data)} --backbone vit_small_patch14_dinov2.lvd142m"
+            ),
+            pooled_features=lambda rows: eval_features[torch.as_tensor(rows), 0],
         )
     )
     if settings.feature_ceiling and eval_images.labels is not None:

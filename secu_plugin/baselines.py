@@ -66,6 +66,28 @@ def kmeans_baseline(
         ...                 eval_features=points[[3, 0]])["accuracy"]
         1.0
     """
+    found = kmeans_clusters(features, k, seed, normalize=normalize, eval_features=eval_features)
+    return clustering_metrics(labels, found)
+
+
+def kmeans_clusters(
+    features: torch.Tensor | np.ndarray,
+    k: int,
+    seed: int = 0,
+    *,
+    normalize: bool = True,
+    eval_features: torch.Tensor | np.ndarray | None = None,
+) -> np.ndarray:
+    """The clusters of :func:`kmeans_baseline`'s k-means: of ``features`` (N,), or of
+    ``eval_features`` (M,) where given (each the nearest fitted center); for a score that
+    reads no labels.
+
+    Examples:
+        >>> points = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+        >>> found = kmeans_clusters(points, k=2)
+        >>> bool(found[0] == found[1] != found[2] == found[3])
+        True
+    """
     from sklearn.cluster import KMeans
 
     def prepared(rows: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -73,9 +95,7 @@ def kmeans_baseline(
         return (F.normalize(rows, dim=1) if normalize else rows).numpy()
 
     kmeans = KMeans(k, n_init=10, random_state=seed).fit(prepared(features))
-    if eval_features is None:
-        return clustering_metrics(labels, kmeans.labels_)
-    return clustering_metrics(labels, kmeans.predict(prepared(eval_features)))
+    return kmeans.labels_ if eval_features is None else kmeans.predict(prepared(eval_features))
 
 
 def knn_agreement(space: torch.Tensor, labels: np.ndarray, queries: np.ndarray, k: int) -> float:

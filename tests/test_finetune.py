@@ -98,12 +98,16 @@ def test_finetune_settings_are_a_preset_registry_like_the_others():
     assert FINETUNE_READS <= set(record)  # what it reads are settings it has
     # trainable_stages is declared once: no other settings class has it
     assert "trainable_stages" not in group_fields(HeadPreset)
+    # the cached views take timm's create_transform arguments (no flips for digits)
+    views = get_preset("finetune", FINETUNE_PRESETS, view_kwargs={"hflip": 0.0})
+    assert views.augmentation.view_kwargs == {"hflip": 0.0}
     for change, named in (
         ({"trainable_stages": 0}, "trainable_stages"),
         ({"lr": 0.0}, "lr"),
         ({"momentum": 0.5}, "does not read ['momentum']"),
         ({"backbone": "resnet18"}, "does not read ['backbone']"),
         ({"learning_rate": 1.0}, "unknown preset settings"),
+        ({"recommended_head_only": "yes"}, "recommended_head_only must be true or false"),
     ):
         with pytest.raises(ValueError, match=re.escape(named)):
             get_preset("finetune", FINETUNE_PRESETS, **change)
@@ -172,6 +176,9 @@ def test_finetune_starts_from_the_frozen_model_and_never_ends_below_its_criterio
     report = json.loads((out / "results.json").read_text())
     history = report["history"]
     assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert all(0 <= h["own_graph_agreement"] <= 1 for h in history)  # the logged diagnostic
+    # against k-means on the pixels, as every recipe's final line
+    assert summary["beats_kmeans_pixels"] == report["pixel_check"]["learned"]
     assert report["kept_epoch"] == summary["kept_epoch"] and "k_selection" in report
     # the kept state is the best by the label-free criterion, the start included
     kept = next(h for h in history if h["epoch"] == summary["kept_epoch"])

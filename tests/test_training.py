@@ -239,6 +239,23 @@ def test_the_docs_example_of_the_final_line_has_the_real_keys(full_run):
     check_final_line_examples("recipes/train.py", full_run[0])
 
 
+def test_a_run_no_better_than_kmeans_on_the_pixels_says_so_with_the_next_command(
+    full_run, digit_folder
+):
+    summary, _, out = full_run
+    # Three epochs from scratch on 50 digits learn less than k-means on their pixels shows.
+    assert summary["beats_kmeans_pixels"] is False
+    assert summary["accuracy"] <= summary["kmeans_pixels_accuracy"] + 0.02
+    advice = summary["advice"]
+    assert "no better than k-means on the pixels" in advice
+    assert f"accelerate launch recipes/train_head.py --data {digit_folder}" in advice
+    check = json.loads((out / "results.json").read_text())["pixel_check"]
+    assert check["learned"] is False and check["images"] == 50 and check["score"] == "accuracy"
+    assert f"{check['kmeans_pixels']:.3f}" in advice and f"{check['run']:.3f}" in advice
+    page = (out / "report" / "index.html").read_text()
+    assert "no better than k-means on the pixels" in page and "recipes/train_head.py" in page
+
+
 def test_interrupted_and_resumed_run_matches_uninterrupted_run(digit_folder, full_run, tmp_path):
     args = ["--data", str(digit_folder), "--epochs", "3", *TINY]
     full, full_log, full_dir = full_run

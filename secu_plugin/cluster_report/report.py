@@ -84,6 +84,7 @@ def write_cluster_report(
     class_names: Sequence[str] | None = None,
     names: Sequence[str] | None = None,
     title: str = "SeCu cluster report",
+    notes: Sequence[str] = (),
     per_cluster: int = 12,
     images_per_head: int = 4000,
     thumb_size: int = 96,
@@ -118,6 +119,7 @@ def write_cluster_report(
         class_names: Names of the label values (default their numbers).
         names: A name per image (its file path), shown on hover (default ``image <i>``).
         title: The page title.
+        notes: Sentences shown under the title (a run's comparison with k-means, its advice).
         per_cluster: Images per row (nearest; least confident) of a cluster, at most.
         images_per_head: Budget of images shown per head.
         thumb_size: Longest side of a thumbnail in pixels.
@@ -209,6 +211,7 @@ def write_cluster_report(
     )
     subtitle = f"{num_images} images, {num_heads} head{'s' * (num_heads > 1)}{recommended}"
     which_k = "" if k_selection is None else _which_k(directory, k_selection, ks, head_names)
+    which_k = "".join(f'<p class="note">{escape(str(note))}</p>' for note in notes) + which_k
     page = render_page(
         title,
         subtitle,

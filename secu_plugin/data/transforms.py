@@ -123,11 +123,12 @@ def eval_transform(
 
 
 def augment_transform(
-    data_config: dict[str, Any], in_chans: int, min_scale: float = 0.5
+    data_config: dict[str, Any], in_chans: int, min_scale: float = 0.5, **timm_kwargs: Any
 ) -> Callable[[Image.Image], torch.Tensor]:
     """A random view for a pretrained model: mode conversion, then timm's training transform
     of its data config (random resized crop of at least ``min_scale`` of the image, flip,
-    colour jitter, normalization), as timm fine-tunes that model.
+    colour jitter, normalization), as timm fine-tunes that model; ``timm_kwargs`` go to timm's
+    ``create_transform`` (``hflip=0.0``: no flips, for digits and letters).
 
     Examples:
         >>> from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -147,6 +148,8 @@ def augment_transform(
     return T.Compose(
         [
             ConvertMode("L" if in_chans == 1 else "RGB"),
-            create_transform(**timm_config, is_training=True, scale=(min_scale, 1.0)),
+            create_transform(
+                **timm_config, is_training=True, scale=(min_scale, 1.0), **timm_kwargs
+            ),
         ]
     )

@@ -27,6 +27,7 @@ FINETUNE_READS = frozenset(
     {
         "data",
         "min_scale",  # the cached augmented views' smallest crop
+        "view_kwargs",  # their other arguments of timm's create_transform (hflip, color_jitter)
         "batch_size",
         "num_workers",  # of the extraction
         "lr",  # AdamW's, for the tail and the projection head
@@ -40,6 +41,7 @@ FINETUNE_READS = frozenset(
         "neighbor_whitening",
         "confident_fraction",
         "trainable_stages",
+        "recommended_head_only",
     }
 )
 
@@ -50,6 +52,8 @@ class FinetuneSettings(RunSettings):
     (:data:`FINETUNE_READS`).
 
     ``trainable_stages``: the backbone's last stages that train (with its head convolution);
+    ``recommended_head_only``: the targets (and the kept state's criterion) of the start's
+    recommended head alone, not of every head;
     ``confident_fraction``: the share of each cluster, most confident first, whose
     assignments are the targets; ``lr`` and ``weight_decay``: AdamW's; ``epochs``: of
     self-labeling; ``num_neighbors`` and ``neighbor_whitening``: the label-free criterion's
@@ -79,6 +83,7 @@ class FinetuneSettings(RunSettings):
     pairing: PairSettings = field(default_factory=PairSettings)
     self_labeling: SelfLabelSettings = field(default_factory=SelfLabelSettings)
     trainable_stages: int = 2
+    recommended_head_only: bool = False
 
     def check(self) -> None:
         """Refuses settings that cannot run, or that fine-tuning would not read, naming them."""
@@ -103,6 +108,10 @@ class FinetuneSettings(RunSettings):
         for name, value in positive.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.recommended_head_only, bool):
+            raise ValueError(
+                f"recommended_head_only must be true or false, got {self.recommended_head_only!r}"
+            )
         fraction = self.self_labeling.confident_fraction
         if not 0 < fraction <= 1:
             raise ValueError(f"confident_fraction must be in (0, 1], got {fraction}")

@@ -18,6 +18,7 @@ import json
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,12 @@ from secu_plugin.model_selection import head_selection
 from secu_plugin.train.checkpoint import TrainProgress, resume_checkpoint, save_checkpoint
 from secu_plugin.train.evaluation import evaluate_predictions
 from secu_plugin.train.memory_shards import MemoryShards
+from secu_plugin.train.pixel_check import (
+    backbone_features,
+    compare_with_pixel_kmeans,
+    final_line_fields,
+    verdict,
+)
 from secu_plugin.train.report import (
     EpochReport,
     dataset_names,
@@ -212,6 +219,9 @@ class RecipeRun:
         labels: np.ndarray | None,
         projections: torch.Tensor,
         baseline_features: torch.Tensor | None = None,
+        *,
+        next_step: str,
+        pooled_features: Callable[[np.ndarray], torch.Tensor] | None = None,
     ) -> dict:
         """Scores ``predictions`` (H, N) of ``eval_images`` and the bank's memory, then writes
         the model directory (card with the results), results.json, the cluster-size plot, a
@@ -222,6 +232,10 @@ class RecipeRun:
         ``projections``) goes to the model's training record, results.json, the report and
         the final line, which names the recommended head. ``bank`` None (a fine-tuned model,
         trained without one): no memory to score, the cluster sizes are the predictions'.
+        The run against k-means on the pixels (:mod:`secu_plugin.train.pixel_check`; without
+        labels on the graph of ``pooled_features(rows)``, default the model's backbone) goes to
+        the final line, results.json and the report; ``next_step``: the command it advises
+        when the run is no better.
         """
         data_name, hub_id = dataset_names(self.settings.data)
         num_clusters = model.num_clusters
@@ -256,11 +270,23 @@ class RecipeRun:
             sizes = [np.bincount(p, minlength=k) for p, k in zip(predictions, num_clusters)]
         else:
             sizes = [s.cpu().numpy() for s in bank.cluster_sizes()]  # sharded: every rank's part
-        if self.accelerator.is_main_process:
-            self.write_outputs(
-                model, bank, eval_images, predictions, results, baseline, cluster_sizes=sizes
+        if self.accelerator.is_main_process:  # one process reads the pixels and runs k-means
+            found = compare_with_pixel_kmeans(
+                eval_images,
+                predictions,
+                num_clusters,
+                selection["recommended_head"],
+                labels,
+                pooled_features or backbone_features(model, eval_images),
+                next_step,
+                seed=self.args.seed,
             )
-            self.write_report(model, eval_images, projections, labels)
+            self.log(verdict(found))
+            record = {**baseline, "pixel_check": found}
+            self.write_outputs(model, bank, eval_images, predictions, results, record, sizes)
+            notes = [note for note in (verdict(found), found.get("advice")) if note]
+            self.write_report(model, eval_images, projections, labels, notes=notes)
+            metrics.update(final_line_fields(found))
         return {
             **metrics,
             "recommended_num_clusters": recommended,
@@ -310,9 +336,11 @@ class RecipeRun:
         eval_images: ImageDataset,
         projections: torch.Tensor,
         labels: np.ndarray | None,
+        notes: tuple[str, ...] | list[str] = (),
     ) -> Path:
         """``report/index.html``: every head's clusters of the evaluation images (their
-        sizes, the images nearest to each center and the least confident ones)."""
+        sizes, the images nearest to each center and the least confident ones); ``notes``:
+        sentences at its top."""
         found = assign_projections(projections, list(model.centers), model.temperature)
         selection = model.training_recipe["k_selection"]
         return write_cluster_report(
@@ -329,6 +357,7 @@ class RecipeRun:
             class_names=eval_images.classes,
             names=eval_images.paths,
             title=f"SeCu clusters of {self.settings.data}",
+            notes=notes,
         )
 
     def update_results(self, **entries: Any) -> dict | None:
@@ -347,6 +376,8 @@ class RecipeRun:
         ``results.json`` (written by the export, before the end) gets the times too: the
         total, each epoch's and their median, and the recipe's ``seconds_*`` parts."""
         summary = {**summary, "seconds": round(time.time() - self.started, 1)}
+        if summary.get("advice"):
+            self.log(f"advice: {summary['advice']}")
         summary["output_dir"] = str(self.output_dir)
         self.update_results(
             seconds={
