@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from in_process import run_here
 from launch import ROOT, TINY, TRAIN, accelerate_launch, write_digit_folder
 from torch import nn
 
@@ -274,14 +275,8 @@ def test_checkpoints_are_replaced_atomically(digit_folder, full_run, tmp_path):
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(TRAIN), "--resume", "--output_dir", str(tmp_path), *TINY],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=ROOT,
-    )
+    # in this process: the recipe's own code, without a new process's seconds of imports
+    result = run_here(TRAIN, "--resume", "--output_dir", str(tmp_path), *TINY)
     assert result.returncode != 0 and "no complete checkpoint" in result.stderr
 
 
@@ -469,10 +464,9 @@ def test_a_launch_whose_processes_would_run_alone_is_refused(digit_folder, tmp_p
 def test_an_output_directory_inside_the_data_folder_is_refused(digit_folder):
     """A run's output never becomes its input: the next run would train on its montage."""
     inside = digit_folder / "3" / "run"
-    result = subprocess.run(
-        [sys.executable, str(TRAIN), "--data", str(digit_folder), "--output_dir", str(inside),
-         "--no_progress", *TINY],
-        capture_output=True, text=True, timeout=300, check=False, cwd=ROOT,
+    result = run_here(
+        TRAIN, "--data", str(digit_folder), "--output_dir", str(inside), "--no_progress", *TINY,
+        env={"SECU_DEBUG": None},
     )  # fmt: skip
     assert result.returncode == 2, result.stderr[-3000:]
     last_line = result.stderr.strip().splitlines()[-1]
