@@ -130,16 +130,7 @@ def test_a_full_disk_ends_the_run_clearly_and_keeps_the_last_checkpoint(digits, 
     assert sorted(p.name for p in checkpoints.iterdir() if p.is_dir()) == [before]
 
 
-# One case runs in the fast suite; each further case is another recipe process (slow suite).
-@pytest.mark.parametrize(
-    "case",
-    [
-        "missing",
-        pytest.param("empty", marks=pytest.mark.slow),
-        pytest.param("one_image", marks=pytest.mark.slow),
-        "too_few_for_the_heads",
-    ],
-)
+@pytest.mark.parametrize("case", ["missing", "empty", "one_image", "too_few_for_the_heads"])
 def test_user_mistakes_end_in_one_error_line(case, tmp_path):
     data = tmp_path / "data"
     if case != "missing":
@@ -175,13 +166,10 @@ def test_user_mistakes_end_in_one_error_line(case, tmp_path):
         assert "Traceback" in debug.stderr
 
 
-@pytest.mark.slow
 def test_evaluate_reports_a_missing_model_in_one_line(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "recipes" / "evaluate.py"), "--model", str(tmp_path / "no"),
-         "--data", "mnist5k"],
-        capture_output=True, text=True, timeout=120, check=False, cwd=ROOT,
-    )  # fmt: skip
+    evaluate = ROOT / "recipes" / "evaluate.py"
+    # in this process: the recipe's own code, without a new process's seconds of imports
+    result = run_here(evaluate, "--model", str(tmp_path / "no"), "--data", "mnist5k")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: ")
 

@@ -216,10 +216,25 @@ def assert_same_state(resumed: dict, full: dict, exact: bool) -> None:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(digits, tmp_path_factory) -> dict:
+def uninterrupted_run(digits, tmp_path_factory) -> tuple[dict, Path]:
+    """One uninterrupted run on 2 processes, shared: its final line and output directory."""
     out = tmp_path_factory.mktemp("full")
     result = launch(digits, out, 2)
     assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1]), out
+
+
+@pytest.mark.slow
+def test_two_processes_with_a_sharded_memory_are_in_sync(uninterrupted_run):
+    """Each rank holds its own part of a sharded memory (and its own ``memory_shard`` index):
+    the check compares only what the ranks must share, so a correct run reports them in sync."""
+    summary, _ = uninterrupted_run
+    assert summary["num_processes"] == 2 and summary["ranks_in_sync"] is True
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(uninterrupted_run) -> dict:
+    _, out = uninterrupted_run
     assert (out / "results.json").is_file()  # the export ran: the memory's ACC included
     state = final_state(out)
     # Every rank's labels were saved: an epoch labels 48 of the 50 images, a rank owns 25.
