@@ -23,12 +23,24 @@ import torch
 def run_here(
     script: Path, *args: str, env: dict[str, str | None] | None = None
 ) -> subprocess.CompletedProcess:
-    """``python script *args`` run as ``__main__`` in this process: its exit code, stdout and
+    r"""``python script *args`` run as ``__main__`` in this process: its exit code, stdout and
     stderr, as a subprocess would give them. ``env`` sets variables (None: unsets one) for
     the run. Stderr gets what a new process would print there: the warnings issued (every
     one, the deprecations too), the log records from WARNING up, and an uncaught exception's
     traceback (exit code 1). The process's environment, argv, thread count and random states
-    are restored afterwards, so later tests see no difference."""
+    are restored afterwards, so later tests see no difference.
+
+    Examples:
+        >>> import tempfile
+        >>> script = Path(tempfile.mkdtemp()) / "script.py"
+        >>> _ = script.write_text("import sys, warnings\nprint(sys.argv[1:])\n"
+        ...                       "warnings.warn('careful')\nsys.exit(3)\n")
+        >>> result = run_here(script, "a", "b")
+        >>> result.returncode, result.stdout
+        (3, "['a', 'b']\n")
+        >>> "UserWarning: careful" in result.stderr
+        True
+    """
     stdout, stderr = io.StringIO(), io.StringIO()
     saved = (os.environ.copy(), sys.argv, list(sys.path), torch.get_num_threads())
     rng = (random.getstate(), np.random.get_state(), torch.random.get_rng_state())
