@@ -130,14 +130,14 @@ def main(args: argparse.Namespace) -> dict:
         raise ValueError("the model does not record its data: pass --data")
     settings = get_preset(args.preset, FINETUNE_PRESETS, **overrides)
     images = read_images(settings.data, "train", args)
-    run = RecipeRun.start(args, settings)
-    accelerator, log = run.accelerator, run.log
     batch_size, num_neighbors = settings.loader.batch_size, settings.pairing.num_neighbors
-    if len(images) <= num_neighbors or len(images) < batch_size:
+    if len(images) <= num_neighbors or len(images) < batch_size:  # before the run writes
         raise ValueError(
             f"{len(images)} images: need more than num_neighbors ({num_neighbors}) and at "
             f"least one batch ({batch_size}); pass e.g. --set batch_size={max(2, len(images) // 4)}"
         )
+    run = RecipeRun.start(args, settings)
+    accelerator, log = run.accelerator, run.log
     if batch_size % accelerator.num_processes:
         raise ValueError(
             f"batch_size {batch_size} is not divisible by the {accelerator.num_processes} "

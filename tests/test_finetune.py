@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from secu_plugin import SeCuModel
 from secu_plugin.frozen.finetune import StagedBackbone
@@ -23,11 +23,10 @@ from secu_plugin.frozen.self_labeling import self_label_loss
 from secu_plugin.k_signals import neighbor_agreement
 from secu_plugin.train.presets import get_preset
 from secu_plugin.train.settings import group_fields
-from tests.launch import ROOT, accelerate_launch, write_digit_folder
-from tests.test_pretrained import run_recipe as run_train_head
+from tests.in_process import run_here
+from tests.launch import ROOT, accelerate_launch
 from tests.test_readme import check_final_line_examples
 
-TRAIN_HEAD = ROOT / "recipes" / "train_head.py"
 FINETUNE = ROOT / "recipes" / "finetune.py"
 
 
@@ -114,25 +113,17 @@ def test_finetune_settings_are_a_preset_registry_like_the_others():
 
 
 @pytest.fixture(scope="module")
-def frozen_model(tmp_path_factory) -> tuple[Path, Path]:
-    """A frozen-head model of timm's tiny test_efficientnet on 120 digit images."""
+def frozen_model(frozen_head_run, tmp_path_factory) -> tuple[Path, Path]:
+    """A frozen-head model of timm's tiny test_efficientnet on 120 digit images: the session's
+    run of recipes/train_head.py, its output linked as ``root/out`` (this module's feature
+    cache and outputs stay in ``root``, apart from the shared run's). Root and digit folder."""
     root = tmp_path_factory.mktemp("finetune")
-    digits = write_digit_folder(root / "digits", count=120)
-    torch.manual_seed(0)
-    weights = root / "test_efficientnet.safetensors"
-    save_file(timm.create_model("test_efficientnet", num_classes=0).state_dict(), str(weights))
-    run_train_head(
-        TRAIN_HEAD, "--data", str(digits), "--backbone", "test_efficientnet",
-        "--pretrained_file", str(weights), "--input_size", "32",
-        "--cache_dir", str(root / "cache"), "--output_dir", str(root / "frozen"),
-        "--set", "num_clusters=[10,20]", "batch_size=32", "epochs=3", "warmup_epochs=1",
-        "kmeans_epoch=2",
-    )  # fmt: skip
-    return root, digits
+    (root / "out").symlink_to(frozen_head_run.root / "out", target_is_directory=True)
+    return root, frozen_head_run.digits
 
 
 def finetune_args(root: Path, out: Path) -> list[str]:
-    return ["--model", str(root / "frozen"), "--output_dir", str(out),
+    return ["--model", str(root / "out"), "--output_dir", str(out),
             "--cache_dir", str(root / "cache"), *TINY_FINETUNE]  # fmt: skip
 
 
@@ -166,7 +157,7 @@ def test_finetune_starts_from_the_frozen_model_and_never_ends_below_its_criterio
 ):
     root, _ = frozen_model
     summary, out = finetuned
-    start = SeCuModel.from_pretrained(root / "frozen" / "model")
+    start = SeCuModel.from_pretrained(root / "out" / "model")
     # the final line has what the other recipes print, and the scaffold's export wrote them
     for key in ("accuracy", "nmi", "ari", "recommended_num_clusters", "seconds"):
         assert key in summary, key
@@ -226,19 +217,30 @@ def test_a_killed_finetuning_resumes_to_the_same_result(frozen_model, finetuned,
 
 def test_finetune_refuses_bad_input_with_a_clear_message(frozen_model, tmp_path):
     root, _ = frozen_model
-    missing = run_finetune("--model", str(tmp_path), check=False)
-    assert missing.returncode == 2 and "model.safetensors" in missing.stderr
+    missing = run_finetune("--model", str(tmp_path), check=False)  # a real process: one line
+    lines = missing.stderr.strip().splitlines()
+    assert missing.returncode == 2 and len(lines) == 1 and "model.safetensors" in lines[0]
     for setting, named in (
         ("confident_fraction=1.5", "confident_fraction"),
         ("num_clusters=[5]", "does not read ['num_clusters']"),  # the start model's
         ("batch_size=500", "least one batch"),
     ):
-        bad = run_finetune(
-            "--model", str(root / "frozen"), "--output_dir", str(tmp_path / "out"),
-            "--cache_dir", str(root / "cache"), "--set", setting, check=False,
-        )  # fmt: skip
+        bad = run_here(
+            FINETUNE,
+            "--no_progress",
+            "--model",
+            str(root / "out"),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--cache_dir",
+            str(root / "cache"),
+            "--set",
+            setting,
+            env={"HF_HUB_OFFLINE": "1", "SECU_DEBUG": None},
+        )
         lines = bad.stderr.strip().splitlines()
         assert bad.returncode == 2 and len(lines) == 1 and named in lines[0], bad.stderr[-2000:]
+        assert not (tmp_path / "out").exists()  # refused before the run wrote anything
 
 
 @pytest.mark.slow

@@ -90,8 +90,7 @@ def test_the_recipe_trains_turtle_heads(tmp_path):
     from safetensors.torch import save_file
 
     from secu_plugin import SeCuModel
-    from tests.launch import write_digit_folder
-    from tests.test_pretrained import TRAIN_HEAD, head_args, run_recipe
+    from tests.launch import TRAIN_HEAD, head_args, run_recipe, write_digit_folder
 
     torch.manual_seed(0)
     weights = tmp_path / "test_efficientnet.safetensors"

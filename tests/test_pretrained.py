@@ -21,45 +21,26 @@ from secu_plugin import SeCuModel
 from secu_plugin.core.neighbors import nearest_neighbors
 from secu_plugin.data import ImageDataset
 from secu_plugin.data.feature_pairs import CachedPairs
-from tests.launch import ROOT, TRAIN, write_digit_folder
+from tests.in_process import run_here
+from tests.launch import (
+    TRAIN,
+    TRAIN_HEAD,
+    head_args,
+    run_recipe,
+    write_digit_folder,
+    write_weights_file,
+)
 from tests.test_readme import check_final_line_examples
-
-TRAIN_HEAD = ROOT / "recipes" / "train_head.py"
-TINY_HEADS = ["--set", "num_clusters=[10,20]", "batch_size=32", "epochs=3", "warmup_epochs=1",
-              "kmeans_epoch=2"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def weights_file(tmp_path_factory) -> Path:
-    """'Pretrained' weights of timm's tiny test_efficientnet in a local file (random but fixed)."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "test_efficientnet.safetensors"
-    save_file(timm.create_model("test_efficientnet", num_classes=0).state_dict(), str(path))
-    return path
+    return write_weights_file(tmp_path_factory.mktemp("weights") / "test_efficientnet.safetensors")
 
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> Path:
     return write_digit_folder(tmp_path_factory.mktemp("digits"), count=120)
-
-
-def run_recipe(script: Path, *args: str, env: dict | None = None, check: bool = True):
-    command = [sys.executable, str(script), "--no_progress", "--report_to", "none", *args]
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "SECU_NUM_THREADS": "1", **(env or {})}
-    result = subprocess.run(
-        command, capture_output=True, text=True, timeout=600, env=environment, check=False
-    )
-    if check:
-        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    return result
-
-
-def head_args(tmp_path: Path, digits: Path, weights: Path, *extra: str) -> list[str]:
-    return [
-        "--data", str(digits), "--backbone", "test_efficientnet", "--pretrained_file",
-        str(weights), "--input_size", "32", "--cache_dir", str(tmp_path / "cache"),
-        "--output_dir", str(tmp_path / "out"), *TINY_HEADS, *extra,
-    ]  # fmt: skip
 
 
 def test_nearest_neighbors_are_exact_in_any_block_size():
@@ -119,9 +100,10 @@ def test_pairs_draw_neighbors_or_two_different_views_reproducibly():
         CachedPairs(features[:, :2], "views")
 
 
-def test_frozen_backbone_recipe_exports_a_working_model(tmp_path, digits, weights_file):
-    result = run_recipe(TRAIN_HEAD, *head_args(tmp_path, digits, weights_file))
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+def test_frozen_backbone_recipe_exports_a_working_model(tmp_path, frozen_head_run):
+    """The shared run of recipes/train_head.py (the fixture): its log, outputs and model."""
+    result, summary = frozen_head_run.result, frozen_head_run.summary
+    digits, weights_file = frozen_head_run.digits, frozen_head_run.weights
     assert 0 <= summary["accuracy"] <= 1 and "kmeans_accuracy" in summary
     check_final_line_examples("recipes/train_head.py", summary)  # the docs' example line
     assert "embedding 120 images x 1 views" in result.stdout
@@ -172,8 +154,9 @@ def test_frozen_backbone_recipe_exports_a_working_model(tmp_path, digits, weight
     rows = out.read_text().splitlines()[1:]
     assert len(rows) == 120
 
-    # A second run reuses the cache and trains the same heads.
-    again = run_recipe(TRAIN_HEAD, *head_args(tmp_path, digits, weights_file))
+    # A second run (its own output directory) reuses the cache and trains the same heads.
+    args = head_args(frozen_head_run.root, digits, weights_file)
+    again = run_recipe(TRAIN_HEAD, *args, "--output_dir", str(tmp_path / "again"))
     assert "reusing the cached features" in again.stdout
     assert json.loads(again.stdout.strip().splitlines()[-1])["accuracy"] == summary["accuracy"]
 
@@ -201,7 +184,15 @@ def test_view_pairs_and_a_corrupt_image(tmp_path, digits, weights_file):
     broken = tmp_path / "digits"
     subprocess.run(["cp", "-r", str(digits), str(broken)], check=True)
     (broken / "3" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
-    refused = run_recipe(TRAIN_HEAD, *head_args(tmp_path, broken, weights_file), check=False)
+    # in this process: the recipe's own code, without a new process's seconds of imports
+    refused = run_here(
+        TRAIN_HEAD,
+        "--no_progress",
+        "--report_to",
+        "none",
+        *head_args(tmp_path, broken, weights_file),
+        env={"HF_HUB_OFFLINE": "1", "SECU_DEBUG": None},
+    )
     assert refused.returncode == 2 and "broken.png" in refused.stderr
     views = ["pairs=views", "augmented_views=2"]
     result = run_recipe(
@@ -215,7 +206,8 @@ def test_view_pairs_and_a_corrupt_image(tmp_path, digits, weights_file):
 def test_train_py_refuses_pretrained_weights_naming_the_fine_tuning_recipe(flag, tmp_path):
     """One way to fine-tune: recipes/finetune.py. train.py says so in one line, before any
     data is read or any output written."""
-    result = run_recipe(TRAIN, *flag, "--output_dir", str(tmp_path / "out"), check=False)
+    # in this process: the recipe's own code, without a new process's seconds of imports
+    result = run_here(TRAIN, "--no_progress", *flag, "--output_dir", str(tmp_path / "out"))
     assert result.returncode == 2, result.stderr[-3000:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {flag[0]}:"), lines
@@ -247,11 +239,12 @@ def test_efficientnet_lite0_weights_give_real_features(tmp_path):
     assert (labels[neighbor.numpy()] == labels).mean() > 0.7
 
 
-@pytest.mark.slow
 def test_an_output_directory_inside_the_data_folder_is_refused(tmp_path, digits, weights_file):
     inside = digits / "run"
     args = [*head_args(tmp_path, digits, weights_file), "--output_dir", str(inside)]
-    result = run_recipe(TRAIN_HEAD, *args, check=False)
+    result = run_here(
+        TRAIN_HEAD, "--no_progress", "--report_to", "none", *args, env={"SECU_DEBUG": None}
+    )
     assert result.returncode == 2, result.stderr[-3000:]
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("error: --output_dir") and "Traceback" not in result.stderr

@@ -77,11 +77,12 @@ def docs_block(name: str) -> str:
 def run_docs_block(name: str, count: int, shorter: dict[str, str], cwd: Path):
     """Runs the ``# name`` bash block of the README or a docs page line by line in ``cwd``
     (the venv's programs, the repository's recipes), appending ``shorter[recipe]`` to a
-    recipe's line; returns the last line's result."""
+    recipe's line; returns every line's result."""
     block = docs_block(name)
     lines = [line for line in block.splitlines() if line.strip()]
     assert len(lines) == count
     bin_dir = Path(sys.executable).parent
+    results = []
     for line in lines:
         line = line.replace(".venv/bin/", f"{bin_dir}/")
         for recipe, extra in shorter.items():
@@ -92,20 +93,83 @@ def run_docs_block(name: str, count: int, shorter: dict[str, str], cwd: Path):
             line, shell=True, capture_output=True, text=True, timeout=300, check=False, cwd=cwd
         )
         assert result.returncode == 0, line + "\n" + result.stdout[-2000:] + result.stderr[-3000:]
-    return result
+        results.append(result)
+    return results
 
 
 @pytest.mark.slow
 def test_readme_workflow_commands_run(tmp_path):
-    """docs/hub.md's workflow, line by line, in a scratch directory with one epoch."""
-    shorter = {"recipes/train.py": " --epochs 1 --no_progress"}
-    result = run_docs_block("workflow", 5, shorter, tmp_path)
+    """docs/hub.md's workflow, line by line, in a scratch directory with 2 epochs. Its first
+    line is the README's first command, shortened: that run's outputs are checked too (one
+    MNIST-5k run for both: each costs a minute)."""
+    shorter = {"recipes/train.py": " --epochs 2 --no_progress"}
+    results = run_docs_block("workflow", 5, shorter, tmp_path)
     rows = (tmp_path / "outputs" / "clusters.csv").read_text().splitlines()
     assert rows[0] == "path,cluster,confidence" and len(rows) == 201
     assert (tmp_path / "outputs" / "montage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     from secu_plugin.train.presets import get_preset
 
-    assert result.stdout.strip() == f"{get_preset('mnist5k').bank.num_clusters} True"
+    assert results[-1].stdout.strip() == f"{get_preset('mnist5k').bank.num_clusters} True"
+    train = results[0]
+    summary = json.loads(train.stdout.strip().splitlines()[-1])
+    assert_shortened_demo_run(summary, train.stdout, tmp_path / "outputs" / "mnist5k")
+
+
+def assert_shortened_demo_run(summary: dict, log: str, out: Path) -> None:
+    """The README's first command, shortened (MNIST-5k, 2 epochs): its final line ``summary``,
+    its log and its output directory ``out``."""
+    assert set(summary) >= {
+        "accuracy",
+        "nmi",
+        "ari",
+        "memory_accuracy",
+        "epochs",
+        "seconds",
+        "output_dir",
+    }
+    assert summary["epochs"] == 2 and 0.0 <= summary["accuracy"] <= 1.0
+    assert "epoch 1: loss" in log and "cluster size min/max K=2:" in log
+    assert " K=10:" in log  # the head of the true K is among the grid's
+    # Accelerate's TensorBoard tracker wrote the run's scalars under output_dir/logs.
+    events = b"".join(p.read_bytes() for p in (out / "logs").rglob("events.out.tfevents.*"))
+    for tag in (b"train/loss", b"lr/encoder", b"lr/centers", b"epoch/changed",
+                b"epoch/memory_accuracy", b"clusters/K10/min"):  # fmt: skip
+        assert tag in events, tag
+    for name in (
+        "cluster_sizes.png",
+        "montage.png",
+        "report/index.html",
+        "results.json",
+        "model/config.json",
+        "model/model.safetensors",
+        "model/README.md",
+    ):
+        assert (out / name).is_file(), name
+    from huggingface_hub import ModelCard
+
+    from secu_plugin.models import SeCuModel
+
+    model = SeCuModel.from_pretrained(str(out / "model"))
+    results = json.loads((out / "results.json").read_text())
+    # The card's results, read back by huggingface_hub's own parser, are the measured ones,
+    # each evaluation (nearest center, training memory) distinct.
+    card = ModelCard.load(out / "model" / "README.md")
+    reported = sorted((r.metric_type, round(r.metric_value, 6)) for r in card.data.eval_results)
+    measured = sorted(
+        (metric, round(evaluation[metric], 6))
+        for evaluation in results["evaluations"]
+        for metric in ("accuracy", "nmi", "ari")
+    )
+    assert len(results["evaluations"]) == 2 and reported == measured
+    assert summary["accuracy"] == pytest.approx(results["evaluations"][0]["accuracy"], abs=1e-4)
+    # The times are added to results.json as the run ends, after the model was saved.
+    seconds = results.pop("seconds")
+    # the recommended head is in results.json and in the model's training record
+    assert results.pop("k_selection") == model.training_recipe["k_selection"]
+    assert model.results == results
+    assert len(seconds["epochs"]) == 2 and seconds["total"] == summary["seconds"]
+    assert seconds["total"] >= sum(seconds["epochs"]) > 0
+    assert min(seconds["epochs"]) <= seconds["median_epoch"] <= max(seconds["epochs"])
 
 
 @pytest.mark.slow

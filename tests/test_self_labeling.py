@@ -103,8 +103,7 @@ def test_the_recipe_self_labels_and_writes_the_features_ceiling(tmp_path, weight
     import json
     from pathlib import Path
 
-    from tests.launch import write_digit_folder
-    from tests.test_pretrained import TRAIN_HEAD, head_args, run_recipe
+    from tests.launch import TRAIN_HEAD, head_args, run_recipe, write_digit_folder
 
     digits = write_digit_folder(tmp_path / "digits", count=120)
     extra = ["self_label_epochs=2"]  # after head_args' --set items

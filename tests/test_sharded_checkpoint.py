@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from in_process import run_here
 from launch import ROOT, TINY, TRAIN, accelerate_launch, write_digit_folder
 from safetensors.torch import load_file, save_file
 
@@ -139,10 +140,14 @@ def test_evaluate_scores_the_memory_of_a_checkpoint(tmp_path, memory):
     torch.save(state, directory / "custom_checkpoint_0.pkl")
     write_manifest(directory)
     (directory.parent / "latest").write_text(directory.name)
-    command = [sys.executable, str(ROOT / "recipes" / "evaluate.py"), "--checkpoint",
-               str(tmp_path), "--data", "mnist5k"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    evaluate = ROOT / "recipes" / "evaluate.py"
+    args = ["--checkpoint", str(tmp_path), "--data", "mnist5k"]
+    if memory == "sharded":  # the recipe as a user runs it
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        command = [sys.executable, str(evaluate), *args]
+        result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    else:  # in this process: the recipe's own code, without a new process's seconds of imports
+        result = run_here(evaluate, *args)
     assert result.returncode == 0, result.stderr[-3000:]
     scores = json.loads(result.stdout.strip().splitlines()[-1])
     assert scores["num_clusters"] == 10 and scores["num_images"] == len(labels) - 100
@@ -150,7 +155,7 @@ def test_evaluate_scores_the_memory_of_a_checkpoint(tmp_path, memory):
     # A shard that does not match the manifest: no verified checkpoint to score.
     if memory == "sharded":
         shard_file(directory, 2, 3).write_bytes(b"changed")
-        result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+        result = run_here(evaluate, *args, env={"SECU_DEBUG": None})
         assert result.returncode == 2 and "no complete checkpoint" in result.stderr
 
 
@@ -211,10 +216,25 @@ def assert_same_state(resumed: dict, full: dict, exact: bool) -> None:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(digits, tmp_path_factory) -> dict:
+def uninterrupted_run(digits, tmp_path_factory) -> tuple[dict, Path]:
+    """One uninterrupted run on 2 processes, shared: its final line and output directory."""
     out = tmp_path_factory.mktemp("full")
     result = launch(digits, out, 2)
     assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1]), out
+
+
+@pytest.mark.slow
+def test_two_processes_with_a_sharded_memory_are_in_sync(uninterrupted_run):
+    """Each rank holds its own part of a sharded memory (and its own ``memory_shard`` index):
+    the check compares only what the ranks must share, so a correct run reports them in sync."""
+    summary, _ = uninterrupted_run
+    assert summary["num_processes"] == 2 and summary["ranks_in_sync"] is True
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(uninterrupted_run) -> dict:
+    _, out = uninterrupted_run
     assert (out / "results.json").is_file()  # the export ran: the memory's ACC included
     state = final_state(out)
     # Every rank's labels were saved: an epoch labels 48 of the 50 images, a rank owns 25.

@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from dataclasses import asdict
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from in_process import run_here
 from launch import ROOT, TINY, TRAIN, accelerate_launch, write_digit_folder
 from test_readme import check_final_line_examples
 from torch import nn
@@ -262,8 +262,13 @@ def test_interrupted_and_resumed_run_matches_uninterrupted_run(digit_folder, ful
     # Interrupted inside epoch 1 (3 steps per epoch), then resumed.
     part, _ = run_recipe([*args, "--output_dir", str(tmp_path / "cut"), "--max_steps", "4"])
     assert part["steps"] == 4
+    # A save that died half-way leaves a directory that nothing points to: resume ignores it.
+    checkpoints = tmp_path / "cut" / "checkpoints"
+    latest = (checkpoints / "latest").read_text()
+    (checkpoints / "state-99999999-epoch-0009").mkdir()
+    (checkpoints / ".latest.tmp").write_text("state-99999999-epoch-0009")
     resumed, log = run_recipe([*args, "--output_dir", str(tmp_path / "cut"), "--resume"])
-    assert "resumed from" in log.stdout + log.stderr
+    assert f"resumed from {checkpoints / latest}" in log.stdout
     assert resumed["steps"] == full["steps"] == 9
     full_bank, full_progress, full_weights = saved_state(full_dir)
     cut_bank, cut_progress, cut_weights = saved_state(tmp_path / "cut")
@@ -279,32 +284,19 @@ def test_interrupted_and_resumed_run_matches_uninterrupted_run(digit_folder, ful
     assert (resumed["accuracy"], resumed["nmi"]) == (full["accuracy"], full["nmi"])
 
 
-def test_checkpoints_are_replaced_atomically(digit_folder, full_run, tmp_path):
-    out = tmp_path / "run"
-    shutil.copytree(full_run[2], out)  # the shared run's directory, as the run left it
-    checkpoints = out / "checkpoints"
+def test_checkpoints_are_replaced_atomically(full_run):
+    """The shared run's directory, as the run left it (a resume that ignores a half-written
+    save: test_interrupted_and_resumed_run_matches_uninterrupted_run)."""
+    checkpoints = full_run[2] / "checkpoints"
     states = sorted((p.name for p in checkpoints.iterdir() if p.is_dir()), reverse=True)
     assert len(states) == 2  # --keep_checkpoints 2: older states removed
     assert (checkpoints / "latest").read_text() == states[0]
     assert all((checkpoints / name / "MANIFEST.json").is_file() for name in states)
-    # A save that died half-way leaves a directory that nothing points to: resume ignores it.
-    (checkpoints / "state-99999999-epoch-0009").mkdir()
-    (checkpoints / ".latest.tmp").write_text("state-99999999-epoch-0009")
-    _, log = run_recipe(
-        ["--data", str(digit_folder), "--epochs", "3", *TINY, "--output_dir", str(out), "--resume"]
-    )
-    assert f"resumed from {checkpoints / states[0]}" in log.stdout
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(TRAIN), "--resume", "--output_dir", str(tmp_path), *TINY],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=ROOT,
-    )
+    # in this process: the recipe's own code, without a new process's seconds of imports
+    result = run_here(TRAIN, "--resume", "--output_dir", str(tmp_path), *TINY)
     assert result.returncode != 0 and "no complete checkpoint" in result.stderr
 
 
@@ -335,74 +327,6 @@ def test_two_process_accelerate_launch_matches_one_process(digit_folder, tmp_pat
             assert torch.equal(two_bank[key], one_bank[key]), key
     torch.testing.assert_close(two_bank["centers.0"], one_bank["centers.0"], rtol=1e-4, atol=1e-5)
     assert two_progress["global_step"] == one_progress["global_step"] == 9
-
-
-@pytest.mark.slow
-def test_two_processes_with_a_sharded_memory_are_in_sync(digit_folder, tmp_path):
-    """Each rank holds its own part of a sharded memory (and its own ``memory_shard`` index):
-    the check compares only what the ranks must share, so a correct run reports them in sync."""
-    args = ["--data", str(digit_folder), "--epochs", "2", *TINY, "memory=sharded",
-            'backbone_kwargs={"norm":"none"}', "projection_batchnorm=false"]  # fmt: skip
-    two, _ = run_recipe([*args, "--output_dir", str(tmp_path)], launcher=accelerate_launch(2))
-    assert two["num_processes"] == 2 and two["ranks_in_sync"] is True
-
-
-@pytest.mark.slow
-def test_shortened_demo_run(tmp_path):
-    """The README's first command, shortened: MNIST-5k, 2 epochs."""
-    summary, log = run_recipe(["--epochs", "2", "--output_dir", str(tmp_path)])
-    assert set(summary) >= {
-        "accuracy",
-        "nmi",
-        "ari",
-        "memory_accuracy",
-        "epochs",
-        "seconds",
-        "output_dir",
-    }
-    assert summary["epochs"] == 2 and 0.0 <= summary["accuracy"] <= 1.0
-    assert "epoch 1: loss" in log.stdout and "cluster size min/max K=2:" in log.stdout
-    assert " K=10:" in log.stdout  # the head of the true K is among the grid's
-    # Accelerate's TensorBoard tracker wrote the run's scalars under output_dir/logs.
-    events = b"".join(p.read_bytes() for p in (tmp_path / "logs").rglob("events.out.tfevents.*"))
-    for tag in (b"train/loss", b"lr/encoder", b"lr/centers", b"epoch/changed",
-                b"epoch/memory_accuracy", b"clusters/K10/min"):  # fmt: skip
-        assert tag in events, tag
-    for name in (
-        "cluster_sizes.png",
-        "montage.png",
-        "report/index.html",
-        "results.json",
-        "model/config.json",
-        "model/model.safetensors",
-        "model/README.md",
-    ):
-        assert (tmp_path / name).is_file(), name
-    from huggingface_hub import ModelCard
-
-    from secu_plugin.models import SeCuModel
-
-    model = SeCuModel.from_pretrained(str(tmp_path / "model"))
-    results = json.loads((tmp_path / "results.json").read_text())
-    # The card's results, read back by huggingface_hub's own parser, are the measured ones,
-    # each evaluation (nearest center, training memory) distinct.
-    card = ModelCard.load(tmp_path / "model" / "README.md")
-    reported = sorted((r.metric_type, round(r.metric_value, 6)) for r in card.data.eval_results)
-    measured = sorted(
-        (metric, round(evaluation[metric], 6))
-        for evaluation in results["evaluations"]
-        for metric in ("accuracy", "nmi", "ari")
-    )
-    assert len(results["evaluations"]) == 2 and reported == measured
-    assert summary["accuracy"] == pytest.approx(results["evaluations"][0]["accuracy"], abs=1e-4)
-    # The times are added to results.json as the run ends, after the model was saved.
-    seconds = results.pop("seconds")
-    # the recommended head is in results.json and in the model's training record
-    assert results.pop("k_selection") == model.training_recipe["k_selection"]
-    assert model.results == results
-    assert len(seconds["epochs"]) == 2 and seconds["total"] == summary["seconds"]
-    assert seconds["total"] >= sum(seconds["epochs"]) > 0
-    assert min(seconds["epochs"]) <= seconds["median_epoch"] <= max(seconds["epochs"])
 
 
 def test_imagenet_recipe_runs_with_predictor_lars_and_byol_views(digit_folder, tmp_path):
@@ -492,10 +416,9 @@ def test_a_launch_whose_processes_would_run_alone_is_refused(digit_folder, tmp_p
 def test_an_output_directory_inside_the_data_folder_is_refused(digit_folder):
     """A run's output never becomes its input: the next run would train on its montage."""
     inside = digit_folder / "3" / "run"
-    result = subprocess.run(
-        [sys.executable, str(TRAIN), "--data", str(digit_folder), "--output_dir", str(inside),
-         "--no_progress", *TINY],
-        capture_output=True, text=True, timeout=300, check=False, cwd=ROOT,
+    result = run_here(
+        TRAIN, "--data", str(digit_folder), "--output_dir", str(inside), "--no_progress", *TINY,
+        env={"SECU_DEBUG": None},
     )  # fmt: skip
     assert result.returncode == 2, result.stderr[-3000:]
     last_line = result.stderr.strip().splitlines()[-1]
