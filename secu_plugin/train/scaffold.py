@@ -18,6 +18,7 @@ import json
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +28,7 @@ import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
 
-from secu_plugin.baselines import kmeans_baseline
+from secu_plugin.baselines import ceiling_headline, kmeans_baseline, report_ceiling
 from secu_plugin.cluster_report import assign_projections, write_cluster_report
 from secu_plugin.core import SeCuCenterBank
 from secu_plugin.data import ImageDataset
@@ -212,6 +213,7 @@ class RecipeRun:
         labels: np.ndarray | None,
         projections: torch.Tensor,
         baseline_features: torch.Tensor | None = None,
+        ceiling: Callable[[int], dict] | None = None,
     ) -> dict:
         """Scores ``predictions`` (H, N) of ``eval_images`` and the bank's memory, then writes
         the model directory (card with the results), results.json, the cluster-size plot, a
@@ -222,6 +224,10 @@ class RecipeRun:
         ``projections``) goes to the model's training record, results.json, the report and
         the final line, which names the recommended head. ``bank`` None (a fine-tuned model,
         trained without one): no memory to score, the cluster sizes are the predictions'.
+        ``ceiling``: called on the main process with the evaluated head's K when labels are
+        known, returns the features' ceiling (:func:`secu_plugin.baselines.feature_ceiling`,
+        or {}): into results.json, its headline into the final line and beside every head's
+        score in the report.
         """
         data_name, hub_id = dataset_names(self.settings.data)
         num_clusters = model.num_clusters
@@ -252,15 +258,20 @@ class RecipeRun:
             scores = kmeans_baseline(baseline_features, labels, k, self.args.seed)
             baseline = {"kmeans_" + m: round(v, 4) for m, v in scores.items()}
         metrics.update(baseline)
+        reference: dict = {}
+        if results and ceiling is not None and self.accelerator.is_main_process:
+            reference = ceiling(results["evaluations"][0]["num_clusters"])
+            metrics.update(ceiling_headline(reference) if reference else {})
         if bank is None:
             sizes = [np.bincount(p, minlength=k) for p, k in zip(predictions, num_clusters)]
         else:
             sizes = [s.cpu().numpy() for s in bank.cluster_sizes()]  # sharded: every rank's part
         if self.accelerator.is_main_process:
+            record = {**baseline, **({"feature_ceiling": reference} if reference else {})}
             self.write_outputs(
-                model, bank, eval_images, predictions, results, baseline, cluster_sizes=sizes
+                model, bank, eval_images, predictions, results, record, cluster_sizes=sizes
             )
-            self.write_report(model, eval_images, projections, labels)
+            self.write_report(model, eval_images, projections, labels, report_ceiling(reference))
         return {
             **metrics,
             "recommended_num_clusters": recommended,
@@ -310,6 +321,7 @@ class RecipeRun:
         eval_images: ImageDataset,
         projections: torch.Tensor,
         labels: np.ndarray | None,
+        feature_ceiling: dict[str, float] | None = None,
     ) -> Path:
         """``report/index.html``: every head's clusters of the evaluation images (their
         sizes, the images nearest to each center and the least confident ones)."""
@@ -328,6 +340,7 @@ class RecipeRun:
             labels=labels,
             class_names=eval_images.classes,
             names=eval_images.paths,
+            feature_ceiling=feature_ceiling,
             title=f"SeCu clusters of {self.settings.data}",
         )
 
