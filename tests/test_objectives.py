@@ -14,7 +14,7 @@ from secu_plugin.core.nearest import nearest_center
 from secu_plugin.core.neighbors import nearest_neighbors
 from secu_plugin.frozen.head_presets import HEAD_PRESETS, ObjectiveSettings
 from secu_plugin.frozen.linear_heads import WhitenedSpace, linear_heads_as_centers
-from secu_plugin.frozen.objective_scan import ScanHeads
+from secu_plugin.frozen.objective_scan import ScanHeads, scan_criterion
 from secu_plugin.frozen.objective_temi import TemiHeads
 from secu_plugin.frozen.objective_turtle import TurtleHeads
 from secu_plugin.frozen.objectives import train_objective_heads
@@ -48,6 +48,20 @@ def test_scan_recovers_separated_groups_from_their_neighbours():
     assert cluster_accuracy(truth, heads.predict(points)[0].numpy()) > 0.95
     with pytest.raises(ValueError, match="neighbors has"):
         heads.fit(points, neighbors[:10])
+
+
+def test_scan_keeps_the_head_of_lowest_criterion_per_k():
+    points, truth = blobs()
+    neighbors = nearest_neighbors(points, k=10)
+    heads = ScanHeads([4, 6], steps=100, heads_per_k=3, self_label_steps=0)
+    heads.fit(points, neighbors, seed=0)
+    assert [len(c) for c in heads.criteria] == [3, 3] and heads.weight.shape[0] == 10
+    kept = heads.predict(points)[0]
+    probs = (points @ heads.split()[0][0].T + heads.split()[1][0]).softmax(1)
+    assert scan_criterion(probs, neighbors) == pytest.approx(min(heads.criteria[0]), abs=1e-3)
+    assert cluster_accuracy(truth, kept.numpy()) > 0.95
+    with pytest.raises(ValueError, match="heads_per_k"):
+        ScanHeads([4], heads_per_k=0)
 
 
 def test_temi_recovers_separated_groups_and_keeps_its_lowest_loss_head():

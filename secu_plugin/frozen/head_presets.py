@@ -107,8 +107,9 @@ class ObjectiveSettings:
     ``objective_lr`` (None: the objective's own defaults) are TURTLE's outer iterations, TEMI's
     or SCAN's steps, and their Adam rate. ``turtle_*``: TURTLE's entropy weight gamma, inner
     Adam steps and rate; ``temi_*``: TEMI's neighbours, MLP heads per K, beta and teacher EMA
-    momentum; ``scan_*``: SCAN's neighbours, entropy weight, and its self-labeling (steps,
-    confidence threshold, feature noise in units of the space's scale).
+    momentum; ``scan_*``: SCAN's neighbours, heads per K (the one kept: SCAN's label-free
+    criterion), entropy weight, and its self-labeling (steps, confidence threshold, feature
+    noise in units of the space's scale).
 
     Examples:
         >>> ObjectiveSettings().objective in OBJECTIVES
@@ -127,6 +128,7 @@ class ObjectiveSettings:
     temi_beta: float = 0.6
     temi_momentum: float = 0.95
     scan_neighbors: int = 20
+    scan_heads: int = 1
     scan_entropy_weight: float = 5.0
     scan_self_label_steps: int = 300
     scan_confidence: float = 0.9
@@ -145,8 +147,11 @@ class ObjectiveSettings:
                 f"scan_neighbors and temi_neighbors must be positive, got "
                 f"{self.scan_neighbors}, {self.temi_neighbors}"
             )
-        if self.temi_heads < 1:
-            raise ValueError(f"temi_heads must be positive, got {self.temi_heads}")
+        if self.temi_heads < 1 or self.scan_heads < 1:
+            raise ValueError(
+                f"temi_heads and scan_heads must be positive, got {self.temi_heads}, "
+                f"{self.scan_heads}"
+            )
         if not 0 < self.temi_beta <= 1:
             raise ValueError(f"temi_beta must be in (0, 1], got {self.temi_beta}")
         if not 0 <= self.temi_momentum < 1:

@@ -118,6 +118,7 @@ def train_objective_heads(
             self_label_steps=settings.scan_self_label_steps,
             confidence=settings.scan_confidence,
             noise=settings.scan_noise,
+            heads_per_k=settings.scan_heads,
         ).fit(space, neighbors[:, :k], seed=seed)
     labels = trained.predict(space)
     export_space = WhitenedSpace.fit(
