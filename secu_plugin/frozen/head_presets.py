@@ -106,8 +106,8 @@ class ObjectiveSettings:
     whitening) of ``objective_dim`` dimensions (0: the raw features); ``objective_steps`` and
     ``objective_lr`` (None: the objective's own defaults) are TURTLE's outer iterations, TEMI's
     or SCAN's steps, and their Adam rate. ``turtle_*``: TURTLE's entropy weight gamma, inner
-    Adam steps and rate; ``temi_*``: TEMI's neighbours, MLP heads per K, beta and teacher EMA
-    momentum; ``scan_*``: SCAN's neighbours, heads per K (the one kept: SCAN's label-free
+    Adam steps and rate, warm start (the inner classifier carried over); ``temi_*``: TEMI's
+    neighbours, MLP heads per K, beta and teacher EMA momentum; ``scan_*``: SCAN's neighbours, heads per K (the one kept: SCAN's label-free
     criterion), entropy weight, and its self-labeling (steps, confidence threshold, feature
     noise in units of the space's scale).
 
@@ -123,6 +123,7 @@ class ObjectiveSettings:
     turtle_gamma: float = 10.0
     turtle_inner_steps: int = 10
     turtle_inner_lr: float = 1e-3
+    turtle_warm_start: bool = False
     temi_neighbors: int = 50
     temi_heads: int = 4
     temi_beta: float = 0.6

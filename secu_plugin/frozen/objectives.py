@@ -99,6 +99,7 @@ def train_objective_heads(
             inner_steps=settings.turtle_inner_steps,
             lr=settings.objective_lr or TURTLE_DEFAULTS["lr"],
             inner_lr=settings.turtle_inner_lr,
+            warm_start=settings.turtle_warm_start,
         ).fit(space, seed=seed)
     elif settings.objective == "temi":
         trained = TemiHeads(
