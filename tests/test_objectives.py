@@ -41,6 +41,18 @@ def test_turtle_recovers_separated_groups_at_every_head():
     assert len(found[1].unique()) > 4  # the K=8 head uses more than the true groups
 
 
+def test_turtle_warm_start_carries_the_inner_classifier_over():
+    points, truth = blobs()
+    heads = TurtleHeads([4], iterations=150, lr=0.01, inner_steps=2, warm_start=True)
+    heads.fit(points, seed=1)
+    assert cluster_accuracy(truth, heads.predict(points)[0].numpy()) > 0.95
+    inner = heads.fresh_inner(points.shape[1], 4, torch.Generator().manual_seed(0))
+    labels = torch.full((len(points), 4), 0.25)
+    heads.inner_fit(points, labels, inner)
+    heads.inner_fit(points, labels, inner)
+    assert inner["step"] == 4  # Adam's step count runs on across outer steps
+
+
 def test_scan_recovers_separated_groups_from_their_neighbours():
     points, truth = blobs()
     neighbors = nearest_neighbors(points, k=10)
