@@ -172,6 +172,6 @@ def test_the_recipe_trains_turtle_heads(tmp_path):
     assert results["feature_ceiling"]["linear_probe"]["supervised"] is True
     probe = summary["linear_probe_accuracy_supervised"]
     page = (Path(summary["output_dir"]) / "report" / "index.html").read_text()
-    assert f"the features' ceiling: linear probe (supervised) ACC {probe:.3f}" in page
+    assert f"ceiling of the same features: linear probe (supervised) ACC {probe:.3f}" in page
     model = SeCuModel.from_pretrained(summary["model_dir"])
     assert model.config["projection_layers"] == 1 and model.num_clusters == [10, 20]

@@ -312,7 +312,7 @@ def _head_view(
             for m, short in (("accuracy", "ACC"), ("nmi", "NMI"), ("ari", "ARI"))
         )
         if feature_ceiling:  # what the same features reach: the heads' score beside it
-            summary += "; the features' ceiling: " + ", ".join(
+            summary += "; ceiling of the same features: " + ", ".join(
                 f"{name} ACC {value:.3f}" for name, value in feature_ceiling.items()
             )
         path = f"{PLOT_FOLDER}/head-{head}-confusion.png"
