@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", required=True)
     parser.add_argument("--lock", help="hold this flock file while a set's variants run")
     args = parser.parse_args(argv)
-    manifest, chosen, _ = manifest_sets(parser, args.manifest, args.sets)
+    _, chosen, _ = manifest_sets(parser, args.manifest, args.sets)
     variants = {}
     for item in args.variants:
         name, _, text = item.partition(":")
