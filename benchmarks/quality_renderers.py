@@ -195,3 +195,34 @@ def render_k_selection(datas: list[dict], options: dict[str, str]) -> str:
         for signal, s in sorted(per_signal.items()):
             rows.append([role(name), signal, f"{s['right']} of {s['runs']}", s["max_steps_off"]])
     return table(["role", "signal (best head)", "right", "farthest pick (grid steps)"], rows)
+
+
+@renderer("objective_sweep")
+def render_objective_sweep(datas: list[dict], options: dict[str, str]) -> str:
+    """benchmarks/frozen_objectives_sweep.py: per variant (rows) the exported heads' ACC at the
+    true K on every set (columns, held-out sets first), their mean and the heads' seconds."""
+    runs = [r for data in datas for r in data["runs"]]
+    sets = sorted(
+        dict.fromkeys(r["set"] for r in runs),
+        key=lambda n: n.startswith(("mnist", "digits", "color")),
+    )
+    rows = []
+    for variant in dict.fromkeys(r["variant"] for r in runs):
+        mine = [r for r in runs if r["variant"] == variant]
+        cells, means = [], []
+        for name in sets:
+            accs = [r["accuracy"] for r in mine if r["set"] == name]
+            means.append(sum(accs) / len(accs) if accs else None)
+            cells.append(f"{means[-1]:.3f}" if accs else "-")
+        done = [m for m in means if m is not None]
+        seconds = [r["seconds_heads"] for r in mine]
+        rows.append(
+            [
+                f"`{variant}`",
+                *cells,
+                f"{sum(done) / len(done):.3f}" if len(done) == len(sets) else "-",
+                f"{sum(seconds) / len(seconds):.0f}",
+            ]
+        )
+    header = ["variant", *[f"`{n}`" for n in sets], "mean", "s heads (mean)"]
+    return table(header, rows)
