@@ -263,3 +263,34 @@ def render_which_path(datas: list[dict], options: dict[str, str]) -> str:
         rows.append([f"`{name}`", entry["role"], *cell(frozen), *cell(scratch), *baselines])
     header = ["set", "role", "pretrained + SeCu heads: ACC", "s", "from scratch: ACC", "s"]
     return table([*header, "k-means on the features", "k-means on the pixels"], rows)
+
+
+@renderer("objective_sweep")
+def render_objective_sweep(datas: list[dict], options: dict[str, str]) -> str:
+    """benchmarks/frozen_objectives_sweep.py: per variant (rows) the exported heads' ACC at the
+    true K on every set (columns, held-out sets first), their mean and the heads' seconds."""
+    runs = [r for data in datas for r in data["runs"]]
+    sets = sorted(
+        dict.fromkeys(r["set"] for r in runs),
+        key=lambda n: n.startswith(("mnist", "digits", "color")),
+    )
+    rows = []
+    for variant in dict.fromkeys(r["variant"] for r in runs):
+        mine = [r for r in runs if r["variant"] == variant]
+        cells, means = [], []
+        for name in sets:
+            accs = [r["accuracy"] for r in mine if r["set"] == name]
+            means.append(sum(accs) / len(accs) if accs else None)
+            cells.append(f"{means[-1]:.3f}" if accs else "-")
+        done = [m for m in means if m is not None]
+        seconds = [r["seconds_heads"] for r in mine]
+        rows.append(
+            [
+                f"`{variant}`",
+                *cells,
+                f"{sum(done) / len(done):.3f}" if len(done) == len(sets) else "-",
+                f"{sum(seconds) / len(seconds):.0f}",
+            ]
+        )
+    header = ["variant", *[f"`{n}`" for n in sets], "mean", "s heads (mean)"]
+    return table(header, rows)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -107,7 +108,7 @@ def main(args: argparse.Namespace) -> dict:
     if settings.head_objective.objective == "secu":
         bank, temperature, epochs = train_secu_heads(run, settings, network, images, cache, args)
         projection_head = network.projection_head
-    else:  # TURTLE or SCAN: their heads as a projection and centers (secu_plugin.frozen.objectives)
+    else:  # TURTLE, TEMI or SCAN: their heads as a projection and centers (secu_plugin.frozen.objectives)
         bank, temperature, projection_head = train_other_heads(run, settings, images, cache, args)
         epochs = 0
     trained = time.time()
@@ -158,10 +159,11 @@ def main(args: argparse.Namespace) -> dict:
                 f"--data {shlex.quote(settings.data)} --backbone vit_small_patch14_dinov2.lvd142m"
             ),
             pooled_features=lambda rows: eval_features[torch.as_tensor(rows), 0],
+            ceiling=ceiling_of(eval_features[:, 0], eval_images.labels, args, run.log)
+            if settings.feature_ceiling and eval_images.labels is not None
+            else None,
         )
     )
-    if settings.feature_ceiling and eval_images.labels is not None:
-        summary.update(add_feature_ceiling(run, eval_features[:, 0], eval_images.labels, args))
     return run.finish(summary)
 
 
@@ -256,17 +258,17 @@ def train_secu_heads(
 def train_other_heads(
     run: RecipeRun, settings, images, cache, args: argparse.Namespace
 ) -> tuple[SeCuCenterBank, float, torch.nn.Module]:
-    """TURTLE or SCAN heads on the plain cached features, every process the same (seeded);
+    """TURTLE, TEMI or SCAN heads on the plain cached features, every process the same (seeded);
     returns a bank holding their centers and training clusters (what the export scores), the
     temperature and the projection head."""
     objective = settings.head_objective
     features = cache.features[:, 0]
     neighbors = None
-    if objective.objective == "scan":
+    if objective.objective in ("scan", "temi"):
         neighbors = cached_neighbors(
             run.accelerator,
             cache,
-            objective.scan_neighbors,
+            getattr(objective, f"{objective.objective}_neighbors"),
             settings.pairing.neighbor_whitening,
             run.log,
         )
@@ -286,30 +288,20 @@ def train_other_heads(
     return bank, heads.temperature, torch.nn.Sequential(heads.projection)
 
 
-def add_feature_ceiling(run: RecipeRun, features, labels, args: argparse.Namespace) -> dict:
-    """The features' ceiling (:func:`feature_ceiling`, on at most 20,000 images) into
-    results.json beside the heads' figures; returns its headline figures for the final line."""
-    results = run.update_results()  # the export's record, on the main process
-    if not (results and results.get("evaluations")):  # no labels: nothing to compare with
-        return {}
-    k = results["evaluations"][0]["num_clusters"]
-    labelled = labels[labels >= 0]
-    if len(set(labelled.tolist())) < 2 or len(labelled) <= k + 6:
-        run.log("no features' ceiling: too few labelled images or classes")
-        return {}
-    started = time.time()
-    ceiling = feature_ceiling(features, labels, k, args.seed, max_images=20_000)
-    seconds = round(time.time() - started, 1)
-    run.update_results(feature_ceiling={**ceiling, "seconds_total": seconds})
-    best = max(
-        ceiling[m]["accuracy"] for m in ("kmeans_raw", "kmeans_whitened", "spectral_knn_graph")
-    )
-    return {
-        "best_plain_clustering_accuracy": best,
-        "knn_agreement": ceiling["knn_agreement"]["whitened"],
-        "linear_probe_accuracy_supervised": ceiling["linear_probe"]["accuracy"],
-        "seconds_ceiling": seconds,
-    }
+def ceiling_of(features, labels, args: argparse.Namespace, log) -> Callable[[int], dict]:
+    """The features' ceiling (:func:`feature_ceiling`, on at most 20,000 images) at the
+    evaluated head's K, for the export: results.json, the final line and the report."""
+
+    def ceiling(k: int) -> dict:
+        labelled = labels[labels >= 0]
+        if len(set(labelled.tolist())) < 2 or len(labelled) <= k + 6:
+            log("no features' ceiling: too few labelled images or classes")
+            return {}
+        started = time.time()
+        record = feature_ceiling(features, labels, k, args.seed, max_images=20_000)
+        return {**record, "seconds_total": round(time.time() - started, 1)}
+
+    return ceiling
 
 
 if __name__ == "__main__":

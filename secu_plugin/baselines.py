@@ -271,3 +271,45 @@ def feature_ceiling(
     timings["linear_probe"] = time.time() - started
     result["seconds"] = {name: round(value, 2) for name, value in timings.items()}
     return result
+
+
+PLAIN_CLUSTERINGS = ("kmeans_raw", "kmeans_whitened", "spectral_knn_graph")
+
+
+def ceiling_headline(ceiling: dict) -> dict:
+    """The final line's figures of a :func:`feature_ceiling` record.
+
+    Examples:
+        >>> record = {"kmeans_raw": {"accuracy": 0.5}, "kmeans_whitened": {"accuracy": 0.6},
+        ...           "spectral_knn_graph": {"accuracy": 0.7}, "knn_agreement": {"whitened": 0.9},
+        ...           "linear_probe": {"accuracy": 0.95}, "seconds_total": 2.0}
+        >>> ceiling_headline(record)["best_plain_clustering_accuracy"]
+        0.7
+    """
+    return {
+        "best_plain_clustering_accuracy": max(ceiling[m]["accuracy"] for m in PLAIN_CLUSTERINGS),
+        "knn_agreement": ceiling["knn_agreement"]["whitened"],
+        "linear_probe_accuracy_supervised": ceiling["linear_probe"]["accuracy"],
+        "seconds_ceiling": ceiling.get("seconds_total"),
+    }
+
+
+def report_ceiling(ceiling: dict) -> dict[str, float]:
+    """What the cluster report shows beside each head's ACC, by name ({} without a ceiling).
+
+    Examples:
+        >>> record = {"kmeans_raw": {"accuracy": 0.5}, "kmeans_whitened": {"accuracy": 0.6},
+        ...           "spectral_knn_graph": {"accuracy": 0.7}, "knn_agreement": {"whitened": 0.9},
+        ...           "linear_probe": {"accuracy": 0.95}}
+        >>> report_ceiling(record)
+        {'linear probe (supervised)': 0.95, 'best plain clustering': 0.7}
+        >>> report_ceiling({})
+        {}
+    """
+    if not ceiling:
+        return {}
+    headline = ceiling_headline(ceiling)
+    return {
+        "linear probe (supervised)": headline["linear_probe_accuracy_supervised"],
+        "best plain clustering": headline["best_plain_clustering_accuracy"],
+    }

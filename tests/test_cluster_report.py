@@ -164,6 +164,28 @@ def test_report_of_arrays_shows_every_cluster_and_escapes_names(digits, tmp_path
     assert sum(report.confusion_cells) == 2 * len(labels)
 
 
+def test_report_shows_the_features_ceiling_beside_each_heads_score(tmp_path):
+    """With labels, every head's line carries the ceiling next to its ACC; without labels
+    there is no score to set it beside, so it is not shown."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (60, 16, 16, 3), dtype=np.uint8)
+    labels = np.arange(60) % 3
+    ids = np.stack([labels, (labels + np.arange(60)) % 4])
+    ceiling = {"linear probe (supervised)": 0.9812, "best plain clustering": 0.7}
+    ones = np.ones(ids.shape)
+    page = write_cluster_report(
+        tmp_path / "a", images, ids, ones, labels=labels, feature_ceiling=ceiling
+    ).read_text()
+    line = "ACC 1.000, NMI 1.000, ARI 1.000; ceiling of the same features: "
+    assert (
+        page.count(line + "linear probe (supervised) ACC 0.981, best plain clustering ACC 0.700")
+        == 1
+    )
+    assert page.count("ceiling of the same features:") == 2  # both heads
+    unlabelled = write_cluster_report(tmp_path / "b", images, ids, ones, feature_ceiling=ceiling)
+    assert "ceiling of the same features" not in unlabelled.read_text()
+
+
 def test_report_size_does_not_grow_with_the_data(tmp_path):
     """20,000 images, heads of 10 and 500 clusters: the thumbnails and the page stay within
     the per-head budget (two rows per cluster, at least one image each)."""

@@ -14,7 +14,8 @@ from secu_plugin.core.nearest import nearest_center
 from secu_plugin.core.neighbors import nearest_neighbors
 from secu_plugin.frozen.head_presets import HEAD_PRESETS, ObjectiveSettings
 from secu_plugin.frozen.linear_heads import WhitenedSpace, linear_heads_as_centers
-from secu_plugin.frozen.objective_scan import ScanHeads
+from secu_plugin.frozen.objective_scan import ScanHeads, scan_criterion
+from secu_plugin.frozen.objective_temi import TemiHeads
 from secu_plugin.frozen.objective_turtle import TurtleHeads
 from secu_plugin.frozen.objectives import train_objective_heads
 from secu_plugin.metrics import cluster_accuracy
@@ -40,6 +41,18 @@ def test_turtle_recovers_separated_groups_at_every_head():
     assert len(found[1].unique()) > 4  # the K=8 head uses more than the true groups
 
 
+def test_turtle_warm_start_carries_the_inner_classifier_over():
+    points, truth = blobs()
+    heads = TurtleHeads([4], iterations=150, lr=0.01, inner_steps=2, warm_start=True)
+    heads.fit(points, seed=1)
+    assert cluster_accuracy(truth, heads.predict(points)[0].numpy()) > 0.95
+    inner = heads.fresh_inner(points.shape[1], 4, torch.Generator().manual_seed(0))
+    labels = torch.full((len(points), 4), 0.25)
+    heads.inner_fit(points, labels, inner)
+    heads.inner_fit(points, labels, inner)
+    assert inner["step"] == 4  # Adam's step count runs on across outer steps
+
+
 def test_scan_recovers_separated_groups_from_their_neighbours():
     points, truth = blobs()
     neighbors = nearest_neighbors(points, k=10)
@@ -47,6 +60,53 @@ def test_scan_recovers_separated_groups_from_their_neighbours():
     assert cluster_accuracy(truth, heads.predict(points)[0].numpy()) > 0.95
     with pytest.raises(ValueError, match="neighbors has"):
         heads.fit(points, neighbors[:10])
+
+
+def test_scan_keeps_the_head_of_lowest_criterion_per_k():
+    points, truth = blobs()
+    neighbors = nearest_neighbors(points, k=10)
+    heads = ScanHeads([4, 6], steps=100, heads_per_k=3, self_label_steps=0)
+    heads.fit(points, neighbors, seed=0)
+    assert [len(c) for c in heads.criteria] == [3, 3] and heads.weight.shape[0] == 10
+    kept = heads.predict(points)[0]
+    probs = (points @ heads.split()[0][0].T + heads.split()[1][0]).softmax(1)
+    assert scan_criterion(probs, neighbors) == pytest.approx(min(heads.criteria[0]), abs=1e-3)
+    assert cluster_accuracy(truth, kept.numpy()) > 0.95
+    with pytest.raises(ValueError, match="heads_per_k"):
+        ScanHeads([4], heads_per_k=0)
+
+
+def test_temi_recovers_separated_groups_and_keeps_its_lowest_loss_head():
+    points, truth = blobs()
+    neighbors = nearest_neighbors(points, k=10)
+    heads = TemiHeads([4, 6], heads_per_k=3, steps=150, batch_size=128).fit(points, neighbors)
+    found = heads.predict(points)
+    assert cluster_accuracy(truth, found[0].numpy()) > 0.95
+    assert len(found[1].unique()) > 4  # the K=6 head uses more than the true groups
+    assert [len(losses) for losses in heads.losses] == [3, 3]
+    chosen = heads.teachers[0][0]  # the first matrix of the K=4 head kept
+    assert chosen.shape == (1, points.shape[1], heads.hidden)
+    with pytest.raises(ValueError, match="neighbors must be"):
+        heads.fit(points, neighbors[:10])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"beta": 1.5}, "beta"),
+        ({"momentum": 1.0}, "momentum"),
+        ({"heads_per_k": 0}, "positive"),
+        ({"num_clusters": [1]}, "2\\+ clusters"),
+    ],
+)
+def test_temi_refuses_bad_settings(change, message):
+    with pytest.raises(ValueError, match=message):
+        TemiHeads(**{"num_clusters": [3], **change})
+
+
+def test_temi_heads_predict_only_after_fit():
+    with pytest.raises(ValueError, match="fit first"):
+        TemiHeads([3]).predict(torch.zeros(2, 4))
 
 
 def test_linear_heads_export_with_the_same_clusters():
@@ -67,7 +127,10 @@ def test_objective_heads_are_exported_and_agree():
     settings = ObjectiveSettings(objective="scan", objective_dim=8, objective_steps=200)
     heads = train_objective_heads(settings, points.abs(), [4, 6], seed=0)
     assert heads.labels.shape == (2, len(points)) and min(heads.agreement) > 0.9
-    with pytest.raises(ValueError, match="turtle or scan"):
+    temi = ObjectiveSettings(objective="temi", objective_dim=8, objective_steps=100, temi_heads=2)
+    heads = train_objective_heads(temi, points, [4], seed=0)
+    assert min(heads.agreement) > 0.9  # TEMI's MLP heads refitted as linear ones
+    with pytest.raises(ValueError, match="turtle, temi or scan"):
         train_objective_heads(ObjectiveSettings(), points, [4])
 
 
@@ -76,6 +139,8 @@ def test_objective_heads_are_exported_and_agree():
     [
         ({"objective": "temi2"}, "objective='temi2' is not one of the allowed values: 'secu'"),
         ({"objective_dim": -1}, "objective_dim"),
+        ({"temi_beta": 0.0}, "temi_beta"),
+        ({"temi_neighbors": 0}, "temi_neighbors"),
     ],
 )
 def test_bad_objective_settings_are_named(change, message):
@@ -104,5 +169,8 @@ def test_the_recipe_trains_turtle_heads(tmp_path):
     results = json.loads((Path(summary["output_dir"]) / "results.json").read_text())
     assert [h["num_clusters"] for h in results["k_selection"]["heads"]] == [10, 20]
     assert results["feature_ceiling"]["linear_probe"]["supervised"] is True
+    probe = summary["linear_probe_accuracy_supervised"]
+    page = (Path(summary["output_dir"]) / "report" / "index.html").read_text()
+    assert f"ceiling of the same features: linear probe (supervised) ACC {probe:.3f}" in page
     model = SeCuModel.from_pretrained(summary["model_dir"])
     assert model.config["projection_layers"] == 1 and model.num_clusters == [10, 20]

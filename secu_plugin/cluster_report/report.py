@@ -83,6 +83,7 @@ def write_cluster_report(
     labels: np.ndarray | Sequence[int] | None = None,
     class_names: Sequence[str] | None = None,
     names: Sequence[str] | None = None,
+    feature_ceiling: dict[str, float] | None = None,
     title: str = "SeCu cluster report",
     notes: Sequence[str] = (),
     per_cluster: int = 12,
@@ -118,6 +119,9 @@ def write_cluster_report(
         labels: Known class per image (-1 unknown), for the confusion matrices; or None.
         class_names: Names of the label values (default their numbers).
         names: A name per image (its file path), shown on hover (default ``image <i>``).
+        feature_ceiling: Label-based accuracies of other methods on the same features, by
+            name (e.g. ``{"linear probe (supervised)": 0.98}``), shown beside every head's
+            score against ``labels``: how much of what the features know the heads found.
         title: The page title.
         notes: Sentences shown under the title (a run's comparison with k-means, its advice).
         per_cluster: Images per row (nearest; least confident) of a cluster, at most.
@@ -203,6 +207,7 @@ def write_cluster_report(
                 label_array,
                 class_list,
                 center_similarity is not None,
+                feature_ceiling or {},
             )
         )
     thumbs = write_thumbnails(directory, images, shown, thumb_size)
@@ -284,6 +289,7 @@ def _head_view(
     labels: np.ndarray | None,
     class_names: list[str],
     by_similarity: bool,
+    feature_ceiling: dict[str, float],
 ) -> HeadView:
     sizes = members.sizes
     plot_files = [
@@ -308,6 +314,10 @@ def _head_view(
             f"{short} {metrics[m]:.3f}"
             for m, short in (("accuracy", "ACC"), ("nmi", "NMI"), ("ari", "ARI"))
         )
+        if feature_ceiling:  # what the same features reach: the heads' score beside it
+            summary += "; ceiling of the same features: " + ", ".join(
+                f"{name} ACC {value:.3f}" for name, value in feature_ceiling.items()
+            )
         path = f"{PLOT_FOLDER}/head-{head}-confusion.png"
         plots.save_confusion_plot(counts, class_names, name, directory / path)
         confusion_plot = (path, f"classes against the clusters of {name}")

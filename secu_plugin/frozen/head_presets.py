@@ -90,7 +90,7 @@ class SelfLabelSettings:
 
 
 # The head objectives of the frozen path (secu_plugin.frozen.objectives).
-Objective = Literal["secu", "turtle", "scan"]
+Objective = Literal["secu", "turtle", "temi", "scan"]
 OBJECTIVES: tuple[str, ...] = typing.get_args(Objective)
 
 
@@ -98,15 +98,18 @@ OBJECTIVES: tuple[str, ...] = typing.get_args(Objective)
 class ObjectiveSettings:
     """What the heads learn: ``"secu"`` (SeCu's center bank over pairs: the settings above),
     ``"turtle"`` (the labelling a linear classifier fits fastest,
-    :mod:`secu_plugin.frozen.objective_turtle`) or ``"scan"`` (neighbour consistency, then
-    self-labeling, :mod:`secu_plugin.frozen.objective_scan`).
+    :mod:`secu_plugin.frozen.objective_turtle`), ``"temi"`` (k-NN pairs weighted by a teacher
+    ensemble's agreement, :mod:`secu_plugin.frozen.objective_temi`) or ``"scan"`` (neighbour
+    consistency, then self-labeling, :mod:`secu_plugin.frozen.objective_scan`).
 
-    TURTLE and SCAN train linear heads in the neighbour space (square root, L2, PCA whitening)
-    of ``objective_dim`` dimensions (0: the raw features); ``objective_steps`` and
-    ``objective_lr`` (None: the objective's own defaults) are TURTLE's outer iterations or
-    SCAN's steps, and their Adam rate. ``turtle_*``: TURTLE's entropy weight gamma, inner Adam
-    steps and rate; ``scan_*``: SCAN's neighbours, entropy weight, and its self-labeling
-    (steps, confidence threshold, feature noise in units of the space's scale).
+    TURTLE, TEMI and SCAN train their heads in the neighbour space (square root, L2, PCA
+    whitening) of ``objective_dim`` dimensions (0: the raw features); ``objective_steps`` and
+    ``objective_lr`` (None: the objective's own defaults) are TURTLE's outer iterations, TEMI's
+    or SCAN's steps, and their Adam rate. ``turtle_*``: TURTLE's entropy weight gamma, inner
+    Adam steps and rate, warm start (the inner classifier carried over); ``temi_*``: TEMI's
+    neighbours, MLP heads per K, beta and teacher EMA momentum; ``scan_*``: SCAN's neighbours, heads per K (the one kept: SCAN's label-free
+    criterion), entropy weight, and its self-labeling (steps, confidence threshold, feature
+    noise in units of the space's scale).
 
     Examples:
         >>> ObjectiveSettings().objective in OBJECTIVES
@@ -120,7 +123,13 @@ class ObjectiveSettings:
     turtle_gamma: float = 10.0
     turtle_inner_steps: int = 10
     turtle_inner_lr: float = 1e-3
+    turtle_warm_start: bool = False
+    temi_neighbors: int = 50
+    temi_heads: int = 4
+    temi_beta: float = 0.6
+    temi_momentum: float = 0.95
     scan_neighbors: int = 20
+    scan_heads: int = 1
     scan_entropy_weight: float = 5.0
     scan_self_label_steps: int = 300
     scan_confidence: float = 0.9
@@ -134,8 +143,20 @@ class ObjectiveSettings:
             raise ValueError(f"objective_steps must be positive, got {self.objective_steps}")
         if self.objective_lr is not None and self.objective_lr <= 0:
             raise ValueError(f"objective_lr must be positive, got {self.objective_lr}")
-        if self.scan_neighbors < 1:
-            raise ValueError(f"scan_neighbors must be positive, got {self.scan_neighbors}")
+        if self.scan_neighbors < 1 or self.temi_neighbors < 1:
+            raise ValueError(
+                f"scan_neighbors and temi_neighbors must be positive, got "
+                f"{self.scan_neighbors}, {self.temi_neighbors}"
+            )
+        if self.temi_heads < 1 or self.scan_heads < 1:
+            raise ValueError(
+                f"temi_heads and scan_heads must be positive, got {self.temi_heads}, "
+                f"{self.scan_heads}"
+            )
+        if not 0 < self.temi_beta <= 1:
+            raise ValueError(f"temi_beta must be in (0, 1], got {self.temi_beta}")
+        if not 0 <= self.temi_momentum < 1:
+            raise ValueError(f"temi_momentum must be in [0, 1), got {self.temi_momentum}")
 
 
 @dataclass(frozen=True, kw_only=True)

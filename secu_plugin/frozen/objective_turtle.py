@@ -10,7 +10,8 @@ held fixed in the outer loss, and the gradient reaches theta through y alone.
 
 CPU adaptation: every head K of the bank trains at once (the columns of one matrix; the heads
 share nothing but the matmuls), the inner learner and its Adam are plain tensors with their
-gradient written out, full batch.
+gradient written out, full batch. ``warm_start`` is TURTLE's ``--warm_start``: the inner
+classifier and its Adam state carry over from one outer step to the next.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class TurtleHeads(LinearHeads):
     inner_steps: int = TURTLE_DEFAULTS["inner_steps"]
     lr: float = TURTLE_DEFAULTS["lr"]
     inner_lr: float = TURTLE_DEFAULTS["inner_lr"]
+    warm_start: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -84,10 +86,13 @@ class TurtleHeads(LinearHeads):
         gain = direction.detach().norm(dim=1).clone().requires_grad_()
         bias = ((torch.rand(total, generator=generator) * 2 - 1) * bound).requires_grad_()
         outer = torch.optim.Adam([direction, gain, bias], lr=self.lr)
+        inner = None  # a fresh inner classifier every outer step (cold start), or carried over
         for _ in range(self.iterations):
             weight = gain[:, None] * F.normalize(direction, dim=1)
             labels = per_head_softmax(x @ weight.T + bias, self.num_clusters)
-            inner_logits = self.inner_fit(x, labels.detach(), generator)
+            if inner is None or not self.warm_start:
+                inner = self.fresh_inner(dim, total, generator)
+            inner_logits = self.inner_fit(x, labels.detach(), inner)
             log_probs = torch.cat(
                 [p.log_softmax(1) for p in inner_logits.split(self.num_clusters, 1)], 1
             )
@@ -105,27 +110,32 @@ class TurtleHeads(LinearHeads):
             self.bias = bias.detach().clone()
         return self
 
-    @torch.no_grad()
-    def inner_fit(
-        self, x: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
-    ) -> torch.Tensor:
-        """The inner classifier's logits (N, sum K) after ``inner_steps`` full-batch Adam steps
-        from a fresh nn.Linear-style start on soft ``labels``: the gradient of the mean
-        cross-entropy is x.T (softmax - labels) / N, written out (no autograd, no optimizer)."""
-        rows, dim = x.shape
-        total = labels.shape[1]
+    @staticmethod
+    def fresh_inner(dim: int, total: int, generator: torch.Generator) -> dict:
+        """A new inner classifier, nn.Linear's initialisation, and its zero Adam state."""
         bound = dim**-0.5
         weight = (torch.rand(dim, total, generator=generator) * 2 - 1) * bound
         bias = (torch.rand(total, generator=generator) * 2 - 1) * bound
-        moments = [torch.zeros_like(weight), torch.zeros_like(weight)]
-        bias_moments = [torch.zeros_like(bias), torch.zeros_like(bias)]
+        zeros = [torch.zeros_like(t) for t in (weight, weight, bias, bias)]
+        return {"weight": weight, "bias": bias, "moments": zeros, "step": 0}
+
+    @torch.no_grad()
+    def inner_fit(self, x: torch.Tensor, labels: torch.Tensor, inner: dict) -> torch.Tensor:
+        """The inner classifier's logits (N, sum K) after ``inner_steps`` more full-batch Adam
+        steps on soft ``labels`` (``inner`` updated in place): the gradient of the mean
+        cross-entropy is x.T (softmax - labels) / N, written out (no autograd, no optimizer)."""
+        rows = x.shape[0]
+        weight, bias = inner["weight"], inner["bias"]
+        m_w, v_w, m_b, v_b = inner["moments"]
         beta1, beta2, eps = 0.9, 0.999, 1e-8
-        for step in range(1, self.inner_steps + 1):
+        for _ in range(self.inner_steps):
+            inner["step"] += 1
+            step = inner["step"]
             residual = per_head_softmax(x @ weight + bias, self.num_clusters) - labels
             residual /= rows
             for value, grad, (m, v) in (
-                (weight, x.T @ residual, moments),
-                (bias, residual.sum(0), bias_moments),
+                (weight, x.T @ residual, (m_w, v_w)),
+                (bias, residual.sum(0), (m_b, v_b)),
             ):
                 m.mul_(beta1).add_(grad, alpha=1 - beta1)
                 v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)

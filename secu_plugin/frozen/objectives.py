@@ -1,4 +1,4 @@
-"""The heads of a non-SeCu objective (TURTLE, SCAN) trained on cached features, as the
+"""The heads of a non-SeCu objective (TURTLE, TEMI, SCAN) trained on cached features, as the
 projection head and centers of a SeCu model, so that the export, the evaluation, the K
 recommendation and the report of ``recipes/train_head.py`` stay those of SeCu heads.
 
@@ -9,6 +9,7 @@ plain whitened space). That space is not an affine map of the features, so each 
 is refitted as a linear classifier of the affinely whitened features (its clusters as
 targets) and exported exactly (:func:`~secu_plugin.frozen.linear_heads.linear_heads_as_centers`):
 the model predicts what the refitted heads predict; ``agreement`` says how close they are.
+TEMI's heads are MLPs (not a linear map of any space): the same refit is what exports them.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from secu_plugin.core.neighbors import nearest_neighbors, whitened
 from secu_plugin.frozen.head_presets import ObjectiveSettings
 from secu_plugin.frozen.linear_heads import WhitenedSpace, fit_linear_heads, linear_heads_as_centers
 from secu_plugin.frozen.objective_scan import SCAN_DEFAULTS, ScanHeads
+from secu_plugin.frozen.objective_temi import TEMI_DEFAULTS, TemiHeads
 from secu_plugin.frozen.objective_turtle import TURTLE_DEFAULTS, TurtleHeads
 
 # The affinely whitened space of the exported heads: wide enough that a linear classifier
@@ -63,8 +65,8 @@ def train_objective_heads(
     neighbors: torch.Tensor | None = None,
 ) -> ObjectiveHeads:
     """Trains one head per K of ``num_clusters`` on ``features`` (N, D) with
-    ``settings.objective`` and exports them. ``neighbors`` (N, k >= scan_neighbors): SCAN's
-    pairs (default: found in the objective's space).
+    ``settings.objective`` and exports them. ``neighbors`` (N, k): SCAN's or TEMI's pairs
+    (default, or when fewer than the objective's neighbours: found in the objective's space).
 
     Examples:
         >>> generator = torch.Generator().manual_seed(0)
@@ -79,8 +81,16 @@ def train_objective_heads(
         >>> cluster_accuracy(truth.numpy(), heads.labels[0].numpy())
         1.0
     """
+    if settings.objective not in ("turtle", "temi", "scan"):
+        raise ValueError(
+            f"train_objective_heads trains turtle, temi or scan heads, not {settings.objective!r}"
+        )
     torch.manual_seed(seed)
     space = objective_space(features, settings.objective_dim)
+    if settings.objective in ("scan", "temi"):
+        k = min(getattr(settings, f"{settings.objective}_neighbors"), len(space) - 1)
+        if neighbors is None or neighbors.shape[1] < k:
+            neighbors = nearest_neighbors(space, k)
     if settings.objective == "turtle":
         trained = TurtleHeads(
             num_clusters,
@@ -89,11 +99,18 @@ def train_objective_heads(
             inner_steps=settings.turtle_inner_steps,
             lr=settings.objective_lr or TURTLE_DEFAULTS["lr"],
             inner_lr=settings.turtle_inner_lr,
+            warm_start=settings.turtle_warm_start,
         ).fit(space, seed=seed)
-    elif settings.objective == "scan":
-        k = settings.scan_neighbors
-        if neighbors is None or neighbors.shape[1] < k:
-            neighbors = nearest_neighbors(space, min(k, len(space) - 1))
+    elif settings.objective == "temi":
+        trained = TemiHeads(
+            num_clusters,
+            heads_per_k=settings.temi_heads,
+            steps=settings.objective_steps or TEMI_DEFAULTS["steps"],
+            lr=settings.objective_lr or TEMI_DEFAULTS["lr"],
+            beta=settings.temi_beta,
+            momentum=settings.temi_momentum,
+        ).fit(space, neighbors[:, :k], seed=seed)
+    else:
         trained = ScanHeads(
             num_clusters,
             entropy_weight=settings.scan_entropy_weight,
@@ -102,11 +119,8 @@ def train_objective_heads(
             self_label_steps=settings.scan_self_label_steps,
             confidence=settings.scan_confidence,
             noise=settings.scan_noise,
+            heads_per_k=settings.scan_heads,
         ).fit(space, neighbors[:, :k], seed=seed)
-    else:
-        raise ValueError(
-            f"train_objective_heads trains turtle or scan heads, not {settings.objective!r}"
-        )
     labels = trained.predict(space)
     export_space = WhitenedSpace.fit(
         features, min(EXPORT_DIM, features.shape[1], len(features) - 1)

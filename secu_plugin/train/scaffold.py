@@ -28,8 +28,7 @@ import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
 
-from secu_plugin.baselines import kmeans_baseline
-from secu_plugin.cluster_report import assign_projections, write_cluster_report
+from secu_plugin.baselines import ceiling_headline, kmeans_baseline, report_ceiling
 from secu_plugin.core import SeCuCenterBank
 from secu_plugin.data import ImageDataset
 from secu_plugin.data.files import check_output_outside_data
@@ -50,9 +49,9 @@ from secu_plugin.train.report import (
     result_metrics,
     tracker_config,
 )
+from secu_plugin.train.run_files import write_run_files, write_run_report
 from secu_plugin.train.runtime import check_launch, use_cpu_cores
 from secu_plugin.train.settings import RunSettings, parse_overrides
-from secu_plugin.viz import save_cluster_montage, save_cluster_size_plot
 
 if TYPE_CHECKING:
     from secu_plugin.models import SeCuModel
@@ -222,6 +221,7 @@ class RecipeRun:
         *,
         next_step: str,
         pooled_features: Callable[[np.ndarray], torch.Tensor] | None = None,
+        ceiling: Callable[[int], dict] | None = None,
     ) -> dict:
         """Scores ``predictions`` (H, N) of ``eval_images`` and the bank's memory, then writes
         the model directory (card with the results), results.json, the cluster-size plot, a
@@ -236,6 +236,10 @@ class RecipeRun:
         labels on the graph of ``pooled_features(rows)``, default the model's backbone) goes to
         the final line, results.json and the report; ``next_step``: the command it advises
         when the run is no better.
+        ``ceiling``: called on the main process with the evaluated head's K when labels are
+        known, returns the features' ceiling (:func:`secu_plugin.baselines.feature_ceiling`,
+        or {}): into results.json, its headline into the final line and beside every head's
+        score in the report.
         """
         data_name, hub_id = dataset_names(self.settings.data)
         num_clusters = model.num_clusters
@@ -266,6 +270,10 @@ class RecipeRun:
             scores = kmeans_baseline(baseline_features, labels, k, self.args.seed)
             baseline = {"kmeans_" + m: round(v, 4) for m, v in scores.items()}
         metrics.update(baseline)
+        reference: dict = {}
+        if results and ceiling is not None and self.accelerator.is_main_process:
+            reference = ceiling(results["evaluations"][0]["num_clusters"])
+            metrics.update(ceiling_headline(reference) if reference else {})
         if bank is None:
             sizes = [np.bincount(p, minlength=k) for p, k in zip(predictions, num_clusters)]
         else:
@@ -283,9 +291,26 @@ class RecipeRun:
             )
             self.log(verdict(found))
             record = {**baseline, "pixel_check": found}
-            self.write_outputs(model, bank, eval_images, predictions, results, record, sizes)
-            notes = [note for note in (verdict(found), found.get("advice")) if note]
-            self.write_report(model, eval_images, projections, labels, notes=notes)
+            record.update({"feature_ceiling": reference} if reference else {})
+            push_to_hub = self.args.push_to_hub
+            model.set_results(results or None)  # the card's results
+            model.save_pretrained(self.output_dir / "model", repo_id=push_to_hub)
+            write_run_files(
+                self.output_dir, model, eval_images, predictions, results, record, sizes
+            )
+            self.results_written = True
+            write_run_report(
+                self.output_dir,
+                model,
+                eval_images,
+                projections,
+                labels,
+                title=f"SeCu clusters of {self.settings.data}",
+                feature_ceiling=report_ceiling(reference),
+                notes=[note for note in (verdict(found), found.get("advice")) if note],
+            )
+            if push_to_hub:
+                model.push_to_hub(push_to_hub)
             metrics.update(final_line_fields(found))
         return {
             **metrics,
@@ -294,71 +319,6 @@ class RecipeRun:
             "model_dir": str(self.output_dir / "model"),
             "report": str(self.output_dir / "report" / "index.html"),
         }
-
-    def write_outputs(
-        self,
-        model: SeCuModel,
-        bank: SeCuCenterBank | None,
-        eval_images: ImageDataset,
-        predictions: np.ndarray,
-        results: dict,
-        baseline: dict,
-        cluster_sizes: list[np.ndarray] | None = None,
-    ) -> None:
-        """Every file of an evaluated run (main process): what a later report adds goes here.
-        ``cluster_sizes``: the bank's, computed on every rank (sharded, it is a collective)."""
-        push_to_hub = self.args.push_to_hub
-        model.set_results(results or None)
-        model.save_pretrained(self.output_dir / "model", repo_id=push_to_hub)
-        record = {**results, **baseline, "k_selection": model.training_recipe["k_selection"]}
-        (self.output_dir / "results.json").write_text(json.dumps(record, indent=2))
-        self.results_written = True
-        if cluster_sizes is None:
-            cluster_sizes = [s.cpu().numpy() for s in bank.cluster_sizes()]
-        save_cluster_size_plot(
-            cluster_sizes,
-            [f"K={k}" for k in model.num_clusters],
-            self.output_dir / "cluster_sizes.png",
-        )
-        head = results["evaluations"][0]["head"] if results else 0
-        sample = np.random.default_rng(0).permutation(len(eval_images))[:2000]
-        save_cluster_montage(
-            [eval_images[i][0] for i in sample],
-            predictions[head][sample],
-            self.output_dir / "montage.png",
-        )
-        if push_to_hub:
-            model.push_to_hub(push_to_hub)
-
-    def write_report(
-        self,
-        model: SeCuModel,
-        eval_images: ImageDataset,
-        projections: torch.Tensor,
-        labels: np.ndarray | None,
-        notes: tuple[str, ...] | list[str] = (),
-    ) -> Path:
-        """``report/index.html``: every head's clusters of the evaluation images (their
-        sizes, the images nearest to each center and the least confident ones); ``notes``:
-        sentences at its top."""
-        found = assign_projections(projections, list(model.centers), model.temperature)
-        selection = model.training_recipe["k_selection"]
-        return write_cluster_report(
-            self.output_dir / "report",
-            eval_images,
-            found.cluster_ids,
-            found.confidence,
-            found.center_similarity,
-            num_clusters=found.num_clusters,
-            head_names=found.head_names(),
-            recommended_head=selection["recommended_head"],
-            k_selection=selection,
-            labels=labels,
-            class_names=eval_images.classes,
-            names=eval_images.paths,
-            title=f"SeCu clusters of {self.settings.data}",
-            notes=notes,
-        )
 
     def update_results(self, **entries: Any) -> dict | None:
         """Adds ``entries`` to the results.json this run's export wrote (main process); returns
