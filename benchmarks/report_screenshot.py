@@ -90,7 +90,13 @@ def take_screenshot(index: Path, out: Path, window: tuple[int, int] = WINDOW) ->
         command = browser_command(Path(profile))
         size = f"--window-size={window[0]},{window[1]}"
         subprocess.run(
-            [*command, f"--screenshot={out.resolve()}", size, "--hide-scrollbars", index.as_uri()],
+            [
+                *command,
+                f"--screenshot={out.resolve()}",
+                size,
+                "--hide-scrollbars",
+                index.resolve().as_uri(),
+            ],
             capture_output=True,
             timeout=120,
             check=True,
