@@ -77,26 +77,32 @@ def sample_pixels(
     return indices, torch.stack(rows).numpy()
 
 
-def whitened_sample(pixels: np.ndarray, dims: int) -> np.ndarray:
+def whitened_samples(pixels: np.ndarray, dims: Sequence[int]) -> list[np.ndarray]:
     """The rows of ``pixels`` (n, D) in :func:`~secu_plugin.core.neighbors.whitened`'s space
-    (square root, L2 normalization, PCA whitening to ``dims``, L2-normalized), from the n x n
-    Gram matrix: the whitened coordinates are the top eigenvectors times sqrt(n).
+    (square root, L2 normalization, PCA whitening, L2-normalized) for each of ``dims`` (each
+    capped at the sample's rank), from one eigendecomposition of the n x n Gram matrix: the
+    whitened coordinates are the top eigenvectors times sqrt(n).
 
     Examples:
         >>> from secu_plugin.core.neighbors import whitened
         >>> x = np.random.default_rng(0).uniform(size=(30, 8)).astype(np.float32)
-        >>> mine, theirs = whitened_sample(x, 3), F.normalize(whitened(torch.from_numpy(x), 3))
+        >>> mine = whitened_samples(x, [3])[0]
+        >>> theirs = F.normalize(whitened(torch.from_numpy(x), 3))
         >>> bool(np.allclose(np.abs(mine), np.abs(theirs.numpy()), atol=1e-4))
         True
+        >>> [space.shape[1] for space in whitened_samples(x, [2, 50])]  # 50 capped at the rank
+        [2, 8]
     """
     x = torch.from_numpy(pixels).double()
     x = F.normalize(x.sign() * x.abs().sqrt(), dim=1)
     x = x - x.mean(0)
     values, vectors = torch.linalg.eigh(x @ x.T)  # ascending
     kept = int((values > 1e-9 * values[-1].clamp_min(1e-30)).sum())  # the rank: no noise axes
-    dims = max(1, min(dims, kept))
-    top = vectors[:, -dims:].flip(1) * math.sqrt(len(x))
-    return F.normalize(top.float(), dim=1).numpy()
+    spaces = []
+    for wanted in dims:
+        top = vectors[:, -max(1, min(wanted, kept)) :].flip(1) * math.sqrt(len(x))
+        spaces.append(F.normalize(top.float(), dim=1).numpy())
+    return spaces
 
 
 def pixel_clusterings(pixels: np.ndarray, k: int, seed: int) -> dict[str, np.ndarray]:
@@ -104,8 +110,7 @@ def pixel_clusterings(pixels: np.ndarray, k: int, seed: int) -> dict[str, np.nda
     kmeans_baseline`'s): on the raw pixels and on each whitening of :data:`WHITENINGS` (at
     most the sample's rank; already L2-normalized), by name."""
     spaces = {"raw": pixels}
-    for dims in WHITENINGS:
-        space = whitened_sample(pixels, dims)
+    for space in whitened_samples(pixels, WHITENINGS):
         spaces.setdefault(f"whitened_{space.shape[1]}", space)
     return {
         name: kmeans_clusters(space, k, seed, normalize=False) for name, space in spaces.items()
