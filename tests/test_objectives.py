@@ -151,15 +151,16 @@ def test_bad_objective_settings_are_named(change, message):
 def test_the_recipe_trains_turtle_heads(tmp_path):
     """recipes/train_head.py --set objective=turtle: every head of the grid, the K signal, the
     exported model (a linear projection) and the features' ceiling, as for SeCu heads."""
-    import timm
-    from safetensors.torch import save_file
-
     from secu_plugin import SeCuModel
-    from tests.launch import TRAIN_HEAD, head_args, run_recipe, write_digit_folder
+    from tests.launch import (
+        TRAIN_HEAD,
+        head_args,
+        run_recipe,
+        write_digit_folder,
+        write_weights_file,
+    )
 
-    torch.manual_seed(0)
-    weights = tmp_path / "test_efficientnet.safetensors"
-    save_file(timm.create_model("test_efficientnet", num_classes=0).state_dict(), str(weights))
+    weights = write_weights_file(tmp_path / "test_efficientnet.safetensors")
     digits = write_digit_folder(tmp_path / "digits", count=120)
     extra = ["objective=turtle", "objective_steps=20", "objective_dim=16"]
     result = run_recipe(TRAIN_HEAD, *head_args(tmp_path, digits, weights), *extra)

@@ -88,13 +88,9 @@ def test_bad_settings_are_named(change, message):
 @pytest.fixture(scope="module")
 def weights_file(tmp_path_factory):
     """'Pretrained' weights of timm's tiny test_efficientnet in a local file (random but fixed)."""
-    import timm
-    from safetensors.torch import save_file
+    from tests.launch import write_weights_file
 
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "test_efficientnet.safetensors"
-    save_file(timm.create_model("test_efficientnet", num_classes=0).state_dict(), str(path))
-    return path
+    return write_weights_file(tmp_path_factory.mktemp("weights") / "test_efficientnet.safetensors")
 
 
 def test_the_recipe_self_labels_and_writes_the_features_ceiling(tmp_path, weights_file):
