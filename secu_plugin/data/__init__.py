@@ -11,6 +11,7 @@ from secu_plugin.data.files import (
 )
 from secu_plugin.data.indexed import IndexedDataset, with_indices
 from secu_plugin.data.sources import ImageDataset
+from secu_plugin.data.tensor_views import DigitViews
 from secu_plugin.data.transforms import ConvertMode, eval_transform
 from secu_plugin.data.views import (
     MultiViewDataset,
@@ -25,6 +26,7 @@ __all__ = [
     "UNREADABLE_IMAGE_ERRORS",
     "ConvertMode",
     "DataDescription",
+    "DigitViews",
     "FeatureCache",
     "ImageDataset",
     "IndexedDataset",
