@@ -230,11 +230,29 @@ def path_scores(datas: list[dict]) -> dict[str, dict]:
                 best = max(s["kmeans_pixels_acc"], s["kmeans_whitened_pixels_acc"])
                 entry["scratch"] = (s["acc_mean"], s["runs"], s["seconds_median"], best)
         if "dataset" in data and data.get("runs"):
-            demo = data["runs"][0]
             tuned = "tune" if data.get("tuned_on") else "held_out"
             entry = found.setdefault(data["dataset"], {"role": role(tuned)})
-            entry["scratch"] = (demo["accuracy"], 1, demo["seconds"], None)
+            entry["scratch"] = demo_scores(data)
     return found
+
+
+def demo_scores(data: dict) -> tuple:
+    """(mean ACC, runs, median seconds, None) of the demo: demo_speed.py's runs of this
+    checkout, or the first of demo_runs.py's.
+
+    Examples:
+        >>> runs = [{"checkout": "after", "accuracy": 0.97, "seconds_whole_command": 300.0},
+        ...         {"checkout": "before", "accuracy": 0.98, "seconds_whole_command": 700.0},
+        ...         {"checkout": "after", "accuracy": 0.98, "seconds_whole_command": 310.0}]
+        >>> demo_scores({"commits": {}, "runs": runs})
+        (0.975, 2, 310.0, None)
+    """
+    if "commits" not in data:  # demo_runs.py
+        demo = data["runs"][0]
+        return demo["accuracy"], 1, demo["seconds"], None
+    mine = [run for run in data["runs"] if run["checkout"] == "after"]
+    seconds = sorted(run["seconds_whole_command"] for run in mine)[len(mine) // 2]
+    return sum(run["accuracy"] for run in mine) / len(mine), len(mine), seconds, None
 
 
 @renderer("which_path")
@@ -294,3 +312,42 @@ def render_objective_sweep(datas: list[dict], options: dict[str, str]) -> str:
         )
     header = ["variant", *[f"`{n}`" for n in sets], "mean", "s heads (mean)"]
     return table(header, rows)
+
+
+@renderer("demo_speed")
+def render_demo_speed(datas: list[dict], options: dict[str, str]) -> str:
+    """``benchmarks/demo_speed.py``: every run of the demo in both checkouts, in the order
+    they ran, then the profile's milliseconds per step of each part."""
+    rows = []
+    for data in datas:
+        for run in data["runs"]:
+            rows.append(
+                [
+                    f"{run['checkout']} (`{data['commits'][run['checkout']][:7]}`)",
+                    run["seed"],
+                    f"{run['seconds_whole_command']:.0f}",
+                    f"{run['seconds_training']:.0f}",
+                    f"{run['seconds_per_epoch_median']:.1f}",
+                    f"{run['seconds_start_up']:.0f} / {run['seconds_evaluation_and_export']:.0f}",
+                    f"{run['accuracy']:.4f}",
+                    run.get("recommended_num_clusters") or "-",
+                ]
+            )
+    header = ["checkout", "seed", "whole command s", "training s", "s per epoch"]
+    text = table([*header, "start-up / evaluation and export s", "ACC", "K named"], rows)
+    parts: list[str] = []
+    profiles = [data.get("profiles", {}) for data in datas]
+    for profile in profiles:
+        for found in profile.values():
+            parts = parts or list(found["ms_per_step"])
+    if not parts:
+        return text
+    rows = [
+        [f"{name} (`{data['commits'][name][:7]}`)", found["steps"]]
+        + [f"{found['ms_per_step'][part]:.1f}" for part in parts]
+        + [f"{found['seconds_start_up']:.1f}"]
+        for data in datas
+        for name, found in data.get("profiles", {}).items()
+    ]
+    header = ["profile (cProfile)", "steps", *(f"{part} ms/step" for part in parts)]
+    return text + "\n\n" + table([*header, "start-up s"], rows)
