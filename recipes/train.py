@@ -100,9 +100,6 @@ class TwoViewNetwork(nn.Module):
         self.network = network
 
     def forward(self, view0: torch.Tensor, view1: torch.Tensor):
-        # channels-last: the layout oneDNN's convolutions run fastest in (the network too)
-        view0 = view0.contiguous(memory_format=torch.channels_last)
-        view1 = view1.contiguous(memory_format=torch.channels_last)
         z0, z1 = self.network(view0), self.network(view1)
         if self.network.predictor is None:
             return z0, z1, None, None
@@ -160,7 +157,6 @@ def main(args: argparse.Namespace) -> dict:
     # ---- Network, center bank (the only owner of the centers while training) and loss.
     if accelerator.num_processes > 1 and accelerator.device.type == "cuda":
         network = nn.SyncBatchNorm.convert_sync_batchnorm(network)
-    network = network.to(memory_format=torch.channels_last)  # see TwoViewNetwork
     bank = SeCuCenterBank(num_instances=len(train_images), dim=network.dim, **asdict(settings.bank))
     bank = bank.to(accelerator.device)
     criterion = SeCuLoss(bank, **asdict(settings.loss))

@@ -11,7 +11,6 @@ from secu_plugin.data.files import (
 )
 from secu_plugin.data.indexed import IndexedDataset, with_indices
 from secu_plugin.data.sources import ImageDataset
-from secu_plugin.data.tensor_views import DigitViews
 from secu_plugin.data.transforms import ConvertMode, eval_transform
 from secu_plugin.data.views import (
     MultiViewDataset,
@@ -26,7 +25,6 @@ __all__ = [
     "UNREADABLE_IMAGE_ERRORS",
     "ConvertMode",
     "DataDescription",
-    "DigitViews",
     "FeatureCache",
     "ImageDataset",
     "IndexedDataset",

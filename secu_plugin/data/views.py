@@ -15,7 +15,6 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
-from secu_plugin.data.tensor_views import DigitViews
 from secu_plugin.data.transforms import MNIST_MEAN, MNIST_STD, ConvertMode, per_channel
 
 
@@ -74,63 +73,11 @@ class TwoViewDataset(Dataset):
         return views[0], views[1]
 
     def __getitem__(self, index: int) -> tuple[Any, Any, int]:
-        return self.__getitems__([index])[0]
-
-    def __getitems__(self, indices: Sequence[int]) -> list[tuple[Any, Any, int]]:
-        """The items of a batch (the DataLoader's batched fetch): the random generators are
-        saved and restored once per batch, not per image (numpy's alone took 80 us), and
-        :class:`DigitViews` render the batch's views at once."""
-        # what is random is drawn per image under its seed; rendering all at once is not
-        draw = self.transform.draw if isinstance(self.transform, DigitViews) else self._views
-        with preserved_random() if self.seed is not None else contextlib.nullcontext():
-            drawn = []
-            for index in indices:
-                if self.seed is not None:
-                    seed_random(self.seed, int(self._epoch), int(index))
-                drawn.append(draw(self.dataset[index][0]))
-        if isinstance(self.transform, DigitViews):
-            drawn = self.transform.render(drawn)
-        return [(*views, index) for views, index in zip(drawn, indices)]
-
-
-@contextlib.contextmanager
-def preserved_random() -> Iterator[None]:
-    """Restores the random generators of torch (CPU), numpy and ``random`` after the block.
-
-    Examples:
-        >>> state = torch.get_rng_state()
-        >>> with preserved_random():
-        ...     seed_random(5)
-        >>> bool((torch.get_rng_state() == state).all())
-        True
-    """
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    # The CPU generator only: fork_rng on every accelerator costs 30x more per image.
-    with torch.random.fork_rng(devices=[]):
-        try:
-            yield
-        finally:
-            random.setstate(python_state)
-            np.random.set_state(numpy_state)
-
-
-def seed_random(*key: int) -> None:
-    """Seeds the random generators of torch (CPU), numpy and ``random`` from ``key``: what
-    is drawn next is a function of ``key`` alone.
-
-    Examples:
-        >>> with preserved_random():
-        ...     seed_random(0, 1, 2)
-        ...     a = torch.rand(1)
-        ...     seed_random(0, 1, 2)
-        ...     bool(torch.rand(1) == a)
-        True
-    """
-    item_seed = hash(tuple(key)) % (2**31)
-    # torch.manual_seed would also seed every accelerator: the CPU generator only.
-    torch.default_generator.manual_seed(item_seed)
-    np.random.seed(item_seed)
-    random.seed(item_seed)
+        image, _ = self.dataset[index]
+        if self.seed is None:
+            return (*self._views(image), index)
+        with seeded_random(self.seed, int(self._epoch), int(index)):
+            return (*self._views(image), index)
 
 
 @contextlib.contextmanager
@@ -147,9 +94,19 @@ def seeded_random(*key: int) -> Iterator[None]:
         >>> bool(a == b)
         True
     """
-    with preserved_random():
-        seed_random(*key)
-        yield
+    item_seed = hash(tuple(key)) % (2**31)
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        # The CPU generator only: torch.manual_seed would also seed every accelerator,
+        # 30 times slower per image.
+        torch.default_generator.manual_seed(item_seed)
+        np.random.seed(item_seed)
+        random.seed(item_seed)
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
 
 
 class MultiViewDataset(Dataset):
@@ -277,14 +234,37 @@ def byol_views(
 
 def digit_views(
     input_size: int = 28,
+    rotation: float = 15.0,
+    translate: float = 0.1,
+    scale: tuple[float, float] = (0.85, 1.15),
+    shear: float = 10.0,
     min_scale: float = 0.7,
+    erase_prob: float = 0.25,
     mean: Sequence[float] = MNIST_MEAN,
     std: Sequence[float] = MNIST_STD,
-    **view_kwargs: Any,
-) -> DigitViews:
-    """Augmentations for handwritten digits (the CPU demo): two views drawn alike, on tensors
-    (:class:`~secu_plugin.data.tensor_views.DigitViews`; ``view_kwargs``: rotation,
-    translate, scale, shear, erase_prob).
+) -> MultiViewTransform:
+    """Augmentations for handwritten digits (the CPU demo): two views drawn alike.
+
+    No horizontal flip and no color jitter (a flipped 2 or 5 is another shape; grey
+    levels carry nothing). Pipeline: grey → RandomAffine(±rotation°, translate, scale,
+    ±shear°, black fill) → RandomResizedCrop(input_size, scale=(min_scale, 1),
+    ratio=(0.8, 1.25)) (a plain resize if ``min_scale`` is 1) → tensor → normalize →
+    RandomErasing(p=erase_prob, 2-10% of the area, filled with the background value).
+
+    Args:
+        input_size: Output side length in pixels.
+        rotation: Largest rotation in degrees.
+        translate: Largest shift, as a fraction of width/height.
+        scale: Range of the affine zoom.
+        shear: Largest shear in degrees.
+        min_scale: Smallest crop area, as a fraction of the image.
+        erase_prob: Probability of erasing a small rectangle; 0 disables it.
+        mean: Normalization mean (one value).
+        std: Normalization std (one value).
+
+    Returns:
+        A lightly ``MultiViewTransform`` mapping a PIL image to its two views,
+        1 x input_size x input_size tensors.
 
     Examples:
         >>> from PIL import Image
@@ -292,4 +272,42 @@ def digit_views(
         >>> [view.shape for view in views]
         [torch.Size([1, 28, 28]), torch.Size([1, 28, 28])]
     """
-    return DigitViews(input_size, min_scale=min_scale, mean=mean, std=std, **view_kwargs)
+    if input_size <= 0:
+        raise ValueError(f"input_size must be positive, got {input_size}")
+    if rotation < 0 or shear < 0:
+        raise ValueError(f"rotation and shear must be >= 0, got {rotation} and {shear}")
+    if not 0.0 <= translate < 1.0:
+        raise ValueError(f"translate must be in [0, 1), got {translate}")
+    if len(scale) != 2 or not 0.0 < scale[0] <= scale[1]:
+        raise ValueError(f"scale must be (low, high) with 0 < low <= high, got {scale}")
+    if not 0.0 < min_scale <= 1.0:
+        raise ValueError(f"min_scale must be in (0, 1], got {min_scale}")
+    if not 0.0 <= erase_prob <= 1.0:
+        raise ValueError(f"erase_prob must be in [0, 1], got {erase_prob}")
+    mean1 = list(per_channel("mean", mean, 1))
+    std1 = list(per_channel("std", std, 1, positive=True))
+
+    crop: Callable = (
+        T.Resize((input_size, input_size))
+        if min_scale >= 1.0
+        else T.RandomResizedCrop(input_size, scale=(min_scale, 1.0), ratio=(0.8, 1.25))
+    )
+    steps: list[Callable] = [
+        ConvertMode("L"),
+        T.RandomAffine(
+            degrees=rotation,
+            translate=(translate, translate),
+            scale=tuple(scale),
+            shear=shear,
+            fill=0,
+        ),
+        crop,
+        T.ToTensor(),
+        T.Normalize(mean1, std1),
+    ]
+    if erase_prob > 0:
+        # Erase with the normalized background (black) so that strokes go missing.
+        background = (0.0 - mean1[0]) / std1[0]
+        steps.append(T.RandomErasing(p=erase_prob, scale=(0.02, 0.1), value=background))
+    transform = T.Compose(steps)
+    return MultiViewTransform([transform, transform])
