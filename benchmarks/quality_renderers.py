@@ -220,7 +220,9 @@ def path_scores(datas: list[dict]) -> dict[str, dict]:
     """
     found: dict[str, dict] = {}
     for data in datas:
-        for name, s in data.get("summary", {}).items():
+        # per set in the held-out benchmarks' summaries; demo_speed.py's is per checkout
+        summary = {} if "commits" in data else data.get("summary", {})
+        for name, s in summary.items():
             entry = found.setdefault(name, {"role": role(s["role"])})
             if s.get("runs") and "heads_acc_mean" in s:
                 best = max(s["kmeans_raw_acc_mean"], s["kmeans_whitened_acc_mean"])
