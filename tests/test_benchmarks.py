@@ -280,3 +280,51 @@ def test_every_benchmark_takes_its_provenance_from_the_shared_record():
         if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "provenance"
     ]
     assert calls == []
+
+
+def test_demo_speed_summary_and_tables_from_a_record() -> None:
+    """demo_speed.py's summary (medians, every value, ratios) and the tables render_docs
+    draws from it, on a record of four runs."""
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    from quality_renderers import path_scores, render_demo_speed
+
+    from benchmarks.demo_speed import summarize
+
+    def run(checkout, seed, whole, accuracy):
+        return {
+            "checkout": checkout,
+            "seed": seed,
+            "seconds_whole_command": whole,
+            "seconds_training": whole - 20,
+            "seconds_per_epoch_median": whole / 40,
+            "seconds_start_up": 7.0,
+            "seconds_evaluation_and_export": 13.0,
+            "accuracy": accuracy,
+            "recommended_num_clusters": 10,
+        }
+
+    runs = [
+        run("before", 0, 600.0, 0.98),
+        run("after", 0, 300.0, 0.97),
+        run("after", 1, 320.0, 0.89),
+        run("after", 2, 310.0, 0.975),
+    ]
+    summary = summarize(runs)
+    assert summary["after"]["seconds_whole_command"] == {
+        "median": 310.0,
+        "values": [300.0, 310.0, 320.0],
+    }
+    assert summary["seconds_whole_command_after_over_before"] == round(310 / 600, 3)
+    assert summary["accuracy_min_after"] == 0.89
+    record = {
+        "dataset": "mnist5k",
+        "tuned_on": True,
+        "runs": runs,
+        "summary": summary,
+        "commits": {"before": "3833424aaa", "after": "abcdef0bbb"},
+        "profiles": {},
+    }
+    text = render_demo_speed([record], {})
+    assert text.count("| after (`abcdef0`) |") == 3 and "| 0.8900 |" in text
+    acc, runs_counted, seconds, _ = path_scores([record])["mnist5k"]["scratch"]
+    assert (runs_counted, seconds) == (3, 310.0) and abs(acc - (0.97 + 0.89 + 0.975) / 3) < 1e-12
