@@ -239,22 +239,22 @@ def path_scores(datas: list[dict]) -> dict[str, dict]:
 
 
 def demo_scores(data: dict) -> tuple:
-    """(mean ACC, runs, median seconds, None) of the demo: demo_speed.py's runs of this
-    checkout, or the first of demo_runs.py's.
+    """(mean ACC, runs, median seconds, None) of the demo: demo_speed.py's summary of this
+    checkout's runs, or the first of demo_runs.py's runs.
 
     Examples:
-        >>> runs = [{"checkout": "after", "accuracy": 0.97, "seconds_whole_command": 300.0},
-        ...         {"checkout": "before", "accuracy": 0.98, "seconds_whole_command": 700.0},
-        ...         {"checkout": "after", "accuracy": 0.98, "seconds_whole_command": 310.0}]
-        >>> demo_scores({"commits": {}, "runs": runs})
+        >>> after = {"seconds_whole_command": {"median": 310.0, "values": [300.0, 310.0]},
+        ...          "accuracy": {"median": 0.98, "values": [0.97, 0.98]}}
+        >>> demo_scores({"commits": {}, "summary": {"after": after}})
         (0.975, 2, 310.0, None)
     """
     if "commits" not in data:  # demo_runs.py
         demo = data["runs"][0]
         return demo["accuracy"], 1, demo["seconds"], None
-    mine = [run for run in data["runs"] if run["checkout"] == "after"]
-    seconds = sorted(run["seconds_whole_command"] for run in mine)[len(mine) // 2]
-    return sum(run["accuracy"] for run in mine) / len(mine), len(mine), seconds, None
+    after = data["summary"]["after"]
+    accuracies = after["accuracy"]["values"]
+    seconds = after["seconds_whole_command"]["median"]
+    return sum(accuracies) / len(accuracies), len(accuracies), seconds, None
 
 
 @renderer("which_path")
@@ -337,19 +337,19 @@ def render_demo_speed(datas: list[dict], options: dict[str, str]) -> str:
             )
     header = ["checkout", "seed", "whole command s", "training s", "s per epoch"]
     text = table([*header, "start-up / evaluation and export s", "ACC", "K named"], rows)
-    parts: list[str] = []
-    profiles = [data.get("profiles", {}) for data in datas]
-    for profile in profiles:
-        for found in profile.values():
-            parts = parts or list(found["ms_per_step"])
-    if not parts:
-        return text
-    rows = [
-        [f"{name} (`{data['commits'][name][:7]}`)", found["steps"]]
-        + [f"{found['ms_per_step'][part]:.1f}" for part in parts]
-        + [f"{found['seconds_start_up']:.1f}"]
+    profiles = [
+        (name, data["commits"][name], found)
         for data in datas
         for name, found in data.get("profiles", {}).items()
+    ]
+    if not profiles:
+        return text
+    parts = list(profiles[0][2]["ms_per_step"])
+    rows = [
+        [f"{name} (`{commit[:7]}`)", found["steps"]]
+        + [f"{found['ms_per_step'][part]:.1f}" for part in parts]
+        + [f"{found['seconds_start_up']:.1f}"]
+        for name, commit, found in profiles
     ]
     header = ["profile (cProfile)", "steps", *(f"{part} ms/step" for part in parts)]
     return text + "\n\n" + table([*header, "start-up s"], rows)
