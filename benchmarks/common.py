@@ -2,7 +2,8 @@
 
 - the record: :func:`start_record` puts :func:`benchmarks.provenance.provenance` first (called
   at the start, so its load average is the machine's before the run), :func:`add_to_earlier`
-  keeps an earlier run's records and provenance when a benchmark adds to its JSON;
+  keeps an earlier run's records and provenance when a benchmark adds to its JSON,
+  :func:`commit_of` names the commit of another checkout (one compared with this one);
 - the sets: :func:`manifest_sets` chooses sets of a ``make_test_sets.py`` manifest (each with its
   ``role``: tuned on or held out), :func:`manifest_fields` says which manifest they came from;
 - timing: :func:`timed` (a step on a device, synchronized), :func:`run_timed` (a command in a
@@ -30,12 +31,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.provenance import REPO_ROOT, cpu_model, provenance
+from benchmarks.provenance import REPO_ROOT, commit_of, cpu_model, provenance
 from secu_plugin.train.runtime import MODULES_FOLDER_VARIABLE, project_modules
 
 __all__ = [
     "REPO_ROOT",
     "add_to_earlier",
+    "commit_of",
     "device_environment",
     "manifest_fields",
     "manifest_sets",

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks.common import print_line, record_recipe_modules, start_record, write_json
+from benchmarks.common import commit_of, print_line, record_recipe_modules, start_record, write_json
 from secu_plugin.train.runtime import MODULES_FOLDER_VARIABLE
 
 THIS_CHECKOUT = Path(__file__).resolve().parents[1]
@@ -43,12 +43,6 @@ PROFILE_PARTS = (
     ("epoch ends and checkpoints", "secu_plugin/train/scaffold.py", "end_epoch"),
     ("training loop", "recipes/train.py", "main"),
 )
-
-
-def commit_of(checkout: Path) -> str:
-    return subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True, check=True
-    ).stdout.strip()
 
 
 def timed_demo(checkout: Path, output: Path, seed: int) -> dict:

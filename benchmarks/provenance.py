@@ -24,15 +24,33 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 LIBRARIES = ("torch", "timm", "lightly", "accelerate", "scikit-learn", "numpy", "pillow")
 
 
-def _git(*args: str) -> str | None:
-    """The output of a git command in the repository, or None (no git, not a checkout)."""
+def _git(*args: str, cwd: Path = REPO_ROOT) -> str | None:
+    """The output of a git command in ``cwd`` (default: this repository), or None (no git, not a
+    checkout)."""
     try:
         result = subprocess.run(
-            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=30, check=False
+            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30, check=False
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return result.stdout.strip() if result.returncode == 0 else None
+
+
+def commit_of(checkout: Path) -> str:
+    """The commit checked out in ``checkout`` (``git rev-parse HEAD`` there).
+
+    Examples:
+        >>> len(commit_of(REPO_ROOT))
+        40
+        >>> import tempfile
+        >>> commit_of(Path(tempfile.mkdtemp()))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: ... is not a git checkout: git rev-parse HEAD failed there
+    """
+    commit = _git("rev-parse", "HEAD", cwd=checkout)
+    if commit is None:
+        raise ValueError(f"{checkout} is not a git checkout: git rev-parse HEAD failed there")
+    return commit
 
 
 def cpu_model() -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks.common import print_line, start_record, write_json
+from benchmarks.common import commit_of, print_line, start_record, write_json
 
 FIGURES = ("accuracy", "nmi", "ari", "memory_accuracy", "memory_nmi", "memory_ari", "epochs")
 
@@ -83,12 +83,6 @@ def outcome(work: Path, name: str) -> dict:
         "figures": {key: summary[key] for key in FIGURES if key in summary},
         "seconds": summary.get("seconds"),
     }
-
-
-def commit_of(checkout: Path) -> str:
-    return subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True, check=True
-    ).stdout.strip()
 
 
 def main() -> None:
