@@ -1,17 +1,26 @@
-"""How long the README's first command takes and where its time goes: the demo in this
-checkout and in an earlier one, run side by side on one machine, and a profile of its steps.
+"""How long the README's first command takes and where its time goes: timed runs over seeds in
+this checkout, optionally beside an earlier checkout, and a cProfile split of its steps.
 
+    # this checkout alone (--before_seeds empty): --before is still profiled and its commit kept
+    python benchmarks/demo_speed.py --before ../checkout-at-3833424 --seeds 0 1 2 \\
+        --before_seeds --work /tmp/demo_speed --json docs/demo_speed.json
+    # side by side (the default --before_seeds 0): the earlier checkout's seeds alternate in
     python benchmarks/demo_speed.py --before ../checkout-at-3833424 --seeds 0 1 2 \\
         --before_seeds 0 --work /tmp/demo_speed --json docs/demo_speed.json
 
 Each run is the README's command (``accelerate launch recipes/train.py``, with ``--seed`` and
 its own output folder) in its checkout (``PYTHONPATH``) with this interpreter's packages,
 timed from launch to exit (the whole command, install excluded); its training time is the
-sum of its epochs (results.json). The runs alternate between the checkouts, so both meet the
-same machine. The profile runs each checkout's recipe under cProfile for ``--profile_steps``
-steps and splits the time: start-up, data and views, forward, loss and bank, backward,
-optimizer, epoch ends (cProfile's overhead inflates the Python-heavy parts); evaluation and
-export are the timed runs' time after their last epoch.
+sum of its epochs (results.json). With ``--before_seeds``, a seed in both lists runs in the
+earlier checkout, then in this one, so both meet the same machine. The profile runs each
+checkout's recipe under cProfile for ``--profile_steps`` steps (0: no profile) and splits a
+step's time into its parts (cProfile's overhead inflates the Python-heavy ones); evaluation
+and export are the timed runs' time after their last epoch.
+
+The JSON (rewritten after each run) holds ``commits`` (of both checkouts), ``runs`` (one per
+timed run: checkout, seed, command, times, figures), ``profiles`` (per checkout: start-up and
+ms per step of each part) and ``summary`` (per checkout, the times' and accuracy's medians and
+values; the after/before ratios when both checkouts ran).
 """
 
 from __future__ import annotations
