@@ -36,8 +36,6 @@ def write_report(
     model: SeCuModel,
 ) -> None:
     """The HTML report; the recommended head: --num-clusters's, the record's, the card's."""
-    from secu_plugin.cluster_report import write_cluster_report
-
     evaluated = ((model.results or {}).get("evaluations", [model.results or {}]) or [{}])[0]
     recommended = recorded_recommendation(model.training_recipe, list(model.num_clusters))
     # the training run's K plot and words, unless the user chose the head
@@ -49,14 +47,9 @@ def write_report(
     elif recommended is None and evaluated.get("num_clusters") in model.num_clusters:
         recommended = model.head_index(evaluated["num_clusters"])
     try:
-        write_cluster_report(
+        assignments.write_report(
             args.report,
             images,
-            assignments.cluster_ids,
-            assignments.confidence,
-            assignments.center_similarity,
-            num_clusters=assignments.num_clusters,
-            head_names=assignments.head_names(),
             recommended_head=recommended,
             k_selection=selection if args.num_clusters is None else None,
             labels=labels,

@@ -2,7 +2,8 @@
 
 :func:`write_cluster_report` writes the report (``index.html``, thumbnails, matplotlib plots)
 from plain arrays; :func:`assign_batch` and :func:`assign_projections` give every head's
-assignments (:class:`ClusterAssignments`) that it takes.
+assignments (:class:`ClusterAssignments`) that it takes (``ClusterAssignments.write_report``
+passes them all).
 """
 
 from secu_plugin.cluster_report.assignments import (

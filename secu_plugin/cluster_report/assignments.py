@@ -7,12 +7,16 @@ confident ones, so both figures are kept, for every head, next to the cluster id
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from secu_plugin.cluster_report.report import write_cluster_report
 from secu_plugin.core.nearest import cosine_logits
 
 
@@ -81,6 +85,32 @@ class ClusterAssignments:
             columns[f"cluster_{suffix}"] = self.cluster_ids[head].astype(np.int64)
             columns[f"confidence_{suffix}"] = self.confidence[head].astype(np.float32)
         return columns
+
+    def write_report(
+        self, directory: str | os.PathLike, images: Sequence[Any] | np.ndarray, **options: Any
+    ) -> Path:
+        """:func:`~secu_plugin.cluster_report.write_cluster_report` of every head: these ids,
+        confidences, center similarities, K and head names; ``options`` are its other keywords.
+
+        Examples:
+            >>> import tempfile
+            >>> projections = torch.randn(30, 4, generator=torch.Generator().manual_seed(0))
+            >>> found = assign_projections(projections, [torch.eye(4)[:2], torch.eye(4)], 0.1)
+            >>> images = np.random.default_rng(0).integers(0, 256, (30, 8, 8), dtype=np.uint8)
+            >>> page = found.write_report(tempfile.mkdtemp(), images, title="Noise").read_text()
+            >>> "K=2" in page and "K=4" in page and "Noise" in page
+            True
+        """
+        return write_cluster_report(
+            directory,
+            images,
+            self.cluster_ids,
+            self.confidence,
+            self.center_similarity,
+            num_clusters=self.num_clusters,
+            head_names=self.head_names(),
+            **options,
+        )
 
 
 @torch.no_grad()

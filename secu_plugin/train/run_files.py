@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from secu_plugin.cluster_report import assign_projections, write_cluster_report
+from secu_plugin.cluster_report import assign_projections
 from secu_plugin.data import ImageDataset
 from secu_plugin.viz import save_cluster_montage, save_cluster_size_plot
 
@@ -64,14 +64,9 @@ def write_run_report(
     head; ``feature_ceiling`` beside every head's score, ``notes``: sentences at its top."""
     found = assign_projections(projections, list(model.centers), model.temperature)
     selection = model.training_recipe["k_selection"]
-    return write_cluster_report(
+    return found.write_report(
         output_dir / "report",
         eval_images,
-        found.cluster_ids,
-        found.confidence,
-        found.center_similarity,
-        num_clusters=found.num_clusters,
-        head_names=found.head_names(),
         recommended_head=selection["recommended_head"],
         k_selection=selection,
         labels=labels,
