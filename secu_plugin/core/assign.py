@@ -28,7 +28,9 @@ class ConstrainedAssigner:
     """Interface of a constrained assigner.
 
     Subclasses implement :meth:`assign` (per row, from the state before the step) and
-    :meth:`update` (from the whole global batch, in place, identically on every rank).
+    :meth:`update` (from the whole global batch, in place, identically on every rank); an
+    assigner whose labels are each head's argmin of the cost plus an offset also gives that
+    offset (:meth:`cost_offset`), so that the loss never builds the whole cost.
 
     Examples:
         >>> from secu_plugin import ConstrainedAssigner, SeCuCenterBank, SeCuLoss
@@ -74,6 +76,22 @@ class ConstrainedAssigner:
         """
         raise NotImplementedError
 
+    def cost_offset(
+        self,
+        counts: torch.Tensor,
+        duals: torch.Tensor,
+        stored_labels: torch.Tensor,
+        layout: HeadLayout,
+    ) -> torch.Tensor | None:
+        """What :meth:`assign` adds to the cost before each head's argmin, when that is all it
+        does: (sum K,) or (B, sum K). The loss then assigns the rows chunk by chunk of columns
+        as it scores them, without building the whole (B, sum K) cost. None (the default): the
+        assigner needs the whole cost, and the loss calls :meth:`assign`.
+
+        Args: as :meth:`assign`'s, without the cost.
+        """
+        return None
+
     def update(
         self,
         counts: torch.Tensor,
@@ -116,6 +134,8 @@ class SizeConstrainedAssigner(ConstrainedAssigner):
         >>> counts, duals = torch.zeros(2, dtype=torch.long), torch.tensor([0.0, 1.5])
         >>> assigner.assign(cost, counts, duals, torch.full((1, 3), -1), HeadLayout([2]))
         tensor([[1, 1, 1]])
+        >>> assigner.cost_offset(counts, duals, torch.full((1, 3), -1), HeadLayout([2]))
+        tensor([-0.0000, -1.5000])
     """
 
     resets_counts_each_epoch = True
@@ -130,7 +150,11 @@ class SizeConstrainedAssigner(ConstrainedAssigner):
         self.lower_bound_ratio = float(lower_bound_ratio)
 
     def assign(self, cost, counts, duals, stored_labels, layout):
-        return layout.argmin(cost.sub_(duals.to(cost.dtype)))
+        offset = self.cost_offset(counts, duals, stored_labels, layout)
+        return layout.argmin(cost.add_(offset.to(cost.dtype)))
+
+    def cost_offset(self, counts, duals, stored_labels, layout):
+        return -duals
 
     def update(self, counts, duals, batch_labels, new_labels, previous_labels, layout):
         histogram = layout.histogram(batch_labels)
@@ -178,6 +202,10 @@ class EntropyConstrainedAssigner(ConstrainedAssigner):
         self.alpha = float(alpha)
 
     def assign(self, cost, counts, duals, stored_labels, layout):
+        offset = self.cost_offset(counts, duals, stored_labels, layout)
+        return layout.argmin(cost.add_(offset.to(cost.dtype)))
+
+    def cost_offset(self, counts, duals, stored_labels, layout):
         # float64 whatever the features' dtype: alpha (up to 1e5) multiplies small differences.
         sizes = counts.to(torch.float64)
         total = layout.head_sums(sizes)[layout.column_head]  # (sum K,) each column's head size
@@ -197,8 +225,7 @@ class EntropyConstrainedAssigner(ConstrainedAssigner):
 
         has_label = (stored_labels >= 0).T[:, layout.column_head]  # (B, sum K)
         entropy_change = torch.where(has_label, join_moved, join_new)
-        penalty = (self.alpha * entropy_change).to(cost.dtype)
-        return layout.argmin(cost.add_(penalty))
+        return self.alpha * entropy_change
 
     def update(self, counts, duals, batch_labels, new_labels, previous_labels, layout):
         counts += layout.histogram(new_labels, include=new_labels >= 0)

@@ -3,8 +3,9 @@
 Why by hand: autograd through the logits keeps (views x B, sum K) tensors for the backward
 pass and builds more of them in it. Here the step makes three dense products (similarities to
 the centers, logits against the frozen targets, and the softmax against the targets for the
-gradient) and, between them, as few passes over the (views x B, sum K) matrices as the maths
-allows; everything else is O(B x heads x dim):
+gradient), never holds a (views x B, sum K) matrix, and does the elementwise work on each
+chunk of columns while the product that made it is still in the cache; everything else is
+O(B x heads x dim):
 
 - center loss: only each row's assigned logit varies, so it needs the per-head log-sum-exp of
   the similarities and the assigned similarity (a dot product with the gathered center);
@@ -12,13 +13,15 @@ allows; everything else is O(B x heads x dim):
 - representation loss: with P the per-head softmax of the logits L = x T^T (x = feature /
   temperature) and the soft target q = (1 - w) P_other + w one_hot, the value
   -sum q log P = -(1 - w) x . (P_other T) - w x . T[label] + sum_heads logsumexp(L)
-  and the gradient (P - q) T / B need only P T, per head: one product of exp(L) with the targets
-  extended by a column of ones (whose last column is the per-head sum of exp(L)).
+  and the gradient (P - q) T / B need only P T and the per-head sums of exp(L): products of
+  exp(L) with the targets, accumulated over a head's chunks.
 
 The rows go through in blocks (both views of the same rows together, :data:`CPU_BLOCK_ROWS`),
-which bounds the scratch memory of large batches; the per-head sums of the
-exponentials are taken without a max shift when the cosine similarities (at most 1 in size)
-divided by the temperature cannot overflow or underflow. Measured in docs/benchmarks.md
+and each head's columns in chunks (:data:`CPU_CHUNK_COLUMNS`; whole heads off a CPU), with
+the log-sum-exps kept running over the chunks (:class:`RunningLogSumExp`). Only the
+assignment cost, (B, sum K), is written out whole, for the assigner. The exponentials are
+taken without a max shift when the cosine similarities (at most 1 in size) divided by the
+temperature cannot overflow or underflow. Measured in docs/benchmarks.md
 (``benchmarks/loss_step.py``) against the products alone and lightly's SwaV; the golden replays
 (``tests/test_golden.py``) and ``tests/test_benchmarks.py`` (against the autograd form,
 :class:`~secu_plugin.core.per_head.PerHeadSeCuLoss`) check the values and the gradients.
@@ -26,6 +29,7 @@ divided by the temperature cannot overflow or underflow. Measured in docs/benchm
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -38,6 +42,12 @@ from secu_plugin.core.layout import HeadLayout
 #: of 16 to 128 rows, meant to keep the (rows, sum K) matrices in the cache between their
 #: passes, were slower than one block of 256 (timed by hand, ImageNet heads, 2 threads).
 CPU_BLOCK_ROWS = 256
+
+#: Columns per chunk on a CPU (within a head): each chunk's similarities and logits are made
+#: by a product, then exponentiated, summed and multiplied while they are still in the cache.
+#: 1,024 to 4,096 were within a few percent, 2,048 and up the fastest, 256 far slower (timed by
+#: hand, interleaved, ImageNet heads, 2 threads).
+CPU_CHUNK_COLUMNS = 2048
 
 Assign = Callable[[torch.Tensor, slice], torch.Tensor]
 
@@ -100,26 +110,81 @@ def exp_is_safe(bound: float, dtype: torch.dtype, max_clusters: int) -> bool:
     return bound + math.log(max_clusters) < headroom
 
 
-def _exp_per_head_(matrix: torch.Tensor, layout: HeadLayout, shift: bool) -> torch.Tensor | None:
-    """exp of ``matrix`` in place, less each row's per-head max where ``shift``; the (rows, H)
-    maxima subtracted, or None."""
-    if not shift:
-        matrix.exp_()
-        return None
-    parts = layout.split(matrix)
-    maxima = torch.stack([part.amax(-1) for part in parts], -1)
-    for head, part in enumerate(parts):
-        part.sub_(maxima[:, head : head + 1])
-    matrix.exp_()
-    return maxima
+class RunningLogSumExp:
+    """Per-row log-sum-exp over column chunks that arrive one by one; each chunk is
+    exponentiated in place (less the running max where ``shift``), ready for a product.
+
+    Examples:
+        >>> values = torch.tensor([[0.0, 1.0, 2.0]])
+        >>> running = RunningLogSumExp(shift=True)
+        >>> running.add_(values[:, :2].clone()), running.add_(values[:, 2:].clone()) is not None
+        (None, True)
+        >>> torch.allclose(running.log(), values.logsumexp(1))
+        True
+    """
+
+    def __init__(self, shift: bool) -> None:
+        self.shift = shift
+        self.maxima: torch.Tensor | None = None
+        self.sums: torch.Tensor | None = None
+
+    def add_(self, chunk: torch.Tensor) -> torch.Tensor | None:
+        """Adds the (rows, columns) ``chunk``, which becomes exp(chunk - running max); returns
+        the factor (rows,) by which the sums so far were rescaled (None: unchanged), which a
+        product accumulated over earlier chunks needs as well."""
+        rescale = None
+        if self.shift:
+            maxima = chunk.amax(1)
+            if self.maxima is not None:
+                maxima = torch.maximum(self.maxima, maxima)
+                rescale = torch.exp(self.maxima - maxima)
+            chunk.sub_(maxima[:, None])
+            self.maxima = maxima
+        chunk.exp_()
+        sums = chunk.sum(1)
+        if self.sums is None:
+            self.sums = sums
+        else:
+            if rescale is not None:
+                self.sums.mul_(rescale)
+            self.sums.add_(sums)
+        return rescale
+
+    def log(self) -> torch.Tensor:
+        """(rows,) the log-sum-exp of every chunk added."""
+        log_sums = self.sums.log()
+        return log_sums if self.maxima is None else log_sums + self.maxima
 
 
-def _sum_views(stacked: torch.Tensor, out: torch.Tensor) -> None:
-    """(views, rows, columns) -> ``out`` (rows, columns): the sum over views. Pairwise adds: a
-    sum over the leading dimension runs at half their speed on a CPU."""
+def _running_argmin(
+    chunk_cost: torch.Tensor,
+    first_column: int,
+    nearest: tuple[torch.Tensor, torch.Tensor] | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(min, argmin) per row over a head's chunks so far, given the next chunk of its costs
+    (whose first column is ``first_column`` within the head); the first column on ties, as
+    :meth:`HeadLayout.argmin`."""
+    values, indices = chunk_cost.min(-1)
+    indices += first_column
+    if nearest is None:
+        return values, indices
+    better = values < nearest[0]  # strict: an earlier chunk keeps its ties
+    return torch.where(better, values, nearest[0]), torch.where(better, indices, nearest[1])
+
+
+def _assignment_cost(
+    stacked: torch.Tensor, temperature_c: float, out: torch.Tensor, offset: torch.Tensor | None
+) -> torch.Tensor:
+    """(views, rows, columns) similarities over temperature_c -> ``out`` (rows, columns): minus
+    their mean over views times temperature_c (minus the mean cosine), plus ``offset``. Pairwise
+    adds: a sum over the leading dimension runs at half their speed on a CPU."""
     torch.add(stacked[0], stacked[1], out=out)
     for view in stacked[2:]:
         out.add_(view)
+    scale = -temperature_c / stacked.shape[0]
+    if offset is None:
+        return out.mul_(scale)
+    return torch.add(offset, out, alpha=scale, out=out)
 
 
 def scaled_unit_rows(
@@ -142,11 +207,6 @@ def scaled_unit_rows(
     return out
 
 
-def _head_sums(matrix: torch.Tensor, layout: HeadLayout) -> torch.Tensor:
-    """(rows, sum K) -> (rows, H): each head's row sums."""
-    return torch.stack([part.sum(-1) for part in layout.split(matrix)], -1)
-
-
 @torch.no_grad()
 def loss_step(
     flat: torch.Tensor,
@@ -161,6 +221,8 @@ def loss_step(
     label_weight: float,
     workspace: Workspace,
     block_rows: int | None = None,
+    chunk_columns: int | None = None,
+    cost_offset: torch.Tensor | None = None,
 ) -> StepTerms:
     """Labels, both losses and their gradients for one step, every head at once.
 
@@ -179,6 +241,12 @@ def loss_step(
             :class:`~secu_plugin.core.loss.SeCuLoss`.
         block_rows: Rows of one view per block (default: :data:`CPU_BLOCK_ROWS` on a CPU, the
             whole batch elsewhere).
+        chunk_columns: Columns per chunk, within a head (default: :data:`CPU_CHUNK_COLUMNS` on
+            a CPU, whole heads elsewhere).
+        cost_offset: (sum K,) or (B, sum K): when the assigner's labels are each head's argmin
+            of the cost plus this offset (:meth:`~secu_plugin.core.assign.ConstrainedAssigner.
+            cost_offset`), the step takes them chunk by chunk and never builds the whole cost;
+            ``assign`` is then not called.
 
     Returns:
         :class:`StepTerms`.
@@ -186,66 +254,88 @@ def loss_step(
     batch = stored.shape[1]
     num_views, dim = flat.shape[0] // batch, flat.shape[1]
     num_heads, columns = layout.num_heads, layout.total
+    cpu = flat.device.type == "cpu"
     if block_rows is None:
-        block_rows = CPU_BLOCK_ROWS if flat.device.type == "cpu" else batch
+        block_rows = CPU_BLOCK_ROWS if cpu else batch
     block_rows = max(1, min(block_rows, batch))
+    if chunk_columns is None:
+        chunk_columns = CPU_CHUNK_COLUMNS if cpu else layout.max_clusters
+    chunk_columns = max(1, min(chunk_columns, layout.max_clusters))
     views = flat.view(num_views, batch, dim)
     scaled = views / temperature_x  # x: the logits are x T^T
     # Cosines are at most 1 in size (targets normalized, up to rounding, checked on a CPU where
     # reading the norm back costs nothing); elsewhere the max shift is kept.
-    cpu = flat.device.type == "cpu"
     target_norm = float(targets.norm(dim=1).amax()) if cpu and columns else math.inf
     exp_args = (flat.dtype, layout.max_clusters)
     shift_c = not (cpu and exp_is_safe(1.0 / temperature_c, *exp_args))
     shift_x = not (cpu and exp_is_safe(target_norm / temperature_x, *exp_args))
-    # Targets with a column of ones: exp(L) times it gives (exp(L) T, sum exp(L)) per head.
-    extended = workspace.get("extended_targets", columns, dim + 1, targets)
-    extended[:, :dim].copy_(targets)
-    extended[:, dim].fill_(1.0)
-    extended_parts = extended.split(layout.num_clusters)
 
     log_norm_c = flat.new_empty(num_views, batch, num_heads)  # per-head logsumexp(S / t_c)
     log_norm_x = flat.new_empty(num_views, batch, num_heads)  # per-head logsumexp(L)
-    softmax_targets = flat.new_empty(num_views, batch, num_heads, dim)  # per-head P T
+    softmax_targets = flat.new_empty(num_views, batch, dim)  # P T, summed over heads
+    heads_stop = list(itertools.accumulate(layout.num_clusters))
+    heads_start = [stop - size for stop, size in zip(heads_stop, layout.num_clusters)]
+    chunked_assignment = cost_offset is not None
+    if chunked_assignment:
+        cost_offset = cost_offset.to(flat.dtype)
     block_labels = []
-    if not assigns_rows_independently:
+    if not (chunked_assignment or assigns_rows_independently):
         full_cost = workspace.get("cost", batch, columns, flat)
     for start in range(0, batch, block_rows):
         rows = slice(start, min(start + block_rows, batch))
         size = rows.stop - rows.start
         block = views[:, rows].reshape(num_views * size, dim)
-        # Similarities to the current centers, over temperature_c (the centers come scaled, so
-        # no pass scales the matrix) -> the assignment cost and the center loss.
-        similarity = workspace.get("similarity", num_views * size, columns, flat)
-        torch.mm(block, scaled_centers.T, out=similarity)
-        if assigns_rows_independently:
+        block_scaled = scaled[:, rows].reshape(num_views * size, dim)
+        if chunked_assignment:
+            cost = workspace.get("chunk_cost", 1, size * chunk_columns, flat)
+            offset = cost_offset[rows] if cost_offset.ndim == 2 else cost_offset
+        elif assigns_rows_independently:
             cost = workspace.get("block_cost", size, columns, flat)
         else:
             cost = full_cost[rows]
-        _sum_views(similarity.view(num_views, size, columns), out=cost)
-        cost.mul_(-temperature_c / num_views)  # minus the mean similarity
-        if assigns_rows_independently:
+        scratch = workspace.get("chunk", 1, num_views * size * chunk_columns, flat)
+        block_softmax_targets = block.new_zeros(num_views * size, dim)  # P T over all heads
+        head_labels = []
+        for head, (first, stop) in enumerate(zip(heads_start, heads_stop)):
+            norm_c = RunningLogSumExp(shift_c)
+            norm_x = RunningLogSumExp(shift_x)
+            head_targets = block.new_zeros(num_views * size, dim)  # exp(L) T of this head
+            nearest = None
+            # Chunks of equal width (at most chunk_columns): no thin remainder costs a call.
+            num_chunks = math.ceil((stop - first) / chunk_columns)
+            stride = math.ceil((stop - first) / num_chunks)
+            for chunk_start in range(first, stop, stride):
+                chunk = slice(chunk_start, min(chunk_start + stride, stop))
+                width = chunk.stop - chunk.start
+                values = scratch[0, : num_views * size * width].view(num_views * size, width)
+                # Similarities to the current centers, over temperature_c (the centers come
+                # scaled) -> the assignment cost and the center loss's normalizer.
+                torch.mm(block, scaled_centers[chunk].T, out=values)
+                by_view = values.view(num_views, size, width)
+                if chunked_assignment:
+                    chunk_cost = cost[0, : size * width].view(size, width)
+                    _assignment_cost(by_view, temperature_c, chunk_cost, offset[..., chunk])
+                    nearest = _running_argmin(chunk_cost, chunk.start - first, nearest)
+                else:
+                    _assignment_cost(by_view, temperature_c, cost[:, chunk], None)
+                norm_c.add_(values)
+                # Logits against the frozen targets -> exp(L) T and its normalizer.
+                torch.mm(block_scaled, targets[chunk].T, out=values)
+                rescale = norm_x.add_(values)
+                if rescale is not None:
+                    head_targets.mul_(rescale[:, None])
+                head_targets.addmm_(values, targets[chunk])
+            log_norm_c[:, rows, head] = norm_c.log().view(num_views, size)
+            log_norm_x[:, rows, head] = norm_x.log().view(num_views, size)
+            block_softmax_targets.addcdiv_(head_targets, norm_x.sums[:, None])
+            if chunked_assignment:
+                head_labels.append(nearest[1])
+        softmax_targets[:, rows] = block_softmax_targets.view(num_views, size, dim)
+        if chunked_assignment:
+            block_labels.append(torch.stack(head_labels))
+        elif assigns_rows_independently:
             block_labels.append(assign(cost, rows))
-        maxima = _exp_per_head_(similarity, layout, shift_c)
-        log_norm = _head_sums(similarity, layout).log_()
-        log_norm_c[:, rows] = (log_norm if maxima is None else log_norm + maxima).view(
-            num_views, size, num_heads
-        )
-        # Logits against the frozen targets -> exp(L) -> (exp(L) T, sum exp(L)) per head.
-        logits = workspace.get("logits", num_views * size, columns, flat)
-        torch.mm(scaled[:, rows].reshape(num_views * size, dim), targets.T, out=logits)
-        maxima = _exp_per_head_(logits, layout, shift_x)
-        block_targets = flat.new_empty(num_views * size, num_heads, dim)
-        for head, (part, extended_part) in enumerate(zip(layout.split(logits), extended_parts)):
-            product = part @ extended_part  # (rows, dim + 1)
-            sums = product[:, dim:]
-            block_targets[:, head] = product[:, :dim] / sums
-            log_norm = sums.log().squeeze(1)
-            if maxima is not None:
-                log_norm = log_norm + maxima[:, head]
-            log_norm_x[:, rows, head] = log_norm.view(num_views, size)
-        softmax_targets[:, rows] = block_targets.view(num_views, size, num_heads, dim)
-    if assigns_rows_independently:
+    if chunked_assignment or assigns_rows_independently:
         labels = torch.cat(block_labels, dim=1)
     else:
         labels = assign(full_cost, slice(0, batch))
@@ -262,7 +352,7 @@ def loss_step(
 
     # Representation loss: view v's soft target comes from view 1 - v % 2's projection.
     other = torch.tensor([1 - v % 2 for v in range(num_views)], device=flat.device)
-    softmax_sum = softmax_targets.sum(2)  # (V, B, dim): P T over all heads
+    softmax_sum = softmax_targets  # (V, B, dim): P T over all heads
     label_targets = targets.index_select(0, target_columns.flatten())
     label_sum = label_targets.view(batch, num_heads, dim).sum(1)  # (B, dim)
     soft_target = (1.0 - label_weight) * softmax_sum.index_select(0, other) + (

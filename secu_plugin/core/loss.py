@@ -296,6 +296,11 @@ class SeCuLoss(nn.Module):
         def assign(cost: torch.Tensor, rows: slice) -> torch.Tensor:
             return bank.assign(cost, indices[rows], stored[:, rows])
 
+        layout = bank.layout(stacked.device)
+        cost_offset = bank.assigner.cost_offset(
+            bank.stacked_counts, bank.stacked_duals, stored, layout
+        )
+
         # Both losses without autograd, every head at once; their exact gradients enter through
         # surrogates (see secu_plugin/core/fused_losses.py for why).
         with torch.no_grad():
@@ -311,11 +316,12 @@ class SeCuLoss(nn.Module):
                 stored,
                 assign,
                 bank.assigner.assigns_rows_independently,
-                bank.layout(stacked.device),
+                layout,
                 self.temperature_x,
                 self.temperature_c,
                 self.label_weight,
                 self._workspace,
+                cost_offset=cost_offset,
             )
         labels = step.labels
         assigned = torch.stack(
