@@ -3,7 +3,8 @@
 A run of ``recipes/train.py`` on a colour set with class folders (``ROOT/<class>/``) is scored
 twice at the head whose K is the number of classes: against the classes, and against *colour
 groups*, k-means (K = the number of classes, 10 restarts) on each image's background colour
-(the mean RGB of its one-pixel border). Colour groups that agree with the clusters far better
+(the mean RGB of its one-pixel border), and on its luminance (what a run on grey copies,
+``--set in_chans=1``, sees). Colour groups that agree with the clusters far better
 than the classes do mean the network learnt the colours: the shortcut a colour set with random
 colours per image offers (``color32`` and the colour letter sets of ``make_test_sets.py``).
 The colour groups are also scored against the classes, which they should not predict.
@@ -81,9 +82,10 @@ def score_run(run: Path, data: Path) -> dict:
     num_classes = len(np.unique(labels))
     head = evaluation_head(list(model.num_clusters), num_classes)
     clusters = predictions[head]
-    groups = colour_groups(
-        background_colours([dataset[i][0] for i in range(len(dataset))]), num_classes
-    )
+    colours = background_colours([dataset[i][0] for i in range(len(dataset))])
+    groups = colour_groups(colours, num_classes)
+    # ITU-R 601 luma, as PIL's conversion to grey: what a run on grey copies (in_chans=1) sees
+    luminance_groups = colour_groups(colours @ np.array([[0.299], [0.587], [0.114]]), num_classes)
     return {
         "run": str(run),
         "data": str(data),
@@ -94,6 +96,8 @@ def score_run(run: Path, data: Path) -> dict:
         "clusters_vs_classes": clustering_metrics(labels, clusters),
         "clusters_vs_colour_groups": clustering_metrics(groups, clusters),
         "colour_groups_vs_classes": clustering_metrics(labels, groups),
+        "clusters_vs_luminance_groups": clustering_metrics(luminance_groups, clusters),
+        "luminance_groups_vs_classes": clustering_metrics(labels, luminance_groups),
     }
 
 
