@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
@@ -70,19 +71,21 @@ def set_role(data: Path) -> str:
 
 def score_run(run: Path, data: Path) -> dict:
     """The run's evaluation head scored against the classes and the colour groups."""
-    from accelerate import Accelerator
-
     from secu_plugin import SeCuModel
     from secu_plugin.data import ImageDataset
-    from secu_plugin.train.evaluation import evaluation_head, predict_dataset
+    from secu_plugin.data.transforms import eval_transform
+    from secu_plugin.train.evaluation import evaluation_head
 
     model = SeCuModel.from_pretrained(str(run / "model"))
     dataset = ImageDataset.from_source(str(data))
-    predictions, labels = predict_dataset(Accelerator(cpu=True), model, dataset, batch_size=256)
+    images, labels = zip(*(dataset[i] for i in range(len(dataset))))
+    labels = np.asarray(labels)
+    transform = eval_transform(model.data_config, model.in_chans)
+    batch = torch.stack([transform(image) for image in images])
     num_classes = len(np.unique(labels))
     head = evaluation_head(list(model.num_clusters), num_classes)
-    clusters = predictions[head]
-    colours = background_colours([dataset[i][0] for i in range(len(dataset))])
+    clusters = torch.cat([model.predict(part, head)[0] for part in batch.split(256)]).numpy()
+    colours = background_colours(images)
     groups = colour_groups(colours, num_classes)
     # ITU-R 601 luma, as PIL's conversion to grey: what a run on grey copies (in_chans=1) sees
     luminance_groups = colour_groups(colours @ np.array([[0.299], [0.587], [0.114]]), num_classes)
