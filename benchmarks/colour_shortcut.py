@@ -11,12 +11,12 @@ The colour groups are also scored against the classes, which they should not pre
 
 Usage::
 
-    python benchmarks/colour_shortcut.py --run /tmp/c32/runs/color32/seed0 \\
-        --data /work/sets/color32 --json docs/colour_shortcut.json
+    python benchmarks/colour_shortcut.py --manifest /work/sets/sets.json --set color32 \\
+        --run /tmp/c32/runs/color32/seed0 --json docs/colour_shortcut.json
 
-``--run`` takes several runs (each its own row; a run's ``--label`` names it in the table).
-The JSON holds the provenance, the role of each set (tune or held out, from ``sets.json``
-beside the set) and every run's scores.
+``--set`` names a set of a ``make_test_sets.py`` manifest; ``--run`` takes several runs on it
+(each its own row; a run's ``--label`` names it). The JSON holds the provenance, the manifest,
+the set's role (tuned on or held out) and every run's scores.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks.common import start_record, write_json
+from benchmarks.common import manifest_fields, manifest_sets, start_record, write_json
+from secu_plugin.baselines import kmeans_clusters
 from secu_plugin.metrics import clustering_metrics
 
 
@@ -51,33 +52,16 @@ def background_colours(images: list) -> np.ndarray:
     return np.stack(colours)
 
 
-def colour_groups(colours: np.ndarray, num_groups: int, seed: int = 0) -> np.ndarray:
-    """(N,) k-means groups of the colours (scikit-learn, 10 restarts)."""
-    from sklearn.cluster import KMeans
-
-    return KMeans(num_groups, n_init=10, random_state=seed).fit_predict(colours)
-
-
-def set_role(data: Path) -> str:
-    """``tune`` or ``held_out`` from ``sets.json`` beside the set, else ``unknown``."""
-    manifest = data.parent / "sets.json"
-    if not manifest.is_file():
-        return "unknown"
-    sets = json.loads(manifest.read_text())
-    entries = sets.get("sets", sets) if isinstance(sets, dict) else sets
-    roles = {entry["name"]: entry.get("role", "unknown") for entry in entries}
-    return roles.get(data.name, "unknown")
-
-
-def score_run(run: Path, data: Path) -> dict:
-    """The run's evaluation head scored against the classes and the colour groups."""
+def score_run(run: Path, entry: dict) -> dict:
+    """The run's evaluation head on the manifest ``entry``'s set, scored against the classes
+    and the colour groups."""
     from secu_plugin import SeCuModel
     from secu_plugin.data import ImageDataset
     from secu_plugin.data.transforms import eval_transform
     from secu_plugin.train.evaluation import evaluation_head
 
     model = SeCuModel.from_pretrained(str(run / "model"))
-    dataset = ImageDataset.from_source(str(data))
+    dataset = ImageDataset.from_source(entry["data"])
     images, labels = zip(*(dataset[i] for i in range(len(dataset))))
     labels = np.asarray(labels)
     transform = eval_transform(model.data_config, model.in_chans)
@@ -86,13 +70,15 @@ def score_run(run: Path, data: Path) -> dict:
     head = evaluation_head(list(model.num_clusters), num_classes)
     clusters = torch.cat([model.predict(part, head)[0] for part in batch.split(256)]).numpy()
     colours = background_colours(images)
-    groups = colour_groups(colours, num_classes)
+    groups = kmeans_clusters(colours, num_classes, normalize=False)
     # ITU-R 601 luma, as PIL's conversion to grey: what a run on grey copies (in_chans=1) sees
-    luminance_groups = colour_groups(colours @ np.array([[0.299], [0.587], [0.114]]), num_classes)
+    luma = colours @ np.array([[0.299], [0.587], [0.114]])
+    luminance_groups = kmeans_clusters(luma, num_classes, normalize=False)
     return {
         "run": str(run),
-        "data": str(data),
-        "role": set_role(data),
+        "set": entry["name"],
+        "data": entry["data"],
+        "role": entry["role"],
         "images": len(labels),
         "num_clusters": int(model.num_clusters[head]),
         "training_preset": (model.training_recipe or {}).get("preset", {}).get("resolved_from"),
@@ -108,15 +94,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, nargs="+", required=True, help="run output dirs")
     parser.add_argument("--label", nargs="*", default=None, help="a name per run")
-    parser.add_argument("--data", type=Path, required=True, help="the set, ROOT/<class>/")
+    parser.add_argument("--manifest", required=True, help="sets.json of make_test_sets.py")
+    parser.add_argument("--set", required=True, help="a set of the manifest (class folders)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     labels = args.label or [run.name for run in args.run]
     if len(labels) != len(args.run):
         parser.error(f"--label: {len(labels)} names for {len(args.run)} runs")
     report = start_record(role="diagnosis: no default is chosen on it")
+    manifest, chosen, _ = manifest_sets(parser, args.manifest, [args.set])
+    if not chosen:
+        parser.error(f"--set {args.set}: no class folders, so no classes to score against")
+    report.update(manifest_fields(args.manifest, manifest))
     report["runs"] = [
-        {"label": label, **score_run(run, args.data)} for label, run in zip(labels, args.run)
+        {"label": label, **score_run(run, chosen[0])} for label, run in zip(labels, args.run)
     ]
     for row in report["runs"]:
         print(

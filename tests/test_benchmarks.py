@@ -254,10 +254,10 @@ def test_demo_runs_are_read_from_their_raw_files():
     assert made["runs"][-1]["commit"]  # dated by the commit that last changed it
 
 
-@pytest.mark.parametrize("name", ["common", "provenance", "report_screenshot"])
+@pytest.mark.parametrize("name", ["common", "provenance", "report_screenshot", "colour_shortcut"])
 def test_the_shared_helpers_examples_run(name):
-    """The docstring examples of what every benchmark shares (benchmarks/ is outside the
-    default doctest paths)."""
+    """The docstring examples of what every benchmark shares, and of scripts whose functions
+    have them (benchmarks/ is outside the default doctest paths)."""
     import doctest
     import importlib
 
