@@ -329,6 +329,13 @@ class SeCuCenterBank(BankState):
         )
 
     @torch.no_grad()
+    def cost_offset(self, stored: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+        """The assigner's ``cost_offset`` (None: it needs the whole cost) from this state."""
+        return self.assigner.cost_offset(
+            self.stacked_counts, self.stacked_duals, stored, self.layout(device)
+        )
+
+    @torch.no_grad()
     def update(
         self,
         indices: torch.Tensor,

@@ -18,10 +18,10 @@ O(B x heads x dim):
 
 The rows go through in blocks (both views of the same rows together, :data:`CPU_BLOCK_ROWS`),
 and each head's columns in chunks (:data:`CPU_CHUNK_COLUMNS`; whole heads off a CPU), with
-the log-sum-exps kept running over the chunks (:class:`RunningLogSumExp`). Only the
-assignment cost, (B, sum K), is written out whole, for the assigner. The exponentials are
-taken without a max shift when the cosine similarities (at most 1 in size) divided by the
-temperature cannot overflow or underflow. Measured in docs/benchmarks.md
+the log-sum-exps kept running over the chunks (:class:`RunningLogSumExp`). No (B, sum K)
+matrix is written, except the assignment cost for an assigner without ``cost_offset``. The
+exponentials are taken without a max shift when the cosine similarities (at most 1 in size)
+divided by the temperature cannot overflow or underflow. Measured in docs/benchmarks.md
 (``benchmarks/loss_step.py``) against the products alone and lightly's SwaV; the golden replays
 (``tests/test_golden.py``) and ``tests/test_benchmarks.py`` (against the autograd form,
 :class:`~secu_plugin.core.per_head.PerHeadSeCuLoss`) check the values and the gradients.
@@ -272,7 +272,7 @@ def loss_step(
 
     log_norm_c = flat.new_empty(num_views, batch, num_heads)  # per-head logsumexp(S / t_c)
     log_norm_x = flat.new_empty(num_views, batch, num_heads)  # per-head logsumexp(L)
-    softmax_targets = flat.new_empty(num_views, batch, dim)  # P T, summed over heads
+    softmax_sum = flat.new_empty(num_views, batch, dim)  # P T, summed over heads
     heads_stop = list(itertools.accumulate(layout.num_clusters))
     heads_start = [stop - size for stop, size in zip(heads_stop, layout.num_clusters)]
     chunked_assignment = cost_offset is not None
@@ -294,7 +294,7 @@ def loss_step(
         else:
             cost = full_cost[rows]
         scratch = workspace.get("chunk", 1, num_views * size * chunk_columns, flat)
-        block_softmax_targets = block.new_zeros(num_views * size, dim)  # P T over all heads
+        block_softmax_sum = block.new_zeros(num_views * size, dim)  # P T over all heads
         head_labels = []
         for head, (first, stop) in enumerate(zip(heads_start, heads_stop)):
             norm_c = RunningLogSumExp(shift_c)
@@ -327,10 +327,10 @@ def loss_step(
                 head_targets.addmm_(values, targets[chunk])
             log_norm_c[:, rows, head] = norm_c.log().view(num_views, size)
             log_norm_x[:, rows, head] = norm_x.log().view(num_views, size)
-            block_softmax_targets.addcdiv_(head_targets, norm_x.sums[:, None])
+            block_softmax_sum.addcdiv_(head_targets, norm_x.sums[:, None])
             if chunked_assignment:
                 head_labels.append(nearest[1])
-        softmax_targets[:, rows] = block_softmax_targets.view(num_views, size, dim)
+        softmax_sum[:, rows] = block_softmax_sum.view(num_views, size, dim)
         if chunked_assignment:
             block_labels.append(torch.stack(head_labels))
         elif assigns_rows_independently:
@@ -352,7 +352,6 @@ def loss_step(
 
     # Representation loss: view v's soft target comes from view 1 - v % 2's projection.
     other = torch.tensor([1 - v % 2 for v in range(num_views)], device=flat.device)
-    softmax_sum = softmax_targets  # (V, B, dim): P T over all heads
     label_targets = targets.index_select(0, target_columns.flatten())
     label_sum = label_targets.view(batch, num_heads, dim).sum(1)  # (B, dim)
     soft_target = (1.0 - label_weight) * softmax_sum.index_select(0, other) + (

@@ -297,9 +297,7 @@ class SeCuLoss(nn.Module):
             return bank.assign(cost, indices[rows], stored[:, rows])
 
         layout = bank.layout(stacked.device)
-        cost_offset = bank.assigner.cost_offset(
-            bank.stacked_counts, bank.stacked_duals, stored, layout
-        )
+        cost_offset = bank.cost_offset(stored, stacked.device)
 
         # Both losses without autograd, every head at once; their exact gradients enter through
         # surrogates (see secu_plugin/core/fused_losses.py for why).
