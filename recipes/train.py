@@ -26,7 +26,13 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from secu_plugin import SeCuCenterBank, SeCuLoss, SeCuModel
-from secu_plugin.data import TwoViewDataset, byol_views, describe_data, digit_views
+from secu_plugin.data import (
+    TwoViewDataset,
+    byol_views,
+    describe_data,
+    digit_views,
+    shape_views,
+)
 from secu_plugin.models import SeCuNetwork
 from secu_plugin.train.auto import describe_settings, preset_data, resolve_preset
 from secu_plugin.train.checkpoint import TrainProgress
@@ -131,7 +137,7 @@ def main(args: argparse.Namespace) -> dict:
     network = SeCuNetwork(**asdict(settings.network))
     data_config = network.data_config  # input size and normalization of the backbone
     augmentation = settings.augmentation
-    make_views = digit_views if augmentation.views == "digits" else byol_views
+    make_views = {"digits": digit_views, "shapes": shape_views}.get(augmentation.views, byol_views)
     views = make_views(
         data_config["input_size"][-1],
         min_scale=augmentation.min_scale,

@@ -74,17 +74,23 @@ def test_28px_grey_set_gets_the_cpu_demo_settings():
     assert preset.augmentation.view_kwargs["erase_prob"] == 0.25
 
 
-def test_rgb_32px_set_gets_colour_views():
+def test_rgb_32px_set_gets_shape_views_with_a_random_palette():
     mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
     preset = auto_preset(DataDescription(2000, 3, 32, 10, mean=mean, std=std))
     assert (preset.network.in_chans, preset.network.input_size, preset.augmentation.views) == (
         3,
         32,
-        "byol",
+        "shapes",
     )
-    assert preset.augmentation.view_kwargs == {"grayscale_input": False}  # colour jitter on
+    grey = auto_preset(DataDescription(2000, 1, 32, 10))
+    assert preset.augmentation.view_kwargs == {
+        **grey.augmentation.view_kwargs,  # the digits' warps, in colour
+        "erase_prob": 0.0,
+        "invert_prob": 0.5,
+    }
+    assert preset.network.input_norm == "instance"
     assert preset.network.mean == list(mean) and preset.network.std == list(std)
-    assert 0.2 <= preset.augmentation.min_scale <= 0.5
+    assert preset.augmentation.min_scale == grey.augmentation.min_scale == 0.7
 
 
 def test_large_images_are_resized_down_and_unknown_classes_get_the_default_heads():
@@ -129,7 +135,7 @@ def test_overrides_win_and_the_derived_settings_follow_them():
     )
     named = auto_preset(grey8, views="byol", in_chans=3)
     assert (
-        named.augmentation.view_kwargs == {"grayscale_input": False}
+        named.augmentation.view_kwargs == {}  # byol_views' own defaults
         and len(named.network.mean) == 3
     )
     assert auto_preset(grey8, num_clusters=[7]).bank.num_clusters == [7]

@@ -117,8 +117,8 @@ def test_a_wrong_value_of_every_string_setting_names_it_and_the_allowed_ones(cls
 
 
 def test_a_recipe_narrows_the_shared_views_to_those_its_loop_makes():
-    assert get_preset("mnist5k", views="byol").augmentation.views == "byol"
-    with pytest.raises(ValueError, match="views='timm' is not one of .*'byol', 'digits'$"):
+    assert get_preset("mnist5k", views="byol", in_chans=3).augmentation.views == "byol"
+    with pytest.raises(ValueError, match="views='timm' is not one of .*'digits', 'shapes'$"):
         get_preset("mnist5k", views="timm")
     with pytest.raises(ValueError, match="views='digits' is not one of the allowed values: 'timm'"):
         get_preset("frozen", HEAD_PRESETS, views="digits")
@@ -161,7 +161,7 @@ def test_a_misspelt_choice_ends_the_recipe_before_it_reads_data(tmp_path, recipe
     )
     assert result.returncode == 2, result.stderr[-3000:]
     setting, value = change.split("=")
-    allowed = ("byol", "digits") if setting == "views" else ("neighbors", "views")
+    allowed = ("byol", "digits", "shapes") if setting == "views" else ("neighbors", "views")
     assert result.stderr.strip().splitlines() == [
         f"error: {setting}={value!r} is not one of the allowed values: "
         + ", ".join(repr(v) for v in allowed)

@@ -134,6 +134,7 @@ def every_argument_changed() -> dict:
         "input_size": 20,
         "mean": [0.25],
         "std": [0.5],
+        "input_norm": "instance",
         "results": {
             "dataset": "Toy",
             "split": "test",

@@ -36,10 +36,10 @@ def test_no_setting_is_declared_in_two_settings_classes():
 
 
 def test_flat_and_grouped_overrides_reach_the_same_field():
-    flat = get_preset("mnist5k", lr=0.1, num_clusters=[10, 20], mean=None, views="byol")
+    flat = get_preset("mnist5k", lr=0.1, num_clusters=[10, 20], in_chans=3, views="byol")
     grouped = get_preset(
         "mnist5k",
-        **{"optimization.lr": 0.1, "bank.num_clusters": [10, 20], "network.mean": None,
+        **{"optimization.lr": 0.1, "bank.num_clusters": [10, 20], "network.in_chans": 3,
            "augmentation.views": "byol"},
     )  # fmt: skip
     assert flat == grouped

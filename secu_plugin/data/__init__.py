@@ -10,6 +10,7 @@ from secu_plugin.data.files import (
     read_image,
 )
 from secu_plugin.data.indexed import IndexedDataset, with_indices
+from secu_plugin.data.palette import RandomPalette, shape_views
 from secu_plugin.data.sources import ImageDataset
 from secu_plugin.data.transforms import ConvertMode, eval_transform
 from secu_plugin.data.views import (
@@ -29,6 +30,7 @@ __all__ = [
     "ImageDataset",
     "IndexedDataset",
     "MultiViewDataset",
+    "RandomPalette",
     "TransformedDataset",
     "TwoViewDataset",
     "byol_views",
@@ -42,5 +44,6 @@ __all__ = [
     "load_mnist5k",
     "read_image",
     "seeded_random",
+    "shape_views",
     "with_indices",
 ]

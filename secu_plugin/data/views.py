@@ -243,24 +243,15 @@ def digit_views(
     mean: Sequence[float] = MNIST_MEAN,
     std: Sequence[float] = MNIST_STD,
 ) -> MultiViewTransform:
-    """Augmentations for handwritten digits (the CPU demo): two views drawn alike.
+    """Augmentations for handwritten digits (the CPU demo): two views drawn alike, each a
+    :func:`warped_view` of the grey image.
 
     No horizontal flip and no color jitter (a flipped 2 or 5 is another shape; grey
-    levels carry nothing). Pipeline: grey → RandomAffine(±rotation°, translate, scale,
-    ±shear°, black fill) → RandomResizedCrop(input_size, scale=(min_scale, 1),
-    ratio=(0.8, 1.25)) (a plain resize if ``min_scale`` is 1) → tensor → normalize →
-    RandomErasing(p=erase_prob, 2-10% of the area, filled with the background value).
+    levels carry nothing).
 
     Args:
-        input_size: Output side length in pixels.
-        rotation: Largest rotation in degrees.
-        translate: Largest shift, as a fraction of width/height.
-        scale: Range of the affine zoom.
-        shear: Largest shear in degrees.
-        min_scale: Smallest crop area, as a fraction of the image.
-        erase_prob: Probability of erasing a small rectangle; 0 disables it.
-        mean: Normalization mean (one value).
-        std: Normalization std (one value).
+        input_size, rotation, translate, scale, shear, min_scale, erase_prob, mean, std:
+            As :func:`warped_view`'s (mean and std: one value).
 
     Returns:
         A lightly ``MultiViewTransform`` mapping a PIL image to its two views,
@@ -271,6 +262,51 @@ def digit_views(
         >>> views = digit_views(rotation=10, erase_prob=0.0)(Image.new("L", (28, 28)))
         >>> [view.shape for view in views]
         [torch.Size([1, 28, 28]), torch.Size([1, 28, 28])]
+    """
+    transform = warped_view(
+        input_size, rotation, translate, scale, shear, min_scale, erase_prob, mean, std, mode="L"
+    )
+    return MultiViewTransform([transform, transform])
+
+
+def warped_view(
+    input_size: int,
+    rotation: float,
+    translate: float,
+    scale: Sequence[float],
+    shear: float,
+    min_scale: float,
+    erase_prob: float,
+    mean: Sequence[float],
+    std: Sequence[float],
+    mode: str = "L",
+    tensor_steps: Sequence[Callable] = (),
+) -> T.Compose:
+    """One random view of a shape: small affine warps and crops, no flip, no colour jitter.
+
+    Pipeline: ``mode`` ("L" or "RGB") → RandomAffine(±rotation°, translate, scale, ±shear°,
+    black fill) → RandomResizedCrop(input_size, scale=(min_scale, 1), ratio=(0.8, 1.25)) (a
+    plain resize if ``min_scale`` is 1) → tensor → ``tensor_steps`` → normalize →
+    RandomErasing(p=erase_prob, 2-10% of the area, filled with the black value).
+
+    Args:
+        input_size: Output side length in pixels.
+        rotation: Largest rotation in degrees.
+        translate: Largest shift, as a fraction of width/height.
+        scale: Range of the affine zoom.
+        shear: Largest shear in degrees.
+        min_scale: Smallest crop area, as a fraction of the image.
+        erase_prob: Probability of erasing a small rectangle; 0 disables it.
+        mean: Normalization mean (one value, or one per channel).
+        std: Normalization std (one value, or one per channel).
+        mode: The PIL mode the image is converted to first.
+        tensor_steps: Random steps on the (channels, size, size) tensor in [0, 1].
+
+    Examples:
+        >>> from PIL import Image
+        >>> view = warped_view(16, 10, 0.1, (0.9, 1.1), 5, 1.0, 0.0, [0.5], [0.25], mode="RGB")
+        >>> view(Image.new("L", (20, 20))).shape
+        torch.Size([3, 16, 16])
     """
     if input_size <= 0:
         raise ValueError(f"input_size must be positive, got {input_size}")
@@ -284,8 +320,11 @@ def digit_views(
         raise ValueError(f"min_scale must be in (0, 1], got {min_scale}")
     if not 0.0 <= erase_prob <= 1.0:
         raise ValueError(f"erase_prob must be in [0, 1], got {erase_prob}")
-    mean1 = list(per_channel("mean", mean, 1))
-    std1 = list(per_channel("std", std, 1, positive=True))
+    if mode not in ("L", "RGB"):
+        raise ValueError(f"mode must be 'L' or 'RGB', got {mode!r}")
+    channels = 1 if mode == "L" else 3
+    mean_c = list(per_channel("mean", mean, channels))
+    std_c = list(per_channel("std", std, channels, positive=True))
 
     crop: Callable = (
         T.Resize((input_size, input_size))
@@ -293,7 +332,7 @@ def digit_views(
         else T.RandomResizedCrop(input_size, scale=(min_scale, 1.0), ratio=(0.8, 1.25))
     )
     steps: list[Callable] = [
-        ConvertMode("L"),
+        ConvertMode(mode),
         T.RandomAffine(
             degrees=rotation,
             translate=(translate, translate),
@@ -303,11 +342,11 @@ def digit_views(
         ),
         crop,
         T.ToTensor(),
-        T.Normalize(mean1, std1),
+        *tensor_steps,
+        T.Normalize(mean_c, std_c),
     ]
     if erase_prob > 0:
-        # Erase with the normalized background (black) so that strokes go missing.
-        background = (0.0 - mean1[0]) / std1[0]
-        steps.append(T.RandomErasing(p=erase_prob, scale=(0.02, 0.1), value=background))
-    transform = T.Compose(steps)
-    return MultiViewTransform([transform, transform])
+        # Erase with the normalized black, the digits' background, so that strokes go missing.
+        black = [(0.0 - m) / s for m, s in zip(mean_c, std_c)]
+        steps.append(T.RandomErasing(p=erase_prob, scale=(0.02, 0.1), value=black))
+    return T.Compose(steps)

@@ -44,6 +44,10 @@ BACKBONE_KWARGS: frozenset[str] = frozenset(
 )
 
 
+# What the network does to each image before the backbone (see SeCuNetwork's input_norm).
+INPUT_NORMS: tuple[str, ...] = ("none", "instance")
+
+
 def check_backbone_kwargs(backbone_kwargs: dict | None) -> dict | None:
     """A copy of ``backbone_kwargs`` after checking every key against :data:`BACKBONE_KWARGS`
     and every value is a plain JSON scalar (or a list of them).
@@ -93,6 +97,9 @@ class SeCuNetwork(nn.Module):
         predictor_hidden_dim: Hidden width of the predictor (ImageNet: 2048); ``None``: none.
         input_size, mean, std: Overrides of the backbone's ``pretrained_cfg``; ``None``: the
             backbone's (the registered ``secu_*`` networks carry the paper's).
+        input_norm: ``"instance"``: each image is standardised per channel before the
+            backbone (its own mean and contrast taken away), for images whose colours carry
+            nothing; ``"none"``: as given.
 
     Examples:
         >>> network = SeCuNetwork("secu_convnet_tiny", in_chans=1, dim=16)
@@ -102,6 +109,11 @@ class SeCuNetwork(nn.Module):
         ((1, 28, 28), (0.1307,))
         >>> SeCuNetwork("secu_resnet18_cifar", mean=[0.5]).config["mean"]
         [0.5, 0.5, 0.5]
+        >>> standardised = SeCuNetwork("secu_convnet_tiny", in_chans=3, input_norm="instance")
+        >>> x = torch.rand(2, 3, 28, 28)
+        >>> _ = standardised.eval()
+        >>> torch.allclose(standardised(x), standardised(3 * x + 0.5), atol=1e-4)
+        True
     """
 
     def __init__(
@@ -117,9 +129,15 @@ class SeCuNetwork(nn.Module):
         input_size: int | None = None,
         mean: list[float] | None = None,
         std: list[float] | None = None,
+        input_norm: str = "none",
     ) -> None:
         super().__init__()
         backbone_kwargs = check_backbone_kwargs(backbone_kwargs)
+        if input_norm not in INPUT_NORMS:
+            raise ValueError(f"input_norm must be one of {INPUT_NORMS}, got {input_norm!r}")
+        self.input_norm = (
+            nn.InstanceNorm2d(in_chans, affine=False) if input_norm == "instance" else nn.Identity()
+        )
         in_chans, dim = _positive_int("in_chans", in_chans), _positive_int("dim", dim)
         overlay: dict[str, Any] = {}
         if input_size is not None:
@@ -156,6 +174,7 @@ class SeCuNetwork(nn.Module):
             "input_size": int(self.data_config["input_size"][-1]),
             "mean": list(self.data_config["mean"]),
             "std": list(self.data_config["std"]),
+            "input_norm": input_norm,
         }
 
     def _resolve_data_config(self) -> dict[str, Any]:
@@ -173,7 +192,7 @@ class SeCuNetwork(nn.Module):
 
     def embed(self, images: torch.Tensor | Image.Image | Sequence[Image.Image]) -> torch.Tensor:
         """Backbone features (B, feature_dim) of a tensor batch or of PIL images."""
-        return self.backbone(self._as_batch(images))
+        return self.backbone(self.input_norm(self._as_batch(images)))
 
     def forward(self, images: torch.Tensor | Image.Image | Sequence[Image.Image]) -> torch.Tensor:
         """Projections (B, dim), not normalized, of a tensor batch or of PIL images."""

@@ -95,6 +95,7 @@ class SeCuModel(
         input_size: int | None = None,
         mean: list[float] | None = None,
         std: list[float] | None = None,
+        input_norm: str = "none",
         num_clusters: list[int] | None = None,
         temperature: float = 0.05,
         results: dict | None = None,
@@ -127,6 +128,7 @@ class SeCuModel(
             input_size,
             mean,
             std,
+            input_norm,
         )
         self.num_clusters = list(num_clusters)
         self.temperature = float(temperature)

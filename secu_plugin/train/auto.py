@@ -11,7 +11,9 @@ settings replaced:
   grey data and 3 for colour, the data's own mean and std, input size from the images (see
   :func:`input_size_for`);
 - views sized to the input (:func:`view_settings`): grey data gets the digits' affine views,
-  with neither crop nor erasing on tiny images; colour data gets BYOL's views (colour jitter);
+  with neither crop nor erasing on tiny images; colour data gets the same warps with a random
+  palette per view (``shapes``) and each image standardised per channel (``input_norm``):
+  BYOL's colour jitter left the colours to tell images apart (docs/colour_shortcut.json);
 - the schedule (:func:`schedule_for`): the batch from the number of images
   (:func:`~secu_plugin.train.settings.batch_size_for`, from 64 for up to 20,000 images), the
   demo's 40 passes over the data but at most a budget of 3,000 training steps (so time grows
@@ -51,6 +53,8 @@ WARMUP_STEPS = 100
 # Largest input side: larger images are resized down to it (time grows with its square).
 MAX_INPUT_SIZE = 32
 MIN_IMAGES_PER_CLUSTER = 20
+# Colour data: the probability that a channel of a view is inverted (shape_views).
+PALETTE_INVERT_PROB = 0.5
 DEFAULT_HEADS = HEAD_GRID
 
 
@@ -77,27 +81,30 @@ def view_settings(channels: int, input_size: int) -> tuple[str, float, dict]:
     pixels up they are the ``mnist5k`` preset's (crop to 70% of the area, 25% erasing); toward
     8 pixels the crop and the erasing fade out (a 2-10% erase or a 70% crop of an 8x8 image
     removes whole strokes) and the affine warp shrinks to about a pixel.
-    Colour data: BYOL's views (crop, flip, colour jitter, grey, blur, solarize), with the crop
-    of the paper's CIFAR recipe (30% of the area) from 24 pixels up, milder below.
+    Colour data: the same warps in RGB, without erasing, and a random palette per view
+    (``shapes``: channels permuted, each inverted with probability 0.5), so that two views
+    share their shape and not their colours (chosen on the tune set color32:
+    docs/scratch_heldout.json).
 
     Examples:
         >>> view_settings(1, 8)
         ('digits', 1.0, {'rotation': 10.0, 'translate': 0.125, 'scale': [0.9, 1.1], 'shear': 5.0, 'erase_prob': 0.0})
         >>> view_settings(1, 28)[:2], view_settings(1, 28)[2]["erase_prob"]
         (('digits', 0.7), 0.25)
-        >>> view_settings(3, 32)
-        ('byol', 0.3, {'grayscale_input': False})
+        >>> view_settings(3, 32)[:2], view_settings(3, 32)[2]["invert_prob"]
+        (('shapes', 0.7), 0.5)
     """
+    kwargs = {
+        "rotation": _between(input_size, 10.0, 15.0),
+        "translate": _between(input_size, 0.125, 0.1),
+        "scale": [_between(input_size, 0.9, 0.85), _between(input_size, 1.1, 1.15)],
+        "shear": _between(input_size, 5.0, 10.0),
+        "erase_prob": _between(input_size, 0.0, 0.25, low=12),
+    }
+    min_scale = _between(input_size, 1.0, 0.7, low=12)
     if channels == 1:
-        kwargs = {
-            "rotation": _between(input_size, 10.0, 15.0),
-            "translate": _between(input_size, 0.125, 0.1),
-            "scale": [_between(input_size, 0.9, 0.85), _between(input_size, 1.1, 1.15)],
-            "shear": _between(input_size, 5.0, 10.0),
-            "erase_prob": _between(input_size, 0.0, 0.25, low=12),
-        }
-        return "digits", _between(input_size, 1.0, 0.7, low=12), kwargs
-    return "byol", _between(input_size, 0.6, 0.3), {"grayscale_input": False}
+        return "digits", min_scale, kwargs
+    return "shapes", min_scale, {**kwargs, "erase_prob": 0.0, "invert_prob": PALETTE_INVERT_PROB}
 
 
 def auto_batch_size(num_images: int) -> int:
@@ -205,6 +212,8 @@ def auto_preset(
         name=AUTO,
         data=data,
         in_chans=channels,
+        # colour data: each image standardised per channel, as its views' palettes need
+        input_norm="instance" if overrides.get("views", views) == "shapes" else "none",
         input_size=int(input_size),
         mean=_channel_values("mean", description.mean, channels),
         std=_channel_values("std", description.std, channels),

@@ -42,7 +42,7 @@ class Preset(RunSettings):
     """
 
     # timm's training views are the frozen heads' (recipes/train_head.py)
-    recipe_choices: ClassVar[dict[str, tuple[str, ...]]] = {"views": ("byol", "digits")}
+    recipe_choices: ClassVar[dict[str, tuple[str, ...]]] = {"views": ("byol", "digits", "shapes")}
 
     loader: LoaderSettings = field(default_factory=lambda: LoaderSettings(128, num_workers=4))
     # centers and memory from k-means on the initial projections (a pretrained backbone)
@@ -50,6 +50,29 @@ class Preset(RunSettings):
     # what the settings were derived from (the auto preset: the data's description and the
     # step budget); None for the named presets
     resolved_from: dict | None = None
+
+    def check(self) -> None:
+        """Also refuses views whose channels are not the network's.
+
+        Examples:
+            >>> get_preset("mnist5k", views="shapes")
+            Traceback (most recent call last):
+            ...
+            ValueError: views='shapes' gives 3-channel images, the network takes in_chans=1: pass --set in_chans=3, or views digits
+        """
+        super().check()
+        view_channels = VIEW_CHANNELS[self.augmentation.views]
+        if view_channels != self.network.in_chans:
+            others = [v for v, c in VIEW_CHANNELS.items() if c == self.network.in_chans]
+            raise ValueError(
+                f"views={self.augmentation.views!r} gives {view_channels}-channel images, the "
+                f"network takes in_chans={self.network.in_chans}: pass --set "
+                f"in_chans={view_channels}, or views {' or '.join(others) or '(none)'}"
+            )
+
+
+# Channels of the images each kind of training views gives.
+VIEW_CHANNELS: dict[str, int] = {"byol": 3, "digits": 1, "shapes": 3}
 
 
 PRESETS: dict[str, Preset] = {

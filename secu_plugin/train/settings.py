@@ -53,21 +53,24 @@ class NetworkSettings:
     projection_hidden_dim: int | None = None  # None: the backbone's feature width
     projection_batchnorm: bool = True
     predictor_hidden_dim: int | None = None  # None: no predictor
+    # "instance": each image standardised per channel first (colours that carry nothing)
+    input_norm: Literal["none", "instance"] = "none"
 
 
 @dataclass(frozen=True)
 class ViewSettings:
     """The random views of an image: the kind, the smallest crop, the view function's extra
-    arguments (``digit_views``: rotation, translate, scale, shear, erase_prob; ``byol_views``:
-    grayscale_input; None: its defaults).
+    arguments (``digit_views``: rotation, translate, scale, shear, erase_prob; ``shape_views``:
+    the same and invert_prob; ``byol_views``: grayscale_input; None: its defaults).
 
     Examples:
         >>> ViewSettings(views="digits", min_scale=0.7).view_kwargs is None
         True
     """
 
-    # "byol" (lightly's BYOL pair), "digits", or "timm" (timm's training transform: frozen heads)
-    views: Literal["byol", "digits", "timm"] = "byol"
+    # "byol" (lightly's BYOL pair), "digits", "shapes" (the digits' warps in colour with a
+    # random palette per view), or "timm" (timm's training transform: frozen heads)
+    views: Literal["byol", "digits", "shapes", "timm"] = "byol"
     min_scale: float = 0.3
     view_kwargs: dict | None = None
 
@@ -290,7 +293,7 @@ class RunSettings:
             >>> Preset.check_value("views", "byoll")
             Traceback (most recent call last):
             ...
-            ValueError: views='byoll' is not one of the allowed values: 'byol', 'digits'
+            ValueError: views='byoll' is not one of the allowed values: 'byol', 'digits', 'shapes'
         """
         check_setting(name, setting_types(cls)[name][1], value, cls.recipe_choices.get(name))
 
