@@ -133,12 +133,12 @@ class SeCuNetwork(nn.Module):
     ) -> None:
         super().__init__()
         backbone_kwargs = check_backbone_kwargs(backbone_kwargs)
+        in_chans, dim = _positive_int("in_chans", in_chans), _positive_int("dim", dim)
         if input_norm not in INPUT_NORMS:
             raise ValueError(f"input_norm must be one of {INPUT_NORMS}, got {input_norm!r}")
         self.input_norm = (
             nn.InstanceNorm2d(in_chans, affine=False) if input_norm == "instance" else nn.Identity()
         )
-        in_chans, dim = _positive_int("in_chans", in_chans), _positive_int("dim", dim)
         overlay: dict[str, Any] = {}
         if input_size is not None:
             size = _positive_int("input_size", input_size)
