@@ -3,6 +3,8 @@ per-image standardisation (input_norm) and what the auto preset chooses for colo
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -127,3 +129,33 @@ def test_views_whose_channels_are_not_the_networks_are_refused():
     with pytest.raises(ValueError, match="views='digits' gives 1-channel images"):
         get_preset("cifar10", views="digits")
     assert get_preset("mnist5k", views="shapes", in_chans=3).augmentation.views == "shapes"
+
+
+@pytest.mark.slow
+def test_auto_preset_learns_the_shapes_of_a_small_colour_tune_set(tmp_path):
+    """From scratch with the auto preset, as a user runs it, on 1,000 images of the tune set
+    color32 (MNIST digits, each in its own random foreground and background colours): ACC at
+    least k-means on the whitened pixels + 0.10 (about 3 minutes on 2 cores)."""
+    import shutil
+
+    from launch import TRAIN, run_recipe
+
+    from benchmarks.kmeans_baseline import set_baselines
+    from benchmarks.make_test_sets import make_color32
+    from benchmarks.scratch_heldout import pixel_baseline_accuracy
+
+    make_color32(tmp_path / "color32", seed=0)
+    subset = tmp_path / "colour1000"
+    for folder in sorted((tmp_path / "color32").iterdir()):
+        (subset / folder.name).mkdir(parents=True)
+        for image in sorted(folder.glob("*.png"))[:100]:
+            shutil.copy(image, subset / folder.name / image.name)
+    out = tmp_path / "run"
+    arguments = ["--data", str(subset), "--output_dir", str(out), "--seed", "0"]
+    run_recipe(TRAIN, *arguments, env={"SECU_NUM_THREADS": "2"})
+    results = json.loads((out / "results.json").read_text())
+    accuracy = results["evaluations"][0]["accuracy"]
+    assert results["evaluations"][0]["num_clusters"] == 10
+    baseline = set_baselines(str(subset), {}, seeds=(0,), whitening=(20, 50, 256))
+    _, whitened = pixel_baseline_accuracy(baseline)
+    assert accuracy >= whitened + 0.10, (accuracy, whitened)
